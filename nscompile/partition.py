@@ -1,0 +1,691 @@
+"""The partition solver: the best device set S of a DAG, as a pure function of numbers.
+
+Nothing here knows about ONNX. The compiler maps a graph and an objective (latency or
+device energy at some bandwidth, load and RTT) onto a :class:`CutGraph` and one or two
+:class:`Weights`, then calls :func:`solve` (one operating point) or
+:func:`lower_envelope` (every bandwidth of a load level at once).
+
+Method (DADS, INFOCOM 2019, extended to multi-consumer tensors, graph inputs, downloads
+and a fixed remote cost). The source side of an s-t cut is the device:
+
+* node n: edge s->n with capacity ``cloud[n]`` (cut, i.e. paid, when n is on the cloud
+  side) plus the download of the graph outputs n produces, and edge n->t with capacity
+  ``device[n]``;
+* closure: an infinite edge consumer->producer for every tensor edge, so no finite cut
+  puts a consumer on the device and its producer on the cloud;
+* a tensor with one consumer c: edge p->c with capacity ``upload[t]``; with several, an
+  auxiliary vertex v_t, edge p->v_t with capacity ``upload[t]`` and infinite edges
+  v_t->c, so the tensor is paid once however many consumers sit on the cloud. A graph
+  input has p = s: it lives on the device.
+
+``remote`` (e.g. the RTT) is paid by every set except the full one, which no cut edge
+can express; :func:`solve` finds the best cut without it and then compares with the
+full set, which is exact (see :func:`solve`).
+
+``scipy.sparse.csgraph.maximum_flow`` is compiled but wants int32 capacities (int64
+input silently overflows), so capacities are scaled and rounded; the returned set's
+cost is always re-evaluated exactly, and :attr:`Cut.gap` bounds how far above the true
+optimum it can be (in practice 0 or ~1e-9 relative).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import breadth_first_order, maximum_flow
+
+from nscompile.errors import NscompileError
+
+__all__ = [
+    "CutGraph",
+    "Weights",
+    "Cut",
+    "Segment",
+    "Envelope",
+    "is_closed",
+    "upload_set",
+    "download_set",
+    "evaluate",
+    "solve",
+    "lower_envelope",
+]
+
+# Capacities are int32 in scipy's max-flow. The optimum's cut value is scaled to at most
+# _UNIT, finite capacities are clipped at _CLIP (an edge above twice the optimum can never
+# be in a minimum cut, see _Network.solve) and infinite edges get _INF. Max flow is at most
+# _UNIT + (rounding slack), so no flow sum comes near 2**31.
+_UNIT = float(2**29)
+_CLIP = 2**30
+_INF = 2**31 - 1
+# A cut is re-solved with a tighter scale when its exact value is below this fraction of
+# the bound it was scaled with: precision is relative to the bound, not to the optimum.
+_REFINE_BELOW = 0.25
+_MAX_REFINE = 2
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, eq=False)
+class CutGraph:
+    """A DAG of compute nodes and the tensors between them, numbers only.
+
+    Nodes are 0..n_nodes-1. Tensor t is produced by node ``producers[t]``, or by nobody
+    (``producers[t] == -1``) when it is a graph input, which lives on the device.
+    Acyclicity is not checked: a cycle would only force its nodes onto the same side.
+
+    Attributes:
+        n_nodes: number of compute nodes.
+        producers: int64[T], producing node of each tensor, -1 for a graph input.
+        consumers: per tensor, the consuming nodes (may be empty; duplicates are merged).
+        is_output: bool[T], the tensor is a graph output.
+
+    Raises:
+        NscompileError: if an id is out of range, lengths disagree, or a node consumes
+            its own output.
+    """
+
+    n_nodes: int
+    producers: np.ndarray
+    consumers: tuple[tuple[int, ...], ...]
+    is_output: np.ndarray
+    _net: object = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        n = self.n_nodes
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise NscompileError(f"CutGraph: n_nodes must be a non-negative int, got {n!r}")
+        prod = np.asarray(self.producers)
+        if prod.ndim != 1 or (prod.size and not np.issubdtype(prod.dtype, np.integer)):
+            raise NscompileError("CutGraph: producers must be a 1-D integer array, one entry per tensor")
+        prod = prod.astype(np.int64)
+        n_t = prod.size
+        if n_t and (prod.min() < -1 or prod.max() >= n):
+            bad = int(np.flatnonzero((prod < -1) | (prod >= n))[0])
+            raise NscompileError(
+                f"CutGraph: tensor {bad} has producer {int(prod[bad])}, outside -1..{n - 1}; "
+                "use -1 for graph inputs"
+            )
+        if len(self.consumers) != n_t:
+            raise NscompileError(
+                f"CutGraph: consumers has {len(self.consumers)} entries but there are {n_t} tensors"
+            )
+        cons = []
+        for t, cs in enumerate(self.consumers):
+            cs = tuple(sorted({int(c) for c in cs}))
+            if cs and (cs[0] < 0 or cs[-1] >= n):
+                raise NscompileError(f"CutGraph: tensor {t} has a consumer outside 0..{n - 1}: {cs}")
+            if prod[t] >= 0 and prod[t] in cs:
+                raise NscompileError(f"CutGraph: node {int(prod[t])} consumes its own output tensor {t}")
+            cons.append(cs)
+        out = np.asarray(self.is_output, dtype=bool)
+        if out.shape != (n_t,):
+            raise NscompileError(f"CutGraph: is_output must be bool[{n_t}], got shape {out.shape}")
+        prod.setflags(write=False)
+        out = out.copy()
+        out.setflags(write=False)
+        object.__setattr__(self, "n_nodes", int(n))
+        object.__setattr__(self, "producers", prod)
+        object.__setattr__(self, "consumers", tuple(cons))
+        object.__setattr__(self, "is_output", out)
+
+    @property
+    def n_tensors(self) -> int:
+        """Number of tensors T."""
+        return int(self.producers.size)
+
+    def _network(self) -> "_Network":
+        # Built once per graph and reused by every solve: only capacities change.
+        if self._net is None:
+            object.__setattr__(self, "_net", _Network(self))
+        return self._net
+
+
+def _as_costs(name: str, values, length: int | None = None) -> np.ndarray:
+    arr = np.array(values, dtype=np.float64, copy=True).reshape(-1) if np.ndim(values) else None
+    if arr is None:
+        raise NscompileError(f"Weights: {name} must be a 1-D array of costs")
+    if length is not None and arr.size != length:
+        raise NscompileError(f"Weights: {name} has {arr.size} entries, expected {length}")
+    if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):
+        bad = int(np.flatnonzero(~np.isfinite(arr) | (arr < 0))[0])
+        raise NscompileError(
+            f"Weights: {name}[{bad}] = {arr[bad]!r}; costs must be finite and >= 0"
+        )
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class Weights:
+    """One linear objective over device sets S (closed under producers).
+
+    ``cost(S) = sum_{n in S} device[n] + sum_{n not in S} cloud[n]
+    + sum_{t in Upload(S)} upload[t] + sum_{t in Download(S)} download[t]
+    + (remote if S is not the full node set else 0)``.
+    All entries are finite and >= 0.
+
+    Attributes:
+        device: float[N], cost of running node n on the device.
+        cloud: float[N], cost of running node n on the server.
+        upload: float[T], cost of sending tensor t from device to server.
+        download: float[T], cost of sending graph output t back to the device.
+        remote: fixed cost of using the server at all (e.g. the round-trip time).
+
+    Raises:
+        NscompileError: on a negative, NaN or infinite entry, or mismatched lengths.
+    """
+
+    device: np.ndarray
+    cloud: np.ndarray
+    upload: np.ndarray
+    download: np.ndarray
+    remote: float = 0.0
+
+    def __post_init__(self):
+        device = _as_costs("device", self.device)
+        cloud = _as_costs("cloud", self.cloud, device.size)
+        upload = _as_costs("upload", self.upload)
+        download = _as_costs("download", self.download, upload.size)
+        remote = float(self.remote)
+        if not np.isfinite(remote) or remote < 0:
+            raise NscompileError(f"Weights: remote = {self.remote!r}; it must be finite and >= 0")
+        object.__setattr__(self, "device", device)
+        object.__setattr__(self, "cloud", cloud)
+        object.__setattr__(self, "upload", upload)
+        object.__setattr__(self, "download", download)
+        object.__setattr__(self, "remote", remote)
+
+    @classmethod
+    def zeros(cls, n_nodes: int, n_tensors: int) -> "Weights":
+        """All-zero weights of the given sizes, a neutral start for building objectives.
+
+        Args:
+            n_nodes: number of nodes N.
+            n_tensors: number of tensors T.
+
+        Returns:
+            Weights with every entry 0.
+        """
+        return cls(np.zeros(n_nodes), np.zeros(n_nodes), np.zeros(n_tensors), np.zeros(n_tensors), 0.0)
+
+    def combine(self, other: "Weights", x: float) -> "Weights":
+        """The weights ``self + x * other``, e.g. base + (1 / bandwidth) * slope.
+
+        Args:
+            other: weights of the same sizes.
+            x: the factor, >= 0 (a negative one could make entries negative).
+
+        Returns:
+            New Weights; cost is linear, so ``evaluate(self.combine(o, x), S) ==
+            evaluate(self, S) + x * evaluate(o, S)``.
+
+        Raises:
+            NscompileError: if sizes differ or an entry of the result is negative.
+        """
+        if self.device.size != other.device.size or self.upload.size != other.upload.size:
+            raise NscompileError(
+                f"Weights.combine: sizes differ ({self.device.size} nodes/{self.upload.size} tensors "
+                f"vs {other.device.size}/{other.upload.size}); build both for the same CutGraph"
+            )
+        x = float(x)
+        return Weights(
+            self.device + x * other.device,
+            self.cloud + x * other.cloud,
+            self.upload + x * other.upload,
+            self.download + x * other.download,
+            self.remote + x * other.remote,
+        )
+
+    def _check(self, graph: CutGraph) -> None:
+        if self.device.size != graph.n_nodes or self.upload.size != graph.n_tensors:
+            raise NscompileError(
+                f"Weights have {self.device.size} nodes and {self.upload.size} tensors but the "
+                f"graph has {graph.n_nodes} and {graph.n_tensors}; build them from the same graph"
+            )
+
+
+@dataclass(frozen=True, eq=False)
+class Cut:
+    """A device set and its cost.
+
+    Attributes:
+        device: bool[N], the device set S (closed under producers).
+        cost: the objective value of S under the weights it was solved for, evaluated
+            exactly (for a :class:`Segment`, at the segment's ``x_from``).
+        gap: an upper bound on ``cost - optimum`` from rounding capacities to integers
+            for the max-flow solver; 0 when the solve was exact.
+    """
+
+    device: np.ndarray
+    cost: float
+    gap: float = 0.0
+
+    @property
+    def n_device(self) -> int:
+        """Number of nodes on the device."""
+        return int(np.count_nonzero(self.device))
+
+
+@dataclass(frozen=True, eq=False)
+class Segment:
+    """One piece of a lower envelope: ``cut`` is optimal for every x in [x_from, x_to].
+
+    Attributes:
+        x_from, x_to: the piece's ends (x_from <= x_to).
+        cut: the optimal set; ``cut.cost`` is its cost at ``x_from``.
+        intercept, slope: the set's cost is ``intercept + x * slope`` (the base and slope
+            objectives evaluated on it).
+    """
+
+    x_from: float
+    x_to: float
+    cut: Cut
+    intercept: float
+    slope: float
+
+    def cost(self, x: float) -> float:
+        """The set's cost at x: ``intercept + x * slope``."""
+        return self.intercept + x * self.slope
+
+
+class Envelope(list):
+    """The list of :class:`Segment` returned by :func:`lower_envelope`, plus counters.
+
+    Attributes:
+        n_solves: how many min-cut solves (calls of :func:`solve`) it took.
+    """
+
+    n_solves: int = 0
+
+
+# --------------------------------------------------------------------------- direct definitions
+
+
+def _mask(graph: CutGraph, device_mask) -> np.ndarray:
+    m = np.asarray(device_mask)
+    if m.shape != (graph.n_nodes,):
+        raise NscompileError(f"device mask has shape {m.shape}, expected ({graph.n_nodes},)")
+    return m.astype(bool, copy=False)
+
+
+def is_closed(graph: CutGraph, device_mask) -> bool:
+    """Whether S is closed under producers (every input of a device node is made on the device).
+
+    Args:
+        graph: the graph.
+        device_mask: bool[N], the device set S.
+
+    Returns:
+        True iff for every tensor edge p->c with p a node, c in S implies p in S.
+
+    Raises:
+        NscompileError: if the mask has the wrong shape.
+    """
+    m = _mask(graph, device_mask)
+    net = graph._network()
+    p, c = net.edge_prod, net.edge_cons
+    return bool(not np.any(m[c] & ~m[p]))
+
+
+def upload_set(graph: CutGraph, device_mask) -> np.ndarray:
+    """Upload(S): tensors produced in S, or graph inputs, that some node outside S consumes.
+
+    Args:
+        graph: the graph.
+        device_mask: bool[N], the device set S.
+
+    Returns:
+        Sorted int64 tensor ids, each once however many consumers it has on the cloud.
+
+    Raises:
+        NscompileError: if the mask has the wrong shape.
+    """
+    m = _mask(graph, device_mask)
+    net = graph._network()
+    on_device = np.ones(graph.n_tensors, dtype=bool)
+    made = graph.producers >= 0
+    on_device[made] = m[graph.producers[made]]
+    needed_remote = np.bincount(net.pair_tensor, weights=~m[net.pair_cons], minlength=graph.n_tensors) > 0
+    return np.flatnonzero(on_device & needed_remote).astype(np.int64)
+
+
+def download_set(graph: CutGraph, device_mask) -> np.ndarray:
+    """Download(S): graph-output tensors produced by a node outside S.
+
+    Args:
+        graph: the graph.
+        device_mask: bool[N], the device set S.
+
+    Returns:
+        Sorted int64 tensor ids. A graph input that is also an output is never downloaded.
+
+    Raises:
+        NscompileError: if the mask has the wrong shape.
+    """
+    m = _mask(graph, device_mask)
+    p = graph.producers
+    remote_made = np.zeros(graph.n_tensors, dtype=bool)
+    made = p >= 0
+    remote_made[made] = ~m[p[made]]
+    return np.flatnonzero(graph.is_output & remote_made).astype(np.int64)
+
+
+def evaluate(graph: CutGraph, weights: Weights, device_mask) -> float:
+    """The objective of S, straight from the definition in :class:`Weights`.
+
+    Args:
+        graph: the graph.
+        weights: the objective.
+        device_mask: bool[N], the device set S (closedness is not checked here).
+
+    Returns:
+        cost(S) as a float.
+
+    Raises:
+        NscompileError: if sizes of weights or mask do not match the graph.
+    """
+    weights._check(graph)
+    m = _mask(graph, device_mask)
+    cost = float(weights.device[m].sum() + weights.cloud[~m].sum())
+    cost += float(weights.upload[upload_set(graph, m)].sum())
+    cost += float(weights.download[download_set(graph, m)].sum())
+    if not m.all():
+        cost += weights.remote
+    return cost
+
+
+# --------------------------------------------------------------------------- min cut
+
+
+class _Network:
+    """The flow network of a graph: a fixed CSR structure, capacities filled per solve.
+
+    Every logical edge (u, v) owns a slot in the CSR data; parallel edges share one and
+    are summed. Reverse edges are present with capacity 0 so that scipy's flow matrix
+    has exactly this structure and the residual is ``capacity - flow`` slot by slot.
+    """
+
+    def __init__(self, graph: CutGraph):
+        n = graph.n_nodes
+        prod = graph.producers
+        # Flat (tensor, consumer) pairs.
+        counts = np.fromiter((len(c) for c in graph.consumers), dtype=np.int64, count=graph.n_tensors)
+        self.pair_tensor = np.repeat(np.arange(graph.n_tensors, dtype=np.int64), counts)
+        self.pair_cons = np.fromiter(
+            (c for cs in graph.consumers for c in cs), dtype=np.int64, count=int(counts.sum())
+        )
+        node_pair = prod[self.pair_tensor] >= 0
+        self.edge_prod = prod[self.pair_tensor][node_pair]
+        self.edge_cons = self.pair_cons[node_pair]
+
+        multi = np.flatnonzero(counts >= 2)  # tensors that need an auxiliary vertex
+        n_aux = multi.size
+        self.n_vertices = n + n_aux + 2
+        s, t = n + n_aux, n + n_aux + 1
+        self.source, self.sink, self.n_nodes = s, t, n
+        aux_of = np.full(graph.n_tensors, -1, dtype=np.int64)
+        aux_of[multi] = n + np.arange(n_aux)
+
+        # Finite logical edges, in groups whose capacities come from the weights.
+        nodes = np.arange(n, dtype=np.int64)
+        src_of = np.where(prod >= 0, prod, s)  # upload edge starts at the producer, or s
+        up_t = np.flatnonzero(counts >= 1)
+        single = counts[up_t] == 1
+        first_cons = np.zeros(graph.n_tensors, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if graph.n_tensors else counts
+        has = counts >= 1
+        first_cons[has] = self.pair_cons[starts[has]]
+        up_dst = np.where(single, first_cons[up_t], aux_of[up_t])
+        self.up_tensors = up_t
+        # Graph outputs made by a node: their download is paid when that node is on the cloud.
+        self.out_made = np.flatnonzero(graph.is_output & (prod >= 0))
+        self.out_prod_nodes = prod[self.out_made]
+        fin_u = np.concatenate([np.full(n, s), nodes, src_of[up_t]])
+        fin_v = np.concatenate([nodes, np.full(n, t), up_dst])
+
+        # Infinite edges: consumer -> producer (closure) and aux -> consumer.
+        pair_aux = aux_of[self.pair_tensor]
+        via_aux = pair_aux >= 0
+        inf_u = np.concatenate([self.edge_cons, pair_aux[via_aux]])
+        inf_v = np.concatenate([self.edge_prod, self.pair_cons[via_aux]])
+
+        V = self.n_vertices
+        u = np.concatenate([fin_u, inf_u])
+        v = np.concatenate([fin_v, inf_v])
+        keys = np.unique(np.concatenate([u * V + v, v * V + u]))  # both directions, sorted
+        rows = keys // V
+        self.indices = (keys % V).astype(np.int32)
+        self.indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=V))]).astype(np.int32)
+        self.rows = rows
+        self.nnz = keys.size
+        self.fin_slot = np.searchsorted(keys, fin_u * V + fin_v)
+        self.inf_slot = np.unique(np.searchsorted(keys, inf_u * V + inf_v))
+
+    def capacities(self, w: Weights) -> tuple[np.ndarray, float]:
+        """Float capacity per slot (inf slots left 0) and the constant the cut omits."""
+        n = self.n_nodes
+        # Every node pays exactly one of device/cloud, so subtracting their minimum from
+        # both shifts all cuts by the same constant: less flow, finer integer scale.
+        base = np.minimum(w.device, w.cloud)
+        to_cloud = w.cloud - base
+        to_cloud += np.bincount(self.out_prod_nodes, weights=w.download[self.out_made], minlength=n)
+        caps = np.concatenate([to_cloud, w.device - base, w.upload[self.up_tensors]])
+        slot = np.bincount(self.fin_slot, weights=caps, minlength=self.nnz)
+        return slot, float(base.sum())
+
+    def solve(self, caps: np.ndarray, upper: float) -> tuple[np.ndarray, float]:
+        """Minimal source side of a minimum cut of the rounded network, and a gap bound.
+
+        Args:
+            caps: float capacity per slot (0 on infinite and reverse slots).
+            upper: a number >= the minimum cut value (the value of some real cut).
+
+        Returns:
+            (device mask, gap): the cut's true value exceeds the minimum by at most gap.
+        """
+        if upper <= 0:
+            # A zero cut exists: forbid every positive edge, any 0-valued cut is exact.
+            q = (caps > 0).astype(np.int32)
+            gap = 0.0
+        else:
+            with np.errstate(over="ignore"):  # a tiny bound may overflow; clipped below
+                scaled = caps / upper * _UNIT
+            q = np.minimum(np.rint(scaled), _CLIP)
+            # Per-slot rounding error, in cost units. Clipped slots (capacity > 2 * upper)
+            # are in no minimum cut, true or rounded, so they add nothing to the gap.
+            err = np.where(q < _CLIP, np.abs(q - scaled), 0.0) * (upper / _UNIT)
+            q = q.astype(np.int32)
+        q[self.inf_slot] = _INF
+        graph = csr_array((q, self.indices, self.indptr), shape=(self.n_vertices, self.n_vertices))
+        flow = maximum_flow(graph, self.source, self.sink, method="dinic").flow
+        # flow has graph's structure (reverse slots present), so residual is slotwise.
+        live = q.astype(np.int64) - flow.data > 0
+        counts = np.bincount(self.rows[live], minlength=self.n_vertices)
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+        residual = csr_array(
+            (np.ones(int(live.sum()), dtype=np.int8), self.indices[live], indptr),
+            shape=(self.n_vertices, self.n_vertices),
+        )
+        reach = breadth_first_order(residual, self.source, directed=True, return_predecessors=False)
+        side = np.zeros(self.n_vertices, dtype=bool)
+        side[reach] = True
+        if upper > 0:
+            # true(found) - OPT <= err(found cut) + err(optimal cut) <= err(found) + sum(err).
+            crossing = side[self.rows] & ~side[self.indices]
+            gap = float(err[crossing].sum() + err.sum())
+        return side[: self.n_nodes], gap
+
+
+def _upper_bound(net: _Network, caps: np.ndarray) -> float:
+    # Reduced cut values of the full set (every n->t edge) and of the empty set (every
+    # edge leaving s: cloud costs, downloads, graph-input uploads); either bounds the
+    # minimum cut from above.
+    n = net.n_nodes
+    full = float(caps[net.fin_slot[n : 2 * n]].sum())
+    empty = float(caps[net.indptr[net.source] : net.indptr[net.source + 1]].sum())
+    return min(full, empty)
+
+
+def _solve(graph: CutGraph, weights: Weights, hint: float = np.inf) -> Cut:
+    """:func:`solve` with an optional hint: the cost of some known closed set under ``weights``."""
+    weights._check(graph)
+    n = graph.n_nodes
+    full_mask = np.ones(n, dtype=bool)
+    full_cost = float(weights.device.sum())
+    if n == 0:
+        return Cut(full_mask, 0.0)
+    net = graph._network()
+    caps, const = net.capacities(weights)
+    # Upper bound on the reduced min cut: trivial sets, or the caller's known set (whose
+    # cost includes `remote` unless it is the full set; removing it keeps a valid bound).
+    upper = min(_upper_bound(net, caps), max(hint - weights.remote - const, 0.0))
+    mask, gap = net.solve(caps, upper)
+    cost = evaluate(graph, weights, mask)
+    for _ in range(_MAX_REFINE):
+        # The rounding error scales with `upper`; when the optimum is far below it,
+        # re-solve with the tighter bound the found cut gives.
+        reduced = cost - const - (weights.remote if not mask.all() else 0.0)
+        if gap == 0.0 or reduced >= _REFINE_BELOW * upper:
+            break
+        upper = max(reduced, 0.0)
+        mask2, gap2 = net.solve(caps, upper)
+        cost2 = evaluate(graph, weights, mask2)
+        if cost2 <= cost:
+            mask, gap, cost = mask2, gap2, cost2
+        else:
+            gap = min(gap, gap2)
+    # `remote` is paid by every non-full set: the best non-full set is the min cut's set
+    # whenever that is non-full, so comparing with the full set is exact. Ties keep the
+    # smaller (non-full) set.
+    if not mask.all() and full_cost < cost:
+        return Cut(full_mask, full_cost, gap)
+    return Cut(mask, cost, gap)
+
+
+def solve(graph: CutGraph, weights: Weights) -> Cut:
+    """The device set of least cost over all sets closed under producers.
+
+    A minimum s-t cut (module docstring) gives the best set ignoring ``remote``; call it
+    S*. Every non-full set pays ``remote``, so if S* is not full the best non-full set is
+    S* and the answer is the cheaper of S* (+ remote) and the full set; if S* is full it
+    is optimal outright. Among equal-cost sets the smallest device set (the minimal
+    source side) is returned, deterministically.
+
+    Args:
+        graph: the graph.
+        weights: the objective (sizes must match the graph).
+
+    Returns:
+        The optimal :class:`Cut`; its cost is evaluated exactly and is at most
+        ``cut.gap`` above the true optimum (integer rounding for the max-flow solver;
+        the bound is at most (finite edges) * optimum / 2**29, typically far less).
+
+    Raises:
+        NscompileError: if the weights do not match the graph.
+    """
+    return _solve(graph, weights)
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def lower_envelope(
+    graph: CutGraph, base: Weights, slope: Weights, x_lo: float, x_hi: float
+) -> Envelope:
+    """The optimal device set for every x in [x_lo, x_hi] of ``cost(S, x) = A(S) + x * D(S)``.
+
+    ``A = evaluate(base, .)``, ``D = evaluate(slope, .)``; typically x = 1/bandwidth and
+    ``slope`` holds the bytes on the wire. The best cost over x is the lower envelope of
+    one line per closed set. Eisner-Severance: solve at both ends; if the optimal lines
+    differ, solve where they intersect; a strictly better set there splits the interval,
+    otherwise the intersection is an exact breakpoint. It takes 2k - 1 solves for k
+    envelope lines (plus at most 2 at the ends), not one per grid point.
+
+    Args:
+        graph: the graph.
+        base: the objective at x = 0.
+        slope: the objective's derivative in x.
+        x_lo, x_hi: the interval, 0 <= x_lo <= x_hi, finite.
+
+    Returns:
+        An :class:`Envelope` (a list) of :class:`Segment` covering [x_lo, x_hi] in order,
+        adjacent segments with different sets, breakpoints where the adjacent sets' costs
+        are equal. ``Envelope.n_solves`` counts the min-cut solves.
+
+    Raises:
+        NscompileError: on a bad interval or weights that do not match the graph.
+    """
+    x_lo, x_hi = float(x_lo), float(x_hi)
+    if not (np.isfinite(x_lo) and np.isfinite(x_hi) and 0 <= x_lo <= x_hi):
+        raise NscompileError(
+            f"lower_envelope: need 0 <= x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]"
+        )
+    base._check(graph)
+    slope._check(graph)
+    env = Envelope()
+
+    def line_of(cut: Cut) -> tuple[np.ndarray, float, float]:
+        return cut.device, evaluate(graph, base, cut.device), evaluate(graph, slope, cut.device)
+
+    def solve_at(x: float, hint: float = np.inf):
+        env.n_solves += 1
+        return line_of(_solve(graph, base.combine(slope, x), hint))
+
+    def same(a, b) -> bool:
+        return np.array_equal(a[0], b[0])
+
+    def tol(value: float) -> float:
+        return 1e-12 * max(abs(value), 1e-300)
+
+    left = solve_at(x_lo)
+    right = left if x_hi == x_lo else solve_at(x_hi)
+    pieces: list[tuple[float, float, tuple]] = []
+    # Explicit stack, left piece on top, so pieces come out in order. Each entry:
+    # (xl, line optimal at xl, xr, line optimal at xr).
+    stack = [(x_lo, left, x_hi, right)]
+    budget = 4 * graph.n_nodes + 64  # the envelope has at most N+1 distinct lines anyway
+    while stack:
+        xl, a, xr, b = stack.pop()
+        if same(a, b) or (a[1] == b[1] and a[2] == b[2]):
+            pieces.append((xl, xr, a))
+            continue
+        # Lines cross where A_a + x D_a == A_b + x D_b.
+        dd = a[2] - b[2]
+        xm = (b[1] - a[1]) / dd if dd > 0 else np.nan
+        if not (xl < xm < xr):
+            # Only possible through rounding: one line is below the other on the whole
+            # piece (weakly); keep the one lower in the middle.
+            mid = 0.5 * (xl + xr)
+            pieces.append((xl, xr, a if a[1] + mid * a[2] <= b[1] + mid * b[2] else b))
+            continue
+        at = a[1] + xm * a[2]
+        if budget <= 0:
+            pieces.append((xl, xm, a))
+            pieces.append((xm, xr, b))
+            continue
+        budget -= 1
+        c = solve_at(xm, hint=min(at, b[1] + xm * b[2]))
+        if c[1] + xm * c[2] < at - tol(at) and not same(c, a) and not same(c, b):
+            stack.append((xm, c, xr, b))
+            stack.append((xl, a, xm, c))
+        else:
+            pieces.append((xl, xm, a))
+            pieces.append((xm, xr, b))
+
+    # Merge adjacent pieces with the same set; drop empty ones unless that is all there is.
+    merged: list[list] = []
+    for xf, xt, ln in pieces:
+        if merged and same(merged[-1][2], ln):
+            merged[-1][1] = xt
+        elif merged and xt <= xf:
+            continue
+        elif merged and merged[-1][1] <= merged[-1][0]:
+            merged[-1] = [xf, xt, ln]
+        else:
+            merged.append([xf, xt, ln])
+    for xf, xt, (mask, a_val, d_val) in merged:
+        env.append(Segment(xf, xt, Cut(mask, a_val + xf * d_val), a_val, d_val))
+    return env
