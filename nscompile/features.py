@@ -1,0 +1,387 @@
+"""Per-node features for the latency regressions (the paper's per-layer-type inputs).
+
+Every node gets a :class:`NodeFeatures`: the *key* its cost is looked up under and a
+dict of numbers (MACs, bytes in/out, parameter bytes, op-specific terms such as the
+paper's ``(filter/stride)^2 * filters``). The profiler computes the same features for its
+microbenchmarks, so a profile's regressions and a model's nodes speak the same language.
+
+Key scheme (why: onnxruntime does not run the ONNX graph node by node):
+
+* ``op_type`` for a node that runs as its own kernel (``"Conv"``, ``"Gemm"``...).
+* ``"fused:<op_type>"`` for a node that onnxruntime's graph optimiser folds into its
+  producer's kernel: BatchNormalization / Mul / Add by a constant after a Conv (folded
+  into the weights), an activation after a Conv or Gemm (FusedConv, FusedGemm, NCHWc
+  Conv), a residual Add/Sum after a Conv (NCHWc Conv with a sum input), a constant Add
+  after MatMul (Gemm), and Dropout / Identity (removed). Such nodes cost next to nothing;
+  the profile measures how little from fused-pattern microbenchmarks.
+* ``"folded:<op_type>"`` for a node whose inputs are all constants (shape arithmetic,
+  ``ConstantOfShape`` of a constant shape, ``Unsqueeze`` of a weight): onnxruntime
+  constant-folds it when the session is created, so it costs nothing per run.
+
+The attribution keeps the sum of node costs equal to the cost of the fused kernel, so a
+partition that cuts *inside* a fused group is still costed sensibly (the producer keeps
+the bulk of the cost, the absorbed node a small remainder).
+
+Only onnx and numpy are imported here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Set as AbstractSet
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+import onnx
+
+__all__ = [
+    "NodeFeatures",
+    "graph_features",
+    "static_shapes",
+    "ACTIVATIONS",
+    "BASE_FEATURES",
+]
+
+Shapes = Mapping[str, tuple[tuple[int, ...], np.dtype]]
+
+# Element-wise activations onnxruntime fuses into a preceding Conv / Gemm kernel.
+ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid"})
+# Ops the optimiser removes outright.
+_ELIMINATED = frozenset({"Dropout", "Identity"})
+# Kernels other nodes can be fused into.
+_CONV_LIKE = frozenset({"Conv", "FusedConv"})
+_GEMM_LIKE = frozenset({"Gemm", "MatMul"})
+
+#: Features every node has (zeros where they do not apply).
+BASE_FEATURES = (
+    "macs",
+    "flops",
+    "bytes_in",
+    "bytes_out",
+    "param_bytes",
+    "elems_in",
+    "elems_out",
+    "n_inputs",
+)
+
+
+@dataclass(frozen=True)
+class NodeFeatures:
+    """What the cost model knows about one node.
+
+    Attributes:
+        key: Op key the cost model looks up: the op type, or ``"fused:<op>"`` /
+            ``"folded:<op>"`` (see the module docstring).
+        values: Numeric features, e.g. ``macs``, ``bytes_in``, ``bytes_out``,
+            ``param_bytes``, ``flops`` and op-specific ones. Missing features read as 0.
+    """
+
+    key: str
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def op_type(self) -> str:
+        """The ONNX op type behind the key (``"fused:Relu"`` -> ``"Relu"``)."""
+        return self.key.split(":", 1)[1] if ":" in self.key else self.key
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= max(int(d), 0)
+    return n
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    out = {}
+    for a in node.attribute:
+        try:
+            out[a.name] = onnx.helper.get_attribute_value(a)
+        except Exception:  # an attribute type we do not decode is irrelevant to cost
+            pass
+    return out
+
+
+def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Static shapes and dtypes of every tensor of a model, via ONNX shape inference.
+
+    A helper for the profiler and the accuracy benchmark (the compiler's frontend has
+    its own). Tensors whose shape is unknown or dynamic are left out.
+
+    Args:
+        model: A model whose graph inputs have static shapes.
+
+    Returns:
+        Tensor name -> (shape, numpy dtype).
+    """
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for init in g.initializer:
+        out[init.name] = (
+            tuple(int(d) for d in init.dims),
+            np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)),
+        )
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        tt = vi.type.tensor_type
+        if not tt.HasField("shape") or tt.elem_type == 0:
+            continue
+        dims = []
+        for d in tt.shape.dim:
+            if not d.HasField("dim_value"):
+                break
+            dims.append(int(d.dim_value))
+        else:
+            out.setdefault(
+                vi.name, (tuple(dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
+            )
+    return out
+
+
+def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
+    x = shapes.get(node.input[0])
+    w = shapes.get(node.input[1]) if len(node.input) > 1 else None
+    y = shapes.get(node.output[0])
+    if not (x and w and y) or len(w[0]) < 3 or len(y[0]) < 3:
+        return
+    xs, ws, ys = x[0], w[0], y[0]
+    group = int(attrs.get("group", 1))
+    c_out, c_in_per_group = ws[0], ws[1]
+    kernel = _numel(ws[2:])
+    strides = attrs.get("strides") or [1] * (len(ws) - 2)
+    stride = float(np.prod(strides)) ** (1.0 / max(len(strides), 1))
+    k_side = kernel ** (1.0 / max(len(ws) - 2, 1))
+    spatial_out = _numel(ys[2:])
+    batch = ys[0]
+    macs = float(batch * c_out * spatial_out * c_in_per_group * kernel)
+    c_in = xs[1] if len(xs) > 1 else c_in_per_group * group
+    depthwise = group > 1 and group == c_in
+    v["macs"] = macs
+    v["flops"] = 2.0 * macs
+    v["kernel"] = float(kernel)
+    v["stride"] = float(stride)
+    v["group"] = float(group)
+    v["c_in"] = float(c_in)
+    v["c_out"] = float(c_out)
+    v["spatial_out"] = float(spatial_out)
+    v["spatial_in"] = float(_numel(xs[2:]))
+    # The paper's conv feature: (filter size / stride)^2 * number of filters.
+    v["paper_conv"] = (k_side / max(stride, 1.0)) ** 2 * c_out
+    # One MAC count per kernel family: onnxruntime/MLAS runs them with different
+    # kernels (depthwise, grouped, pointwise GEMM, im2col/NCHWc), each at its own speed.
+    v["macs_dw"] = macs if depthwise else 0.0
+    v["macs_grouped"] = macs if (group > 1 and not depthwise) else 0.0
+    v["macs_1x1"] = macs if (group == 1 and kernel == 1) else 0.0
+    v["macs_kxk"] = macs if (group == 1 and kernel > 1) else 0.0
+    # Narrow input channels (the first conv, c_in=3) vectorise badly.
+    v["macs_narrow"] = macs if (group == 1 and c_in_per_group < 8) else 0.0
+
+
+def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
+    op = node.op_type
+    ins = [shapes.get(n) for n in node.input]
+    outs = [shapes.get(n) for n in node.output]
+    elems_out = v["elems_out"]
+    elems_in = v["elems_in"]
+    if op in ("Conv", "FusedConv"):
+        _conv_features(node, attrs, shapes, v)
+    elif op == "ConvTranspose":
+        x = ins[0]
+        w = ins[1] if len(ins) > 1 else None
+        if x and w and len(w[0]) >= 3:
+            group = int(attrs.get("group", 1))
+            macs = float(_numel(x[0]) * w[0][1] * _numel(w[0][2:]))
+            v["macs"] = macs
+            v["flops"] = 2 * macs
+            v["kernel"] = float(_numel(w[0][2:]))
+            v["group"] = float(group)
+    elif op == "Gemm":
+        a = ins[0]
+        y = outs[0]
+        if a and y and len(a[0]) == 2:
+            k = a[0][0] if attrs.get("transA", 0) else a[0][1]
+            macs = float(_numel(y[0]) * k)
+            v["macs"] = macs
+            v["flops"] = 2 * macs
+            v["fc_neurons"] = float(y[0][-1]) if y[0] else 0.0
+    elif op == "MatMul":
+        a = ins[0]
+        y = outs[0]
+        if a and y and a[0]:
+            macs = float(_numel(y[0]) * a[0][-1])
+            v["macs"] = macs
+            v["flops"] = 2 * macs
+    elif op in ("MaxPool", "AveragePool", "LpPool"):
+        kernel = _numel(tuple(attrs.get("kernel_shape", [1])))
+        v["kernel"] = float(kernel)
+        v["macs"] = float(elems_out * kernel)
+        v["flops"] = v["macs"]
+    elif op in ("GlobalAveragePool", "GlobalMaxPool", "ReduceMean", "ReduceSum", "ReduceMax"):
+        v["macs"] = float(elems_in)
+        v["flops"] = float(elems_in)
+    elif op == "LRN":
+        size = int(attrs.get("size", 5))
+        v["macs"] = float(elems_out * size)
+        v["flops"] = v["macs"] * 2
+    elif op in ("LSTM", "GRU", "RNN"):
+        x = ins[0]
+        w = ins[1] if len(ins) > 1 else None
+        r = ins[2] if len(ins) > 2 else None
+        if x and w and r and len(x[0]) == 3 and len(w[0]) == 3:
+            seq, batch, in_size = x[0]
+            dirs, gates_h, _ = w[0]
+            hidden = r[0][2]
+            macs = float(seq * batch * dirs * gates_h * (in_size + hidden))
+            v["macs"] = macs
+            v["flops"] = 2 * macs
+            v["seq"] = float(seq)
+            v["hidden"] = float(hidden)
+    elif op in ("Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization",
+                "LayerNormalization", "Erf", "Exp", "Gelu", "Tanh", "Sigmoid"):
+        v["flops"] = float(elems_in) * 4
+    else:
+        v["flops"] = float(elems_out)
+
+
+def _node_values(node, attrs, shapes: Shapes, constants: AbstractSet[str]) -> dict[str, float]:
+    bytes_in = bytes_param = 0.0
+    elems_in = 0
+    n_inputs = 0
+    for name in node.input:
+        if not name or name not in shapes:
+            continue
+        shape, dtype = shapes[name]
+        nb = float(_numel(shape) * np.dtype(dtype).itemsize)
+        if name in constants:
+            bytes_param += nb
+        else:
+            bytes_in += nb
+            elems_in += _numel(shape)
+            n_inputs += 1
+    bytes_out = 0.0
+    elems_out = 0
+    for name in node.output:
+        if name and name in shapes:
+            shape, dtype = shapes[name]
+            bytes_out += float(_numel(shape) * np.dtype(dtype).itemsize)
+            elems_out += _numel(shape)
+    v = {
+        "macs": 0.0,
+        "flops": 0.0,
+        "bytes_in": bytes_in,
+        "bytes_out": bytes_out,
+        "param_bytes": bytes_param,
+        "elems_in": float(elems_in),
+        "elems_out": float(elems_out),
+        "n_inputs": float(n_inputs),
+    }
+    try:
+        _op_features(node, attrs, shapes, v)
+    except Exception:  # malformed attributes or shapes: keep the generic features
+        pass
+    for k, x in list(v.items()):
+        if not math.isfinite(x):
+            v[k] = 0.0
+    return v
+
+
+def graph_features(
+    graph: onnx.GraphProto,
+    shapes: Shapes,
+    constants: AbstractSet[str],
+) -> list[NodeFeatures]:
+    """Features of every node of a graph, in ``graph.node`` order.
+
+    Args:
+        graph: The graph (topologically ordered, as ONNX requires).
+        shapes: Static shape and numpy dtype of every tensor (graph inputs, initializers,
+            intermediates, outputs). Tensors missing here count as 0 bytes.
+        constants: Names of constant tensors (initializers / weights).
+
+    Returns:
+        One :class:`NodeFeatures` per node. Never raises on an unknown op type: such a
+        node gets the generic features (bytes and elements in and out).
+    """
+    nodes = list(graph.node)
+    graph_outputs = {o.name for o in graph.output}
+    consumers: dict[str, int] = {}
+    for n in nodes:
+        for name in set(n.input):
+            if name:
+                consumers[name] = consumers.get(name, 0) + 1
+    producer: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        for name in n.output:
+            producer[name] = i
+
+    const = set(constants)
+    # Fusion state per node that is a kernel (or absorbed into one): the head op and the
+    # stage reached, so that e.g. a second activation after Conv+Relu is not fused.
+    stage: dict[int, tuple[str, int]] = {}  # index -> (head family, stage)
+    # stages: 0 = bare kernel, 1 = after BN/affine, 2 = after residual add, 3 = after act.
+    result: list[NodeFeatures] = []
+    for i, node in enumerate(nodes):
+        attrs = _attrs(node)
+        values = _node_values(node, attrs, shapes, const)
+        op = node.op_type
+        real_inputs = [x for x in node.input if x]
+        dyn_inputs = [x for x in real_inputs if x not in const]
+        key = op
+        if op == "Constant" or (real_inputs and not dyn_inputs) or (
+            not real_inputs and op in ("ConstantOfShape", "Constant")
+        ):
+            key = f"folded:{op}"
+            const.update(o for o in node.output if o)
+        elif op in _ELIMINATED:
+            key = f"fused:{op}"
+        else:
+            fused = _fusion(node, op, dyn_inputs, nodes, producer, consumers, graph_outputs, stage, shapes)
+            if fused is not None:
+                key = f"fused:{op}"
+                stage[i] = fused
+            elif op in _CONV_LIKE or op == "BatchNormalization":
+                # A lone BatchNormalization becomes a depthwise NCHWc conv in onnxruntime,
+                # so what follows it fuses as it would after a Conv.
+                stage[i] = ("conv", 0)
+            elif op in _GEMM_LIKE:
+                stage[i] = ("gemm", 0)
+        result.append(NodeFeatures(key=key, values=values))
+    return result
+
+
+def _fusion(node, op, dyn_inputs, nodes, producer, consumers, graph_outputs, stage, shapes):
+    """The (family, stage) a node reaches if it fuses into its producer's kernel, else None."""
+    if not dyn_inputs:
+        return None
+
+    def fusable_from(name):
+        # The intermediate tensor must vanish: produced by a kernel, used only here.
+        if name in graph_outputs or consumers.get(name, 0) != 1:
+            return None
+        p = producer.get(name)
+        if p is None or p not in stage:
+            return None
+        return stage[p]
+
+    if len(dyn_inputs) == 1:
+        st = fusable_from(dyn_inputs[0])
+        if st is None:
+            return None
+        family, level = st
+        if op in ("BatchNormalization", "Mul", "Add", "Sub", "Div") and family == "conv" and level == 0:
+            return (family, 0)  # folded into the conv weights / bias
+        if op in ("Add",) and family == "gemm" and level == 0:
+            return (family, 1)  # MatMul + Add -> Gemm bias
+        if op in ACTIVATIONS and level < 3:
+            return (family, 3)
+        return None
+    if op in ("Add", "Sum") and len(dyn_inputs) == 2:
+        # Residual add: one operand straight from a conv, the other of the same shape.
+        a, b = dyn_inputs
+        for mine, other in ((a, b), (b, a)):
+            st = fusable_from(mine)
+            if st is None or st[0] != "conv" or st[1] >= 2:
+                continue
+            if shapes.get(mine, (None,))[0] == shapes.get(other, (None,))[0]:
+                return ("conv", 2)
+    return None

@@ -1,0 +1,190 @@
+"""``nscompile profile``: measure a device with microbenchmarks and fit its cost model.
+
+Pipeline: :mod:`.microbench` generates single-op and fused-pattern ONNX models,
+:mod:`.timing` times them with onnxruntime as the deployment runs them, features come
+from :func:`nscompile.features.graph_features` (the same code the compiler uses), and
+:mod:`.fit` fits one regression per op key. The result is a
+:class:`~nscompile.cost_model.Profile` (JSON, never pickle).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+import time
+from typing import Callable
+
+from nscompile.cost_model import RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
+from nscompile.errors import NscompileError
+
+__all__ = ["run_profile", "cpu_model", "ASSUMED_POWER"]
+
+#: Power figures used when no meter was attached (watts), per profile kind. A phone SoC
+#: runs around 2-4 W with a big core busy and ~0.3 W idle with the screen off; a server
+#: socket under load draws ~100 W. Override with --compute-power-w / --idle-power-w.
+ASSUMED_POWER = {"device": (3.0, 0.3), "server": (100.0, 50.0)}
+
+FUSION_NOTE = (
+    "Keys: op_type for nodes that run as their own kernel; 'fused:<op>' for nodes onnxruntime "
+    "folds into the producer's kernel (BN/affine/activation/residual Add after Conv, activation "
+    "after Gemm, bias Add after MatMul, Dropout/Identity removed), costed by the 'fused:*' "
+    "regression fitted on fused-pattern time beyond the base kernel; 'folded:<op>' for nodes "
+    "with only constant inputs (constant-folded, free). Times are net of the fixed per-run "
+    "session overhead ('overhead_ms')."
+)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where available)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _overhead_ms(threads: int, provider: str, seed: int) -> float:
+    """Fixed per-run cost of a session (the time of a 1-element Relu)."""
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from nscompile.profiler.timing import time_model
+
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    feeds = {"x": np.ones(1, np.float32)}
+    return min(time_model(m, feeds, threads, provider, budget_s=0.1) for _ in range(3))
+
+
+def run_profile(
+    name: str,
+    kind: str = "device",
+    threads: int = 1,
+    provider: str = "cpu",
+    quick: bool = False,
+    seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
+    compute_power_w: float | None = None,
+    idle_power_w: float | None = None,
+    radio: dict[str, RadioModel] | None = None,
+    notes: str | None = None,
+) -> Profile:
+    """Profile this machine: run the microbenchmarks and fit the cost model.
+
+    Args:
+        name: Profile name.
+        kind: ``"device"`` or ``"server"``.
+        threads: onnxruntime intra-op threads, as the deployment will use (0 = all cores).
+        provider: ``"cpu"`` or ``"cuda"``.
+        quick: Small sweep (under two minutes) for CI and tests.
+        seed: Seed of the configuration generator.
+        progress: Called as ``progress(done, total, case_name)`` after each benchmark.
+        compute_power_w: Measured compute power (W); None keeps the assumed figure.
+        idle_power_w: Measured idle power (W); None keeps the assumed figure.
+        radio: Radio models overriding the Huang et al. presets.
+        notes: Free text stored in the profile (e.g. how the device was set up).
+
+    Returns:
+        The fitted profile.
+
+    Raises:
+        NscompileError: bad kind or thread count, or the provider is unavailable.
+    """
+    import onnxruntime as ort
+
+    from nscompile.features import graph_features, static_shapes
+    from nscompile.profiler.fit import Sample, fit_all, fit_key
+    from nscompile.profiler.microbench import generate_cases
+    from nscompile.profiler.timing import time_model
+
+    if kind not in ("device", "server"):
+        raise NscompileError(f"profile kind must be 'device' or 'server', got '{kind}'")
+    if threads < 0:
+        raise NscompileError(f"--threads must be >= 0 (0 = all cores), got {threads}")
+    started = time.time()
+    cases = generate_cases(quick, seed)
+    budget = 0.12 if quick else 0.35
+    overhead = _overhead_ms(threads, provider, seed)
+    singles: list[Sample] = []
+    patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
+    for i, case in enumerate(cases):
+        shapes = static_shapes(case.model)
+        consts = {t.name for t in case.model.graph.initializer}
+        feats = graph_features(case.model.graph, shapes, consts)
+        ms = time_model(case.model, case.feeds, threads, provider, budget_s=budget)
+        ms = max(ms - overhead, 1e-4)
+        kernels = [f for f in feats if ":" not in f.key]
+        fused = [f for f in feats if f.key.startswith("fused:")]
+        if len(kernels) == 1 and case.group != "pattern":
+            singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms))
+        elif len(kernels) == 1:
+            patterns.append((Sample(kernels[0].key, dict(kernels[0].values), ms), fused))
+        if progress is not None:
+            progress(i + 1, len(cases), case.name)
+
+    models = fit_all(singles, seed)
+    # Fused patterns: what the pattern costs beyond its base kernel is the absorbed nodes'.
+    fused_samples = []
+    for base, fused in patterns:
+        if base.key not in models or not fused:
+            continue
+        extra = max(base.ms - models[base.key].predict(base.values), 0.0)
+        total: dict[str, float] = {}
+        for f in fused:
+            for k, v in f.values.items():
+                total[k] = total.get(k, 0.0) + v
+        fused_samples.append(Sample("fused:*", total, max(extra, 1e-4)))
+    if fused_samples:
+        models["fused:*"] = fit_key("fused:*", fused_samples, seed)
+    for op in ("Dropout", "Identity"):  # removed by the optimiser outright
+        models[f"fused:{op}"] = Regression((), "constant", (), 0.0, None, 0)
+    # Fallback for unseen op types: memory traffic, fitted on the memory-bound ops.
+    heavy = {"Conv", "Gemm", "MatMul", "LSTM", "GRU", "LRN"}
+    mem = [Sample("fallback", s.values, s.ms) for s in singles if s.key not in heavy]
+    fallback = fit_key("fallback", mem, seed) if len(mem) >= 3 else Profile.__dataclass_fields__["fallback"].default
+    if fallback.transform != "linear":
+        # Extrapolation must stay sane for huge unknown ops: prefer the linear form.
+        from nscompile.profiler.fit import _design, _fit_linear
+        import numpy as np
+
+        feats_fb = ("bytes_in", "bytes_out", "param_bytes", "elems_out")
+        lin = _fit_linear(_design(mem, feats_fb), np.array([s.ms for s in mem]), feats_fb)
+        fallback = Regression(lin.features, "linear", lin.coef, lin.intercept, fallback.heldout_error, len(mem))
+
+    cp, ip = ASSUMED_POWER[kind]
+    meta = {
+        "onnxruntime_version": ort.__version__,
+        "cpu_model": cpu_model(),
+        "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "overhead_ms": round(overhead, 6),
+        "n_benchmarks": len(cases),
+        "quick": bool(quick),
+        "seed": int(seed),
+        "profiling_seconds": round(time.time() - started, 1),
+        "fusion_scheme": FUSION_NOTE,
+        "heldout_metric": "k-fold (k<=5) mean absolute relative error of the chosen form",
+        "power_source": "assumed" if compute_power_w is None and idle_power_w is None else "measured",
+        "radio_source": RADIO_SOURCE,
+    }
+    if notes:
+        meta["notes"] = notes
+    radios = dict(RADIO_PRESETS)
+    radios.update(radio or {})
+    return Profile(
+        name=name,
+        kind=kind,
+        provider=provider,
+        threads=int(threads),
+        compute_power_w=float(cp if compute_power_w is None else compute_power_w),
+        idle_power_w=float(ip if idle_power_w is None else idle_power_w),
+        models=models,
+        fallback=fallback,
+        radio_models=radios,
+        meta=meta,
+    )

@@ -1,0 +1,147 @@
+"""Fitting the per-op-key latency regressions (scikit-learn) and exporting them as data.
+
+For every op key the profiler tries a few model forms (non-negative linear on the key's
+features, linear on its main work term alone, log-log power law), scores each by k-fold
+held-out mean absolute relative error, and keeps the best. Fitted models become plain
+:class:`~nscompile.cost_model.Regression` records: no estimator object is ever stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nscompile.cost_model import Regression
+
+__all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all"]
+
+# Features each op key's regression may use (why: these are what its kernel's time
+# scales with; MAC counts are split per MLAS kernel family for Conv).
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "Conv": ("macs_1x1", "macs_kxk", "macs_dw", "macs_grouped", "macs_narrow", "bytes_in", "bytes_out",
+             "param_bytes"),
+    "Gemm": ("macs", "param_bytes", "bytes_in", "bytes_out"),
+    "MatMul": ("macs", "param_bytes", "bytes_in", "bytes_out"),
+    "LSTM": ("macs", "param_bytes", "seq"),
+    "GRU": ("macs", "param_bytes", "seq"),
+    "MaxPool": ("macs", "bytes_in", "bytes_out"),
+    "AveragePool": ("macs", "bytes_in", "bytes_out"),
+    "LRN": ("macs", "bytes_in"),
+    "fused:*": ("elems_out", "bytes_in"),
+}
+_DEFAULT_FEATURES = ("bytes_in", "bytes_out", "param_bytes", "elems_out")
+# The single main work term per key, for the one-feature candidate.
+_MAIN = {"Conv": "macs", "Gemm": "macs", "MatMul": "macs", "LSTM": "macs", "GRU": "macs",
+         "MaxPool": "macs", "AveragePool": "macs", "LRN": "macs"}
+
+
+@dataclass
+class Sample:
+    """One measured microbenchmark attributed to an op key."""
+
+    key: str
+    values: dict[str, float]
+    ms: float
+
+
+def _design(samples, feats):
+    return np.array([[float(s.values.get(f, 0.0)) for f in feats] for s in samples], dtype=np.float64)
+
+
+def _fit_linear(X, y, feats):
+    """Non-negative least squares on relative error, with a non-negative intercept."""
+    from sklearn.linear_model import LinearRegression
+
+    scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
+    A = np.hstack([X / scale, np.ones((len(y), 1))])
+    w = 1.0 / np.maximum(y, 1e-4) ** 2
+    lr = LinearRegression(positive=True, fit_intercept=False).fit(A, y, sample_weight=w)
+    coef = lr.coef_[:-1] / scale
+    return Regression(tuple(feats), "linear", tuple(float(c) for c in coef), float(lr.coef_[-1]))
+
+
+def _fit_loglog(X, y, feats):
+    from sklearn.linear_model import Ridge
+
+    L = np.log1p(np.maximum(X, 0.0))
+    lr = Ridge(alpha=1e-3).fit(L, np.log(np.maximum(y, 1e-5)))
+    return Regression(tuple(feats), "loglog", tuple(float(c) for c in lr.coef_), float(lr.intercept_))
+
+
+def _rel_err(reg: Regression, samples) -> float:
+    errs = [abs(reg.predict(s.values) - s.ms) / max(s.ms, 1e-4) for s in samples]
+    return float(np.mean(errs)) if errs else float("nan")
+
+
+def fit_key(key: str, samples: list[Sample], seed: int = 0) -> Regression:
+    """The best regression for one op key, chosen by k-fold held-out error.
+
+    Args:
+        key: The op key (selects the candidate feature set).
+        samples: Its measurements (ms already net of the fixed per-run overhead).
+        seed: Seed of the fold split.
+
+    Returns:
+        The chosen regression, refitted on all samples, with ``heldout_error`` and
+        ``n_samples`` filled in.
+    """
+    y = np.array([s.ms for s in samples], dtype=np.float64)
+    if len(samples) < 3:
+        c = float(np.median(y)) if len(y) else 0.0
+        return Regression((), "constant", (), c, None, len(samples))
+    feats_all = FEATURE_SETS.get(key, _DEFAULT_FEATURES)
+    X_all = _design(samples, feats_all)
+    keep = [i for i, f in enumerate(feats_all) if np.ptp(X_all[:, i]) > 0]
+    feats = tuple(feats_all[i] for i in keep)
+    candidates: list[tuple[str, tuple[str, ...]]] = [("const", ())]
+    if feats:
+        candidates.append(("linear", feats))
+        candidates.append(("loglog", feats))
+        main = _MAIN.get(key, feats[0])
+        if main in samples[0].values and main != feats[0] or len(feats) > 1:
+            candidates.append(("linear", (main,)))
+            candidates.append(("loglog", (main,)))
+
+    def fit(form, fs, subset):
+        yy = np.array([s.ms for s in subset])
+        if form == "const":
+            return Regression((), "constant", (), float(np.median(yy)))
+        X = _design(subset, fs)
+        return _fit_linear(X, yy, fs) if form == "linear" else _fit_loglog(X, yy, fs)
+
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    k = min(5, len(samples))
+    folds = [order[i::k] for i in range(k)]
+    best = None
+    for form, fs in candidates:
+        errs = []
+        for fi in range(k):
+            test = [samples[i] for i in folds[fi]]
+            train = [samples[i] for j in range(k) if j != fi for i in folds[j]]
+            if len(train) < 2:
+                continue
+            errs.append(_rel_err(fit(form, fs, train), test) * len(test))
+        err = float(np.sum(errs) / len(samples))
+        if best is None or err < best[0] - 1e-9:
+            best = (err, form, fs)
+    err, form, fs = best
+    reg = fit(form, fs, samples)
+    return Regression(reg.features, reg.transform, reg.coef, reg.intercept, err, len(samples))
+
+
+def fit_all(samples: list[Sample], seed: int = 0) -> dict[str, Regression]:
+    """One regression per op key present in ``samples``.
+
+    Args:
+        samples: All attributed measurements.
+        seed: Fold-split seed.
+
+    Returns:
+        Op key -> regression.
+    """
+    by_key: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_key.setdefault(s.key, []).append(s)
+    return {k: fit_key(k, v, seed) for k, v in sorted(by_key.items())}

@@ -1,0 +1,403 @@
+"""Single-op (and fused-pattern) ONNX microbenchmarks sweeping each op's configuration space.
+
+Each :class:`Case` is a tiny model: one node under test, or a pattern onnxruntime fuses
+into one kernel (Conv+BatchNormalization+Relu, Conv+Add+Relu, MatMul+Add, Gemm+Relu).
+Configurations are drawn from a seeded generator over realistic ranges (channel counts,
+spatial sizes, kernels and strides of image CNNs; widths of fully connected and
+transformer layers), with a MAC cap so that no single case runs for long.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+__all__ = ["Case", "generate_cases", "OPSET"]
+
+OPSET = 17
+
+
+@dataclass
+class Case:
+    """One microbenchmark.
+
+    Attributes:
+        name: Human-readable configuration, unique within a run.
+        group: What it measures: the op key for single-op cases, ``"pattern"`` for fused
+            patterns (their time beyond the base kernel is attributed to ``fused:*``).
+        model: The ONNX model (weights as initializers, one or more float inputs).
+        feeds: Input name -> numpy array.
+    """
+
+    name: str
+    group: str
+    model: onnx.ModelProto
+    feeds: dict[str, np.ndarray]
+
+
+class _Builder:
+    """Accumulates nodes, initializers and inputs of a small model."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.feeds: dict[str, np.ndarray] = {}
+        self._n = 0
+
+    def name(self, prefix: str) -> str:
+        self._n += 1
+        return f"{prefix}{self._n}"
+
+    def input(self, shape, dtype=np.float32, low=None, high=None) -> str:
+        n = self.name("x")
+        if np.issubdtype(dtype, np.integer):
+            arr = self.rng.integers(low or 0, high or 2, size=shape).astype(dtype)
+            et = TensorProto.INT64 if dtype == np.int64 else TensorProto.INT32
+        else:
+            arr = self.rng.standard_normal(shape).astype(np.float32)
+            et = TensorProto.FLOAT
+        self.inputs.append(helper.make_tensor_value_info(n, et, list(shape)))
+        self.feeds[n] = arr
+        return n
+
+    def weight(self, shape, positive=False, dtype=np.float32, values=None) -> str:
+        n = self.name("w")
+        if values is not None:
+            arr = np.asarray(values, dtype=dtype)
+        elif positive:
+            arr = self.rng.uniform(0.5, 1.5, size=shape).astype(dtype)
+        else:
+            fan = int(np.prod(shape[1:])) if len(shape) > 1 else int(shape[0]) if shape else 1
+            arr = (self.rng.standard_normal(shape) * np.sqrt(2.0 / max(fan, 1))).astype(dtype)
+        self.inits.append(numpy_helper.from_array(arr, n))
+        return n
+
+    def node(self, op: str, inputs: list[str], n_out: int = 1, **attrs) -> list[str]:
+        outs = [self.name("t") for _ in range(n_out)]
+        self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
+        return outs
+
+    def model(self, outputs: list[str]) -> onnx.ModelProto:
+        g = helper.make_graph(
+            self.nodes,
+            "bench",
+            self.inputs,
+            [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
+            self.inits,
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+        m.ir_version = 8
+        # Fill in output types so onnxruntime accepts the model.
+        m = onnx.shape_inference.infer_shapes(m)
+        vi = {v.name: v for v in list(m.graph.value_info)}
+        new_outs = [vi.get(o, None) for o in outputs]
+        if all(v is not None for v in new_outs):
+            del m.graph.output[:]
+            m.graph.output.extend(new_outs)
+        return m
+
+
+def _conv_out(h, k, s, p):
+    return (h + 2 * p - k) // s + 1
+
+
+def _sample_conv(rng, cap):
+    """A realistic Conv configuration with MACs under ``cap`` (or None)."""
+    spatial = int(rng.choice([7, 13, 14, 17, 27, 28, 35, 55, 56, 112, 224]))
+    chans = [3, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048]
+    kind = rng.choice(["dense", "dense", "dense", "dense", "pointwise", "pointwise", "depthwise", "grouped"])
+    k = int(rng.choice([1, 3, 3, 3, 5, 7, 11])) if kind == "dense" else 1
+    if kind == "depthwise":
+        k = int(rng.choice([3, 3, 5]))
+    if kind == "grouped":
+        k = int(rng.choice([1, 1, 3]))
+    stride = int(rng.choice([1, 1, 1, 2]))
+    if k >= 7 and rng.random() < 0.5:
+        stride = int(rng.choice([2, 4]))
+    c_in = int(rng.choice(chans[:-2] if spatial > 28 else chans))
+    c_out = int(rng.choice(chans[1:]))
+    group = 1
+    if kind == "depthwise":
+        c_in = c_out = int(rng.choice([16, 24, 32, 64, 96, 112, 128, 144, 192, 240, 256, 384, 512, 576, 960]))
+        group = c_in
+    elif kind == "grouped":
+        group = int(rng.choice([2, 3, 4, 8]))
+        c_in = group * int(rng.choice([6, 8, 16, 28, 32, 60, 64]))
+        c_out = group * int(rng.choice([6, 8, 16, 28, 32, 60, 64]))
+    pad = k // 2 if rng.random() < 0.85 else 0
+    ho = _conv_out(spatial, k, stride, pad)
+    if ho < 1:
+        return None
+    macs = c_out * ho * ho * (c_in // group) * k * k
+    if macs > cap or macs < 1e4:
+        return None
+    return dict(spatial=spatial, c_in=c_in, c_out=c_out, k=k, stride=stride, pad=pad, group=group)
+
+
+def _conv(b: _Builder, x: str, cfg, bias=True) -> str:
+    w = b.weight((cfg["c_out"], cfg["c_in"] // cfg["group"], cfg["k"], cfg["k"]))
+    ins = [x, w] + ([b.weight((cfg["c_out"],), positive=True)] if bias else [])
+    p = cfg["pad"]
+    return b.node(
+        "Conv", ins, kernel_shape=[cfg["k"], cfg["k"]], strides=[cfg["stride"]] * 2,
+        pads=[p, p, p, p], group=cfg["group"],
+    )[0]
+
+
+def _conv_cases(rng, n, cap, pattern_share=0.0) -> Iterator[Case]:
+    made = 0
+    tries = 0
+    while made < n and tries < n * 200:
+        tries += 1
+        cfg = _sample_conv(rng, cap)
+        if cfg is None:
+            continue
+        made += 1
+        b = _Builder(rng)
+        x = b.input((1, cfg["c_in"], cfg["spatial"], cfg["spatial"]))
+        r = rng.random()
+        tag = "conv"
+        if r < pattern_share:
+            # Fused pattern: the conv plus what onnxruntime folds into it.
+            y = _conv(b, x, cfg)
+            c = cfg["c_out"]
+            which = rng.choice(["bn_relu", "relu", "bn", "add_relu"])
+            if which in ("bn_relu", "bn"):
+                y = b.node("BatchNormalization", [y, b.weight((c,), positive=True), b.weight((c,)),
+                                                  b.weight((c,)), b.weight((c,), positive=True)])[0]
+            if which == "add_relu":
+                ho = _conv_out(cfg["spatial"], cfg["k"], cfg["stride"], cfg["pad"])
+                other = b.input((1, c, ho, ho))
+                y = b.node("Add", [y, other])[0]
+            if which != "bn":
+                y = b.node("Relu", [y])[0]
+            tag = f"conv+{which}"
+            group = "pattern"
+        else:
+            y = _conv(b, x, cfg, bias=rng.random() < 0.7)
+            group = "Conv"
+        name = (f"{tag} c{cfg['c_in']}->{cfg['c_out']} {cfg['spatial']}px k{cfg['k']} s{cfg['stride']}"
+                f" p{cfg['pad']} g{cfg['group']} #{made}")
+        yield Case(name, group, b.model([y]), b.feeds)
+
+
+def _gemm_cases(rng, n, cap) -> Iterator[Case]:
+    widths = [10, 64, 128, 256, 384, 512, 768, 1000, 1024, 2048, 3072, 4096, 9216, 25088]
+    made = tries = 0
+    while made < n and tries < n * 200:
+        tries += 1
+        m = int(rng.choice([1, 1, 1, 1, 2, 8, 32, 128]))
+        k = int(rng.choice(widths))
+        nn = int(rng.choice(widths[:-2]))
+        if m * k * nn > cap or k * nn * 4 > 450e6:
+            continue
+        made += 1
+        b = _Builder(rng)
+        x = b.input((m, k))
+        kind = rng.choice(["gemm", "gemm", "gemm_relu", "matmul", "matmul_add"])
+        if kind.startswith("gemm"):
+            y = b.node("Gemm", [x, b.weight((nn, k)), b.weight((nn,))], transB=1)[0]
+            if kind == "gemm_relu":
+                y = b.node("Relu", [y])[0]
+            group = "Gemm" if kind == "gemm" else "pattern"
+        else:
+            y = b.node("MatMul", [x, b.weight((k, nn))])[0]
+            if kind == "matmul_add":
+                y = b.node("Add", [y, b.weight((nn,))])[0]
+            group = "MatMul" if kind == "matmul" else "pattern"
+        yield Case(f"{kind} {m}x{k}x{nn} #{made}", group, b.model([y]), b.feeds)
+    # Batched MatMul of two activations (attention scores / context).
+    for i in range(max(n // 3, 1)):
+        heads = int(rng.choice([1, 4, 8, 12]))
+        s = int(rng.choice([16, 64, 128, 256]))
+        d = int(rng.choice([32, 64]))
+        b = _Builder(rng)
+        q = b.input((1, heads, s, d))
+        kt = b.input((1, heads, d, s))
+        y = b.node("MatMul", [q, kt])[0]
+        yield Case(f"matmul-act h{heads} s{s} d{d} #{i}", "MatMul", b.model([y]), b.feeds)
+
+
+def _act_shape(rng, max_elems):
+    while True:
+        c = int(rng.choice([16, 32, 64, 96, 128, 192, 256, 384, 512, 1024]))
+        h = int(rng.choice([7, 14, 28, 56, 112]))
+        if c * h * h <= max_elems:
+            return (1, c, h, h)
+
+
+def _unary_cases(rng, ops, n_each, max_elems) -> Iterator[Case]:
+    for op in ops:
+        for i in range(n_each):
+            b = _Builder(rng)
+            shape = _act_shape(rng, max_elems)
+            x = b.input(shape)
+            attrs = {}
+            ins = [x]
+            if op == "LeakyRelu":
+                attrs["alpha"] = 0.1
+            if op == "Clip":
+                ins = [x, b.weight((), values=0.0), b.weight((), values=6.0)]
+            if op == "LRN":
+                attrs = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)
+            y = b.node(op, ins, **attrs)[0]
+            yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+
+
+def _binary_cases(rng, n_each, max_elems) -> Iterator[Case]:
+    for op in ("Add", "Mul", "Sum", "Sub", "Div"):
+        for i in range(n_each):
+            b = _Builder(rng)
+            shape = _act_shape(rng, max_elems)
+            x = b.input(shape)
+            if op in ("Mul", "Div") and i % 2 == 0:
+                other = b.weight((1, shape[1], 1, 1), positive=True)  # per-channel scale
+            else:
+                other = b.input(shape)
+            y = b.node(op, [x, other])[0]
+            yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+
+
+def _pool_cases(rng, n_each, max_elems) -> Iterator[Case]:
+    for op in ("MaxPool", "AveragePool"):
+        for i in range(n_each):
+            b = _Builder(rng)
+            shape = _act_shape(rng, max_elems)
+            if rng.random() < 0.3:
+                shape = (1, shape[1], shape[2] * 2 - 1, shape[3] * 2 - 1)  # odd sizes (55, 27...)
+            x = b.input(shape)
+            k = int(rng.choice([2, 3, 3, 5, 7]))
+            k = min(k, shape[2])
+            s = int(rng.choice([1, 2, 2]))
+            p = int(rng.choice([0, k // 2]))
+            y = b.node(op, [x], kernel_shape=[k, k], strides=[s, s], pads=[p] * 4)[0]
+            yield Case(f"{op} {shape} k{k} s{s} #{i}", op, b.model([y]), b.feeds)
+    for op in ("GlobalAveragePool", "GlobalMaxPool"):
+        for i in range(n_each // 2 + 1):
+            b = _Builder(rng)
+            shape = _act_shape(rng, max_elems)
+            y = b.node(op, [b.input(shape)])[0]
+            yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+
+
+def _norm_cases(rng, n_each, max_elems) -> Iterator[Case]:
+    for i in range(n_each):
+        b = _Builder(rng)
+        shape = _act_shape(rng, max_elems)
+        c = shape[1]
+        y = b.node("BatchNormalization", [b.input(shape), b.weight((c,), positive=True), b.weight((c,)),
+                                          b.weight((c,)), b.weight((c,), positive=True)])[0]
+        yield Case(f"BatchNormalization {shape} #{i}", "BatchNormalization", b.model([y]), b.feeds)
+    for i in range(n_each):
+        b = _Builder(rng)
+        s = int(rng.choice([1, 16, 64, 128, 256]))
+        d = int(rng.choice([128, 256, 512, 768, 1024]))
+        y = b.node("LayerNormalization", [b.input((1, s, d)), b.weight((d,), positive=True), b.weight((d,))],
+                   axis=-1)[0]
+        yield Case(f"LayerNormalization 1x{s}x{d} #{i}", "LayerNormalization", b.model([y]), b.feeds)
+    for i in range(n_each):
+        b = _Builder(rng)
+        if i % 2 == 0:
+            shape = (1, int(rng.choice([10, 100, 1000, 4096, 21841])))
+        else:
+            shape = (1, int(rng.choice([1, 4, 8, 12])), int(rng.choice([16, 64, 128, 256])), 0)
+            shape = (shape[0], shape[1], shape[2], shape[2])
+        y = b.node("Softmax", [b.input(shape)], axis=-1)[0]
+        yield Case(f"Softmax {shape} #{i}", "Softmax", b.model([y]), b.feeds)
+
+
+def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
+    for i in range(n_each):
+        b = _Builder(rng)
+        shape = _act_shape(rng, max_elems)
+        k = int(rng.choice([2, 2, 3, 4]))
+        ins = [b.input((1, max(shape[1] // k, 1), shape[2], shape[3])) for _ in range(k)]
+        y = b.node("Concat", ins, axis=1)[0]
+        yield Case(f"Concat {k}x{shape} #{i}", "Concat", b.model([y]), b.feeds)
+    for i in range(n_each):
+        b = _Builder(rng)
+        shape = _act_shape(rng, max_elems)
+        x = b.input(shape)
+        which = i % 4
+        if which == 0:
+            y = b.node("Reshape", [x, b.weight((2,), dtype=np.int64, values=[1, -1])])[0]
+            op = "Reshape"
+        elif which == 1:
+            y = b.node("Flatten", [x], axis=1)[0]
+            op = "Flatten"
+        elif which == 2:
+            g = 4 if shape[1] % 4 == 0 else 2
+            r = b.node("Reshape", [x, b.weight((5,), dtype=np.int64,
+                                                values=[1, g, shape[1] // g, shape[2], shape[3]])])[0]
+            # Channel shuffle as in ShuffleNet: the Transpose is what costs.
+            b2 = _Builder(rng)
+            x2 = b2.input((1, g, shape[1] // g, shape[2], shape[3]))
+            y = b2.node("Transpose", [x2], perm=[0, 2, 1, 3, 4])[0]
+            yield Case(f"Transpose {shape} #{i}", "Transpose", b2.model([y]), b2.feeds)
+            y = r
+            op = "Reshape"
+        else:
+            y = b.node("Transpose", [x], perm=[0, 2, 3, 1])[0]
+            op = "Transpose"
+        yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+    for i in range(max(n_each // 2, 1)):
+        b = _Builder(rng)
+        v = int(rng.choice([1000, 8000, 30522]))
+        d = int(rng.choice([128, 256, 512, 768]))
+        s = int(rng.choice([8, 64, 128, 512]))
+        idx = b.input((1, s), dtype=np.int64, low=0, high=v)
+        y = b.node("Gather", [b.weight((v, d)), idx], axis=0)[0]
+        yield Case(f"Gather {v}x{d} s{s} #{i}", "Gather", b.model([y]), b.feeds)
+
+
+def _rnn_cases(rng, n_each) -> Iterator[Case]:
+    for op, gates in (("LSTM", 4), ("GRU", 3)):
+        for i in range(n_each):
+            b = _Builder(rng)
+            seq = int(rng.choice([1, 8, 32, 100]))
+            inp = int(rng.choice([32, 128, 256, 440]))
+            hid = int(rng.choice([64, 128, 256, 512]))
+            x = b.input((seq, 1, inp))
+            w = b.weight((1, gates * hid, inp))
+            r = b.weight((1, gates * hid, hid))
+            bias = b.weight((1, 2 * gates * hid))
+            y = b.node(op, [x, w, r, bias], n_out=1, hidden_size=hid)[0]
+            yield Case(f"{op} seq{seq} in{inp} h{hid} #{i}", op, b.model([y]), b.feeds)
+
+
+def generate_cases(quick: bool, seed: int = 0) -> list[Case]:
+    """All microbenchmarks of one profiling run.
+
+    Args:
+        quick: A small sweep (CI, tests) instead of the full one.
+        seed: Seed of the configuration and data generator.
+
+    Returns:
+        The cases, heaviest families first so the progress bar's estimate settles early.
+    """
+    rng = np.random.default_rng(seed)
+    if quick:
+        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 36, 14, 14, 3, 1.5e8, 400_000
+    else:
+        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 220, 70, 50, 8, 2.0e9, 3_300_000
+    gens: list[Callable[[], Iterator[Case]]] = [
+        lambda: _conv_cases(rng, n_conv, cap),
+        lambda: _conv_cases(rng, n_pat, cap, pattern_share=1.0),
+        lambda: _gemm_cases(rng, n_gemm, cap),
+        lambda: _unary_cases(rng, ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "LRN"], n_each, max_elems),
+        lambda: _binary_cases(rng, n_each, max_elems),
+        lambda: _pool_cases(rng, n_each, max_elems),
+        lambda: _norm_cases(rng, n_each, max_elems),
+        lambda: _shape_cases(rng, n_each, max_elems),
+        lambda: _rnn_cases(rng, max(n_each // 2, 1)),
+    ]
+    out: list[Case] = []
+    for g in gens:
+        out.extend(g())
+    return out
