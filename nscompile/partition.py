@@ -491,12 +491,16 @@ class _Network:
             q = (caps > 0).astype(np.int32)
             gap = 0.0
         else:
+            # Scale by a power of two, the largest with upper * scale <= _UNIT: integer and
+            # other dyadic costs then stay exact (gap 0, exact tie-breaking), others lose
+            # at most one bit against the ideal scale. ldexp cannot make 0 * inf = nan.
+            exp = int(np.floor(np.log2(_UNIT) - np.log2(upper)))
             with np.errstate(over="ignore"):  # a tiny bound may overflow; clipped below
-                scaled = caps / upper * _UNIT
+                scaled = np.ldexp(caps, exp)
             q = np.minimum(np.rint(scaled), _CLIP)
             # Per-slot rounding error, in cost units. Clipped slots (capacity > 2 * upper)
             # are in no minimum cut, true or rounded, so they add nothing to the gap.
-            err = np.where(q < _CLIP, np.abs(q - scaled), 0.0) * (upper / _UNIT)
+            err = np.ldexp(np.where(q < _CLIP, np.abs(q - scaled), 0.0), -exp)
             q = q.astype(np.int32)
         q[self.inf_slot] = _INF
         graph = csr_array((q, self.indices, self.indptr), shape=(self.n_vertices, self.n_vertices))

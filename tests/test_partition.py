@@ -154,6 +154,12 @@ def test_solve_matches_brute_force(ints):
             assert cut.cost == pytest.approx(exact, rel=1e-12, abs=1e-12)
             assert cut.cost <= best + 1e-9 * max(1.0, best), (cut.cost, best)
             assert cut.gap <= 1e-6 * max(1.0, best)
+            if ints:
+                # Small integers scale exactly: no rounding gap, and the returned set is
+                # the smallest optimum, contained in every optimal set.
+                assert cut.gap == 0.0 and cut.cost == best
+                optimal = masks[costs == best]
+                np.testing.assert_array_equal(cut.device, optimal.all(axis=0))
             # evaluate agrees with the independent brute-force formula on a few sets.
             for i in rng.choice(len(masks), size=min(3, len(masks)), replace=False):
                 assert evaluate(g, w, masks[i]) == pytest.approx(costs[i], rel=1e-12, abs=1e-12)
