@@ -144,9 +144,9 @@ class CutGraph:
 
 
 def _as_costs(name: str, values, length: int | None = None) -> np.ndarray:
-    arr = np.array(values, dtype=np.float64, copy=True).reshape(-1) if np.ndim(values) else None
-    if arr is None:
-        raise NscompileError(f"Weights: {name} must be a 1-D array of costs")
+    if np.ndim(values) != 1:
+        raise NscompileError(f"Weights: {name} must be a 1-D array of costs, got {np.ndim(values)} dimensions")
+    arr = np.array(values, dtype=np.float64, copy=True)
     if length is not None and arr.size != length:
         raise NscompileError(f"Weights: {name} has {arr.size} entries, expected {length}")
     if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):

@@ -197,6 +197,20 @@ def test_solve_precision_with_wide_range_of_costs():
         assert cut.cost - best <= cut.gap + 1e-9 * best
 
 
+def test_solve_refines_when_optimum_is_far_below_trivial_cuts():
+    # Chain n0 -> n1 -> n2 -> n3: n0 must stay on the device, n3 on the server (1e9 on
+    # the other side), and the cut crosses one of three tiny tensors. Scaled to the
+    # trivial bound (1e9) they all round to 0; re-solving at the found cut's scale
+    # separates them.
+    g = chain(4)
+    big = 1e9
+    w = Weights([0, 0, 0, big], [big, 0, 0, 0], [5.0, 3e-3, 2e-3, 1e-3, 0.0], np.zeros(5), 0.0)
+    cut = solve(g, w)
+    np.testing.assert_array_equal(cut.device, [True, True, True, False])
+    assert cut.cost == pytest.approx(1e-3, rel=1e-12)
+    assert cut.gap < 1e-9
+
+
 # --------------------------------------------------------------------------- chains (the paper)
 
 
@@ -316,6 +330,8 @@ def test_user_errors_name_the_problem():
         CutGraph(2, np.array([-1, 0]), ((0,), (0,)), np.array([False, True]))
     with pytest.raises(NscompileError, match=r"device\[1\]"):
         Weights([1.0, -1.0], [1, 1], [0], [0])
+    with pytest.raises(NscompileError, match="1-D"):
+        Weights([[1.0]], [1.0], [0], [0])
     with pytest.raises(NscompileError, match="remote"):
         Weights([1.0], [1.0], [0], [0], remote=np.nan)
     g = diamond()
