@@ -1,0 +1,200 @@
+"""Backend: write the chosen cuts as ONNX prefix/suffix models, plan.json and a Triton repository.
+
+Weights are written once. ``device/weights.bin`` holds every stored initializer and all
+prefixes point into it (ONNX external data with offsets), so a device keeps each weight
+once. Suffix models point into the same bytes through a hard link per Triton model
+directory (``1/model.onnx.data``): no copy on disk, and each directory stays
+self-contained as Triton and ``nscompile serve`` expect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from nscompile import __version__
+from nscompile.frontend import LoadedModel
+from nscompile.planner import CutChoice, Plan
+
+PLAN_SCHEMA = "nscompile.plan/1"
+WEIGHTS_FILE = "weights.bin"
+_ALIGN = 64  # keeps every tensor SIMD-aligned when a runtime maps the file
+
+_TRITON_TYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
+    "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8", "uint8": "TYPE_UINT8",
+    "uint16": "TYPE_UINT16", "uint32": "TYPE_UINT32", "uint64": "TYPE_UINT64", "bool": "TYPE_BOOL",
+}
+
+
+def write_weights(model: LoadedModel, path: Path) -> dict[str, tuple[int, int]]:
+    """Write every stored initializer once, aligned; return name -> (offset, length)."""
+    offsets, position = {}, 0
+    with open(path, "wb") as out:
+        for tensor in model.model.graph.initializer:
+            array = model.weights.arrays.get(tensor.name)
+            if array is None:
+                continue
+            pad = -position % _ALIGN
+            out.write(b"\0" * pad)
+            position += pad
+            data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+            out.write(memoryview(data).cast("B"))
+            offsets[tensor.name] = (position, data.nbytes)
+            position += data.nbytes
+    return offsets
+
+
+def _initializer(tensor: TensorProto, offsets: dict[str, tuple[int, int]], location: str) -> TensorProto:
+    if tensor.name not in offsets:
+        return tensor  # small: stays inline
+    ref = TensorProto(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                      data_location=TensorProto.EXTERNAL)
+    offset, length = offsets[tensor.name]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        entry = ref.external_data.add()
+        entry.key, entry.value = key, value
+    return ref
+
+
+def submodel(model: LoadedModel, node_mask: np.ndarray, inputs: list[str], outputs: list[str],
+             offsets: dict[str, tuple[int, int]], location: str, name: str, cut_id: str, role: str) -> onnx.ModelProto:
+    """The subgraph of ``model`` made of the masked nodes, with the given boundary tensors.
+
+    Initializers point into the shared weights file ``location`` (relative to the model file).
+    """
+    graph = model.model.graph
+    nodes = [n for n, keep in zip(graph.node, node_mask) if keep]
+    used = {i for n in nodes for i in n.input}
+    produced = {o for n in nodes for o in n.output}
+    initializers = [_initializer(t, offsets, location) for t in graph.initializer if t.name in used]
+    value_info = [v for v in graph.value_info if v.name in produced and v.name not in outputs]
+    sub = helper.make_graph(nodes, name, [_value(model, i) for i in inputs], [_value(model, o) for o in outputs],
+                            initializer=initializers, value_info=value_info)
+    out = helper.make_model(sub, opset_imports=model.model.opset_import, ir_version=model.model.ir_version,
+                            producer_name="nscompile", producer_version=__version__)
+    helper.set_model_props(out, {"nscompile.model_sha256": model.sha256, "nscompile.cut": cut_id, "nscompile.role": role})
+    return out
+
+
+def _value(model: LoadedModel, name: str) -> onnx.ValueInfoProto:
+    info = model.tensors[name]
+    return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(info.dtype), list(info.shape))
+
+
+def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: list[str]) -> str:
+    """A Triton ``config.pbtxt`` for a suffix: names, dtypes and dims match its ONNX file."""
+
+    def block(kind: str, names: list[str]) -> str:
+        items = []
+        for n in names:
+            info = model.tensors[n]
+            items.append(f'  {{\n    name: "{n}"\n    data_type: {_TRITON_TYPES.get(info.dtype.name, "TYPE_STRING")}\n'
+                         f'    dims: [ {", ".join(str(d) for d in info.shape)} ]\n  }}')
+        return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", inputs) + block("output", outputs)
+            + f'parameters {{\n  key: "nscompile_model_sha256"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another file system, or links not allowed: a copy does the same job
+        shutil.copyfile(source, target)
+
+
+def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
+    """Write prefixes, suffixes, the Triton repository and plan.json into ``out_dir``.
+
+    Args:
+        model: the loaded model.
+        plan: the solved plan whose cuts are emitted (all-device included).
+        out_dir: an empty directory (the caller renames it into place when all is well).
+        profiles: ``{"device": {"name", "sha256"}, "cloud": {...}}`` for plan.json.
+
+    Returns:
+        The plan document as written to ``plan.json``.
+    """
+    device_dir, cloud_dir = out_dir / "device", out_dir / "cloud"
+    device_dir.mkdir(parents=True)
+    cloud_dir.mkdir()
+    weights_path = device_dir / WEIGHTS_FILE
+    offsets = write_weights(model, weights_path)
+    cut_docs = []
+    for cut in plan.cuts:
+        cut_docs.append(_emit_cut(model, cut, offsets, weights_path, device_dir, cloud_dir))
+    doc = plan_document(model, plan, cut_docs, profiles)
+    text = json.dumps(doc, indent=1)
+    (out_dir / "plan.json").write_text(text)
+    (device_dir / "plan.json").write_text(text)
+    return doc
+
+
+def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, weights_path: Path, device_dir: Path, cloud_dir: Path) -> dict:
+    prefix = suffix = cloud_model = None
+    sent = cut.upload
+    if not cut.is_all_cloud:
+        inputs = [i for i in model.inputs if any(cut.device[c] for c in model.tensors[i].consumers)]
+        produced_sent = [t for t in sent if not model.tensors[t].is_input]
+        outputs = list(dict.fromkeys(produced_sent + cut.device_outputs))
+        sub = submodel(model, cut.device, inputs, outputs, offsets, WEIGHTS_FILE, f"{model.name}_prefix_{cut.id}", cut.id, "prefix")
+        prefix = f"device/prefix_{cut.id}.onnx"
+        onnx.save(sub, device_dir / f"prefix_{cut.id}.onnx")
+    if not cut.is_all_device:
+        cloud_model = f"{model.name}_suffix_{cut.id}"
+        version_dir = cloud_dir / cloud_model / "1"
+        version_dir.mkdir(parents=True)
+        sub = submodel(model, ~cut.device, sent, cut.download, offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
+        onnx.save(sub, version_dir / "model.onnx")
+        if any(t.data_location == TensorProto.EXTERNAL for t in sub.graph.initializer):
+            _link_or_copy(weights_path, version_dir / "model.onnx.data")
+        (cloud_dir / cloud_model / "config.pbtxt").write_text(triton_config(model, cloud_model, sent, cut.download))
+        suffix = f"cloud/{cloud_model}/1/model.onnx"
+    return {
+        "id": cut.id,
+        "device_nodes": int(cut.device.sum()),
+        "tensors": [_tensor_doc(model, t) for t in sent],
+        "device_outputs": cut.device_outputs,
+        "prefix": prefix,
+        "suffix": suffix,
+        "cloud_model": cloud_model,
+        "predicted": {"device_ms": round(cut.device_ms, 4), "cloud_ms": round(cut.cloud_ms, 4),
+                      "upload_bytes": cut.upload_bytes, "download_bytes": cut.download_bytes,
+                      "device_compute_mj": round(cut.device_compute_mj, 4)},
+    }
+
+
+def _tensor_doc(model: LoadedModel, name: str) -> dict:
+    info = model.tensors[name]
+    return {"name": name, "shape": list(info.shape), "dtype": info.dtype.name, "bytes": info.nbytes}
+
+
+def plan_document(model: LoadedModel, plan: Plan, cut_docs: list[dict], profiles: dict) -> dict:
+    """The ``plan.json`` document (schema ``nscompile.plan/1``, see DESIGN.md)."""
+    grid = plan.grid
+    return {
+        "schema": PLAN_SCHEMA,
+        "generator": f"nscompile {__version__}",
+        "model": {"name": model.name, "sha256": model.sha256,
+                  "inputs": [_tensor_doc(model, i) for i in model.inputs],
+                  "outputs": [_tensor_doc(model, o) for o in model.outputs]},
+        "profiles": profiles,
+        "weights": f"device/{WEIGHTS_FILE}",
+        "cuts": cut_docs,
+        "fallback": plan.fallback,
+        "grid": {"objective": plan.objective, "bandwidth_mbps": [round(b, 6) for b in grid.bandwidth_mbps],
+                 "load": list(grid.load), "rtt_ms": grid.rtt_ms, "downlink_mbps": grid.downlink_mbps,
+                 "radio": grid.radio, "input_bytes": grid.input_bytes},
+        "table": plan.tables[plan.objective],
+        "tables": plan.tables,
+        "mixed": plan.mixed,
+        "breakpoints": {o: [[{"from_mbps": b, "cut": c} for b, c in row] for row in rows]
+                        for o, rows in plan.breakpoints.items()},
+    }

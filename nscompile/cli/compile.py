@@ -1,0 +1,91 @@
+"""``nscompile build`` and ``nscompile inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from nscompile.cli import app
+
+console = Console()
+
+
+@app.command()
+def build(
+    model: Path = typer.Argument(..., help="The ONNX model to split."),
+    output: Path = typer.Option(None, "-o", "--output", help="Build directory [default: build/<model name>]."),
+    device: Optional[Path] = typer.Option(None, "--device", help="Device profile JSON [default: shipped device profile]."),
+    cloud: Optional[Path] = typer.Option(None, "--cloud", help="Server profile JSON [default: shipped server profile]."),
+    objective: str = typer.Option("latency", help="Objective of plan.json's table: latency or energy (both are solved)."),
+    bandwidth: str = typer.Option("0.1:1000:32", help="Uplink buckets: MIN:MAX:N Mbps (log-spaced), or a list such as 3G,LTE,WIFI."),
+    load: str = typer.Option("1,2,4,8", help="Server load levels (slowdown factor K >= 1), comma separated."),
+    rtt: float = typer.Option(0.0, "--rtt", help="Round-trip time in ms added to every split that uses the server."),
+    downlink: Optional[float] = typer.Option(None, "--downlink", help="Downlink Mbps [default: equal to the uplink]."),
+    radio: str = typer.Option("wifi", help="Radio power model for the energy objective: wifi, lte or 3g."),
+    input_bytes: Optional[int] = typer.Option(None, "--input-bytes", help="Upload size of the raw input (e.g. a JPEG) instead of its tensor size."),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Pin an input's shape: NAME=1x3x224x224 (repeatable)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every emitted prefix+suffix against the whole model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+):
+    """Annotate, partition for every bandwidth x load bucket, emit and verify split artifacts."""
+    from nscompile.compiler import build as run_build
+    from nscompile.frontend import parse_input_shapes
+    from nscompile.planner import GridSpec
+
+    grid = GridSpec.parse(bandwidth, load, rtt_ms=rtt, downlink_mbps=downlink, radio=radio, input_bytes=input_bytes)
+    output = output or Path("build") / model.stem
+    with console.status("loading", spinner="dots") as status:
+        result = run_build(model, output, device_profile=device, cloud_profile=cloud, objective=objective, grid=grid,
+                           input_shapes=parse_input_shapes(input_shape), verify=verify,
+                           on_stage=lambda s: status.update(f"{s} {model.name}"))
+    if as_json:
+        print(json.dumps({"output": str(result.out_dir), "cuts": [c["id"] for c in result.plan["cuts"]],
+                          "timings_s": result.timings, "verification_max_abs_diff": result.verification}))
+        return
+    table = Table(title=f"{result.plan['model']['name']}: {len(result.plan['cuts'])} cuts emitted to {result.out_dir}")
+    for column in ("cut", "device nodes", "device ms", "cloud ms", "upload KB", "verified max |diff|"):
+        table.add_column(column, justify="left" if column == "cut" else "right")
+    for cut in result.plan["cuts"]:
+        p = cut["predicted"]
+        diff = "skipped" if result.verification is None else f"{result.verification[cut['id']]:.2g}"
+        table.add_row(cut["id"], str(cut["device_nodes"]), f"{p['device_ms']:.2f}", f"{p['cloud_ms']:.2f}", f"{p['upload_bytes'] / 1024:.1f}", diff)
+    console.print(table)
+    console.print("stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+
+
+@app.command()
+def inspect(
+    build_dir: Path = typer.Argument(..., help="A directory written by `nscompile build`."),
+    as_json: bool = typer.Option(False, "--json", help="Print layers and the decision map as JSON."),
+    objective: Optional[str] = typer.Option(None, help="Decision map to show [default: the plan's objective]."),
+):
+    """Per-layer predicted device/cloud ms and output size (the paper's figure) and the decision map."""
+    from nscompile.errors import NscompileError
+    from nscompile.report import load_build
+
+    plan_doc, layers = load_build(build_dir)
+    objective = objective or plan_doc["grid"]["objective"]
+    tables = plan_doc.get("tables", {plan_doc["grid"]["objective"]: plan_doc["table"]})
+    if objective not in tables:
+        raise NscompileError(f"the plan has no '{objective}' table; choose one of {', '.join(tables)}")
+    if as_json:
+        print(json.dumps({"layers": layers, "grid": plan_doc["grid"], "table": tables[objective], "cuts": plan_doc["cuts"]}))
+        return
+    per_layer = Table(title=f"{plan_doc['model']['name']}: per layer")
+    for column in ("node", "op", "device ms", "cloud ms", "output KB", "cuts after"):
+        per_layer.add_column(column, justify="right" if "ms" in column or "KB" in column else "left")
+    for r in layers:
+        per_layer.add_row(r["node"], r["op"], f"{r['device_ms']:.3f}", f"{r['cloud_ms']:.3f}", f"{r['output_kb']:.1f}", ", ".join(r["cuts"]))
+    console.print(per_layer)
+    decision = Table(title=f"decision map ({objective}): rows load K, columns uplink bucket start (Mbps)")
+    decision.add_column("uplink Mbps")
+    for load in plan_doc["grid"]["load"]:
+        decision.add_column(f"K={load:g}")
+    for b, start in enumerate(plan_doc["grid"]["bandwidth_mbps"]):
+        decision.add_row(f"{start:.3g}", *[row[b] for row in tables[objective]])
+    console.print(decision)

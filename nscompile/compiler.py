@@ -1,0 +1,118 @@
+"""``build``: the whole pipeline, frontend -> annotate -> plan -> emit -> verify.
+
+The output directory appears whole or not at all: everything is written into a hidden
+sibling directory that is renamed into place only after verification passed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nscompile.annotate import annotate
+from nscompile.backend import emit
+from nscompile.cost_model import default_profile_path, load_profile
+from nscompile.errors import NscompileError
+from nscompile.frontend import load_model
+from nscompile.planner import GridSpec, plan
+from nscompile.report import write_report
+
+
+@dataclass
+class BuildResult:
+    """What a build produced and how long each stage took."""
+
+    out_dir: Path
+    plan: dict
+    timings: dict[str, float] = field(default_factory=dict)
+    verification: dict[str, float] | None = None
+
+
+def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objective: str = "latency",
+          grid: GridSpec | None = None, input_shapes=None, verify: bool = True, report: bool = True,
+          on_stage: Callable[[str], None] | None = None) -> BuildResult:
+    """Compile ``model_path`` into split artifacts under ``out_dir``.
+
+    Args:
+        model_path: the ONNX model.
+        out_dir: the build directory to create (an existing nscompile build there is replaced).
+        device_profile, cloud_profile: profile JSON paths; default: the shipped ones.
+        objective: "latency" or "energy", the table written as plan.json's ``table``.
+        grid: buckets and conditions; default ``GridSpec.parse()`` (0.1..1000 Mbps x 32, loads 1,2,4,8).
+        input_shapes: ``{input name: shape}`` pinning dynamic dimensions.
+        verify: run every emitted pair against the whole model.
+        report: write ``report.html`` (``layers.json``, which ``inspect`` reads, is always written).
+        on_stage: called with each stage's name as it starts (for progress display).
+
+    Returns:
+        The build result with the plan document and per-stage timings.
+
+    Raises:
+        NscompileError: any problem with the inputs; nothing is left on disk then.
+    """
+    stage = on_stage or (lambda name: None)
+    out_dir = Path(out_dir)
+    _check_target(out_dir)
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = now - clock
+        clock = now
+
+    stage("load")
+    device = load_profile(device_profile or default_profile_path("device"))
+    cloud = load_profile(cloud_profile or default_profile_path("server"))
+    model = load_model(model_path, input_shapes)
+    lap("load")
+    stage("annotate")
+    annotation = annotate(model, device, cloud)
+    lap("annotate")
+    stage("partition")
+    solved = plan(model, annotation, grid or GridSpec.parse(), objective)
+    lap("partition")
+    stage("emit")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        profiles = {"device": {"name": device.name, "sha256": device.sha256}, "cloud": {"name": cloud.name, "sha256": cloud.sha256}}
+        doc = emit(model, solved, staging, profiles)
+        lap("emit")
+        verification = None
+        if verify:
+            stage("verify")
+            from nscompile.verify import verify_build
+
+            verification = verify_build(model, staging, doc)
+            lap("verify")
+        stage("report")
+        write_report(staging, model, annotation, doc, html_page=report)
+        lap("report")
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return BuildResult(out_dir=out_dir, plan=doc, timings=timings, verification=verification)
+
+
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "plan.json").is_file())):
+        raise NscompileError(f"output '{out_dir}' exists and is not an nscompile build; pass another -o or remove it")
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Swap the finished build in; an older build at the same place goes only once the new one is there."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{staging.name.rsplit('.', 1)[-1]}")
+        out_dir.rename(old)
+    staging.chmod(0o755)  # mkdtemp made it private
+    staging.rename(out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
