@@ -533,8 +533,8 @@ def _upper_bound(net: _Network, caps: np.ndarray) -> float:
     return min(full, empty)
 
 
-def _solve(graph: CutGraph, weights: Weights, hint: float = np.inf) -> Cut:
-    """:func:`solve` with an optional hint: the cost of some known closed set under ``weights``."""
+def _solve(graph: CutGraph, weights: Weights, known: tuple = ()) -> Cut:
+    """:func:`solve`, optionally told some closed sets (masks) whose cost bounds the optimum."""
     weights._check(graph)
     n = graph.n_nodes
     full_mask = np.ones(n, dtype=bool)
@@ -543,18 +543,26 @@ def _solve(graph: CutGraph, weights: Weights, hint: float = np.inf) -> Cut:
         return Cut(full_mask, 0.0)
     net = graph._network()
     caps, const = net.capacities(weights)
-    # Upper bound on the reduced min cut: trivial sets, or the caller's known set (whose
-    # cost includes `remote` unless it is the full set; removing it keeps a valid bound).
-    upper = min(_upper_bound(net, caps), max(hint - weights.remote - const, 0.0))
+
+    def reduced(mask: np.ndarray, cost: float) -> float:
+        # The set's value in the flow network: no `remote`, no device/cloud minimum.
+        return cost - const - (0.0 if mask.all() else weights.remote)
+
+    # Any real set's reduced value bounds the minimum cut: the trivial sets, or known ones
+    # (a tighter bound means a finer integer scale).
+    upper = _upper_bound(net, caps)
+    for m in known:
+        upper = min(upper, reduced(m, evaluate(graph, weights, m)))
+    upper = max(upper, 0.0)  # float noise only
     mask, gap = net.solve(caps, upper)
     cost = evaluate(graph, weights, mask)
     for _ in range(_MAX_REFINE):
         # The rounding error scales with `upper`; when the optimum is far below it,
         # re-solve with the tighter bound the found cut gives.
-        reduced = cost - const - (weights.remote if not mask.all() else 0.0)
-        if gap == 0.0 or reduced >= _REFINE_BELOW * upper:
+        value = reduced(mask, cost)
+        if gap == 0.0 or value >= _REFINE_BELOW * upper:
             break
-        upper = max(reduced, 0.0)
+        upper = max(value, 0.0)
         mask2, gap2 = net.solve(caps, upper)
         cost2 = evaluate(graph, weights, mask2)
         if cost2 <= cost:
@@ -634,9 +642,9 @@ def lower_envelope(
     def line_of(cut: Cut) -> tuple[np.ndarray, float, float]:
         return cut.device, evaluate(graph, base, cut.device), evaluate(graph, slope, cut.device)
 
-    def solve_at(x: float, hint: float = np.inf):
+    def solve_at(x: float, known: tuple = ()):
         env.n_solves += 1
-        return line_of(_solve(graph, base.combine(slope, x), hint))
+        return line_of(_solve(graph, base.combine(slope, x), known))
 
     def same(a, b) -> bool:
         return np.array_equal(a[0], b[0])
@@ -671,7 +679,7 @@ def lower_envelope(
             pieces.append((xm, xr, b))
             continue
         budget -= 1
-        c = solve_at(xm, hint=min(at, b[1] + xm * b[2]))
+        c = solve_at(xm, known=(a[0], b[0]))
         if c[1] + xm * c[2] < at - tol(at) and not same(c, a) and not same(c, b):
             stack.append((xm, c, xr, b))
             stack.append((xl, a, xm, c))
