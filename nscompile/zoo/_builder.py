@@ -57,7 +57,8 @@ class Net:
         self.seed = int(seed)
         self.materialize = materialize
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[TensorProto] = []
+        # Constants as TensorProtos; weights as (name, shape, std, mean), drawn in model().
+        self.initializers: list[TensorProto | tuple[str, tuple[int, ...], float, float]] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.shapes: dict[str, tuple[tuple[int, ...], int]] = {}
         self._consts: dict[tuple, str] = {}
@@ -78,19 +79,24 @@ class Net:
         shape = tuple(int(d) for d in shape)
         if name in self.shapes:
             raise ValueError(f"duplicate tensor name {name!r}")
-        if self.materialize:
-            rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
-            arr = rng.standard_normal(shape, dtype=np.float32)
-            arr *= np.float32(std)
-            if mean:
-                arr += np.float32(mean)
-            self.initializers.append(numpy_helper.from_array(arr, name))
-        else:
-            t = TensorProto(name=name, data_type=FLOAT)
-            t.dims.extend(shape)
-            self.initializers.append(t)
+        # Drawn in model(), straight into the ModelProto: a full VGG's 550 MB of weights
+        # would otherwise be copied three times on the way (array, tensor, graph, model).
+        self.initializers.append((name, shape, float(std), float(mean)))
         self.shapes[name] = (shape, FLOAT)
         return name
+
+    def _fill(self, t: TensorProto, name: str, shape: tuple[int, ...], std: float, mean: float) -> None:
+        t.name = name
+        t.data_type = FLOAT
+        t.dims.extend(shape)
+        if not self.materialize:
+            return
+        rng = np.random.default_rng([self.seed, zlib.crc32(name.encode())])
+        arr = rng.standard_normal(shape, dtype=np.float32)
+        arr *= np.float32(std)
+        if mean:
+            arr += np.float32(mean)
+        t.raw_data = arr.astype("<f4", copy=False).tobytes()
 
     def const(self, array: np.ndarray, name: str | None = None) -> str:
         """A constant initializer (shapes, axes, scalars, index tables); deduplicated."""
@@ -278,8 +284,6 @@ class Net:
             The model, with value_info for every intermediate tensor.
         """
         out_set = set(outputs)
-        graph_inputs = {vi.name for vi in self.inputs}
-        init_names = {t.name for t in self.initializers}
         value_info = [
             helper.make_tensor_value_info(n.output[0], self.shapes[n.output[0]][1], list(self.shape(n.output[0])))
             for n in self.nodes
@@ -290,10 +294,8 @@ class Net:
             self.name,
             self.inputs,
             [helper.make_tensor_value_info(o, self.shapes[o][1], list(self.shape(o))) for o in outputs],
-            initializer=self.initializers,
             value_info=value_info,
         )
-        assert graph_inputs.isdisjoint(init_names)
         model = helper.make_model(
             graph,
             opset_imports=[helper.make_opsetid("", OPSET)],
@@ -301,4 +303,10 @@ class Net:
             doc_string=doc,
         )
         model.ir_version = IR_VERSION
+        # Initializers are filled in place, after make_model, which copies its graph.
+        for init in self.initializers:
+            if isinstance(init, TensorProto):
+                model.graph.initializer.append(init)
+            else:
+                self._fill(model.graph.initializer.add(), *init)
         return model
