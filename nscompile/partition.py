@@ -55,11 +55,14 @@ __all__ = [
 
 # Capacities are int32 in scipy's max-flow. The optimum's cut value is scaled to at most
 # _UNIT, finite capacities are clipped at _CLIP (an edge above twice the optimum can never
-# be in a minimum cut, see _Network.solve) and infinite edges get _INF. Max flow is at most
-# _UNIT + (rounding slack), so no flow sum comes near 2**31.
+# be in a minimum cut, see _Network.solve) and infinite edges get _INF. scipy computes
+# residuals as capacity - flow in int32, and the closure edge c->p shares its slot with
+# the reverse of the upload edge p->c, whose flow makes it capacity + flow: _INF must
+# leave room for the whole max flow (at most _UNIT + rounding slack), or the residual
+# wraps negative and augmenting paths through closure edges are lost. 2**31 - 1 did.
 _UNIT = float(2**29)
 _CLIP = 2**30
-_INF = 2**31 - 1
+_INF = 2**30
 # A cut is re-solved with a tighter scale when its exact value is below this fraction of
 # the bound it was scaled with: precision is relative to the bound, not to the optimum.
 _REFINE_BELOW = 0.25

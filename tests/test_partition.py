@@ -167,6 +167,31 @@ def test_solve_matches_brute_force(ints):
     assert checked == 400
 
 
+def test_solve_regression_infinite_edge_overflow():
+    # Found by random search: with infinite edges at 2**31 - 1, scipy's int32 residual
+    # capacity - flow of a closure edge carrying reverse upload flow wrapped negative,
+    # the augmenting path through it was lost and solve returned 12.807 instead of 10.871.
+    g = CutGraph(7, np.array([-1, -1, 0, 1, 1, 2, 2, 3, 4, 5, 6]),
+                 ((2, 5, 6), (3, 5), (6,), (), (3,), (6,), (5,), (), (), (), ()),
+                 np.array([0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1], dtype=bool))
+    w = Weights(
+        [0.3737963355639477, 2.5174294228053076, 0.11511161756754078, 0.5090525239744826,
+         0.5396798690844707, 1.537862967547234, 7.214491899871922],
+        [0.10904310491596762, 0.6526815300667553, 0.03559451669382903, 0.02694667355096631,
+         0.08643350781866298, 0.12798057607033572, 0.37694967843201105],
+        [0.8979974111197655, 7.136652422861339, 0.5859007380780996, 0.5886850507790319,
+         3.1611025082437694, 3.1538021825676084, 0.1812992264893728, 0.5474323978912687,
+         4.71126323041938, 2.552630415452689, 5.369813596585964],
+        [0.5229539436801564, 1.0065862441567683, 1.0518065266738919, 0.3807593519146597,
+         0.30792687749468906, 0.11136974548572907, 0.03942679128240303, 0.3117311932201042,
+         1.3596811881038209, 0.5334258916745919, 1.1140546348319174],
+        0.0,
+    )
+    best = brute_costs(g, w, all_closed_sets(g)).min()
+    assert best == pytest.approx(10.870983412846305, rel=1e-12)
+    assert solve(g, w).cost == pytest.approx(best, rel=1e-12)
+
+
 def test_solve_prefers_smallest_set_on_ties():
     g = diamond()
     # Every set costs the same: nothing costs anything.
@@ -209,6 +234,80 @@ def test_solve_refines_when_optimum_is_far_below_trivial_cuts():
     np.testing.assert_array_equal(cut.device, [True, True, True, False])
     assert cut.cost == pytest.approx(1e-3, rel=1e-12)
     assert cut.gap < 1e-9
+
+
+def cut_lp_value(g: CutGraph, w: Weights) -> float:
+    """The optimum without ``remote`` from the cut LP (exact: the s-t cut LP is integral).
+
+    Variables y_n in [0, 1] (1 = device) and z_t in [0, 1] (t uploaded):
+    min sum device*y + cloud*(1-y) + upload*z + download*(1 - y_producer),
+    s.t. y_c <= y_p (closure) and z_t >= y_p - y_c (y_p = 1 for a graph input).
+    """
+    from scipy.optimize import linprog
+
+    n, T = g.n_nodes, g.n_tensors
+    c = np.concatenate([w.device - w.cloud, w.upload])
+    const = w.cloud.sum()
+    for t in range(T):
+        p = g.producers[t]
+        if g.is_output[t] and p >= 0:
+            c[p] -= w.download[t]
+            const += w.download[t]
+    rows, rhs = [], []
+    for t, cs in enumerate(g.consumers):
+        p = int(g.producers[t])
+        for cn in cs:
+            r = np.zeros(n + T)  # y_p - y_c - z_t <= 0, or 1 - y_c - z_t <= 0 for an input
+            r[cn], r[n + t] = -1, -1
+            if p >= 0:
+                r[p] = 1
+                closure = np.zeros(n + T)
+                closure[cn], closure[p] = 1, -1
+                rows.append(closure)
+                rhs.append(0.0)
+                rhs.append(0.0)
+            else:
+                rhs.append(-1.0)
+            rows.append(r)
+    res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=(0, 1), method="highs")
+    assert res.status == 0
+    return float(res.fun + const)
+
+
+def layered_dag(rng: np.random.Generator, n: int, width: int) -> CutGraph:
+    """A CNN-like DAG: layers of ``width`` nodes reading 1-3 tensors of the two previous layers."""
+    producers, consumers, prev = [-1], [set()], [[0]]
+    node = 0
+    while node < n:
+        layer, pool = [], [t for ts in prev[-2:] for t in ts]
+        for _ in range(min(width, n - node)):
+            for t in rng.choice(pool, size=min(len(pool), int(rng.integers(1, 4))), replace=False):
+                consumers[int(t)].add(node)
+            producers.append(node)
+            consumers.append(set())
+            layer.append(len(producers) - 1)
+            node += 1
+        prev.append(layer)
+    is_output = np.array([not c and p >= 0 for p, c in zip(producers, consumers)])
+    return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
+
+
+def test_solve_matches_cut_lp_on_medium_graphs():
+    # Hundreds of nodes: real augmenting paths through the infinite closure edges, with
+    # flow on the opposite upload edges (an int32 overflow there once lost the optimum).
+    rng = np.random.default_rng(11)
+    for _ in range(12):
+        n = int(rng.integers(50, 250))
+        g = layered_dag(rng, n, int(rng.integers(1, 10)))
+        device = rng.exponential(2.0, n)
+        depth = np.maximum(g.producers, 0) / n
+        upload = 8000 * 0.6 * np.exp(-5 * depth) * rng.lognormal(0, 0.5, g.n_tensors)
+        x = 10 ** rng.uniform(-3, 0)
+        w = Weights(device, device / rng.uniform(5, 20, n), upload * x, upload * x * 0.1, 0.0)
+        cut = solve(g, w)
+        best = cut_lp_value(g, w)
+        assert is_closed(g, cut.device)
+        assert cut.cost == pytest.approx(best, rel=1e-7), (n, cut.cost, best)
 
 
 # --------------------------------------------------------------------------- chains (the paper)
