@@ -1,0 +1,96 @@
+"""``nscompile serve`` (the cloud side) and ``nscompile run`` (the device side)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nscompile.cli import app
+from nscompile.errors import NscompileError
+
+
+@app.command()
+def serve(
+    repository: Path = typer.Argument(..., help="The cloud/ directory of a build."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces)."),
+    port: int = typer.Option(8000, help="TCP port."),
+    workers: int = typer.Option(1, help="Server processes."),
+    max_body_mb: float = typer.Option(64.0, help="Largest request body accepted, in MiB (413 beyond)."),
+    concurrency: Optional[int] = typer.Option(None, help="Inferences computed at once (default: CPUs, at most 4)."),
+    max_queue: int = typer.Option(64, help="In-flight requests admitted before answering 503."),
+    threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model."),
+    log_level: str = typer.Option("warning", help="uvicorn log level."),
+) -> None:
+    """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
+    from nscompile.serve import serve as run_server
+
+    if workers < 1 or port < 0 or max_body_mb <= 0:
+        raise NscompileError("--workers must be >= 1, --port >= 0 and --max-body-mb > 0")
+    run_server(
+        repository,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+        max_body_bytes=int(max_body_mb * (1 << 20)),
+        concurrency=concurrency,
+        max_queue=max_queue,
+        threads=threads,
+    )
+
+
+def _parse_input(spec: str) -> tuple[str, "object"]:
+    import numpy as np
+
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not path:
+        raise NscompileError(f"--input {spec!r} is not NAME=FILE.npy; e.g. --input data=x.npy")
+    try:
+        return name, np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise NscompileError(f"cannot read {path} as a .npy array ({exc}); save it with numpy.save") from None
+
+
+@app.command()
+def run(
+    device_dir: Path = typer.Argument(..., help="The device/ directory of a build."),
+    server: str = typer.Option(..., help="Server base URL, e.g. http://10.0.0.2:8000."),
+    input: list[str] = typer.Option(..., "--input", help="NAME=FILE.npy, once per model input."),
+    objective: str = typer.Option("latency", help="latency or energy."),
+    output_dir: Optional[Path] = typer.Option(None, help="Write each output as NAME.npy here."),
+    cut: Optional[str] = typer.Option(None, help="Force this cut instead of looking it up."),
+    bandwidth_mbps: Optional[float] = typer.Option(None, help="Use this uplink bandwidth instead of measuring it."),
+    deadline_ms: float = typer.Option(5000.0, help="Finish on the device if the server takes longer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the record and output summaries as JSON."),
+) -> None:
+    """Run one inference split between this device and a server."""
+    from nscompile.runtime import SplitRunner
+
+    inputs = dict(_parse_input(s) for s in input)
+    with SplitRunner(
+        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps
+    ) as runner:
+        outputs, record = runner.run(inputs, with_record=True)
+    if output_dir is not None:
+        import numpy as np
+
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for name, array in outputs.items():
+            np.save(output_dir / f"{Path(name).name}.npy", array, allow_pickle=False)
+    summary = {n: {"shape": list(a.shape), "dtype": a.dtype.name} for n, a in outputs.items()}
+    if as_json:
+        print(json.dumps({"record": record.as_dict(), "outputs": summary}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cut {record.cut} ({record.reason})", show_header=False)
+    for key, value in record.as_dict().items():
+        if value not in (None, 0, 0.0, False) or key in ("cut", "total_ms"):
+            table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
+    for name, s in summary.items():
+        table.add_row(f"output {name}", f"{s['dtype']} {s['shape']}")
+    Console().print(table)

@@ -1,0 +1,96 @@
+"""What the device knows about the network and the server: uplink, RTT, load, back-off.
+
+Plain numbers and the standard library; the runner feeds it measurements and reads
+estimates back. Bandwidth is smoothed on a log scale because the plan's buckets are
+log-spaced: a 10x change should move the estimate as fast as a 2x change does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+
+class LogEwma:
+    """Exponentially weighted moving average of log(x): a smoothed geometric mean."""
+
+    def __init__(self, alpha: float):
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError("alpha must be in (0, 1]")
+        self.alpha = alpha
+        self._log: float | None = None
+        self.updated_at = 0.0
+        self.samples = 0
+
+    def add(self, x: float, now: float | None = None) -> None:
+        """Fold in one positive sample."""
+        lx = math.log(max(x, 1e-12))
+        self._log = lx if self._log is None else (1 - self.alpha) * self._log + self.alpha * lx
+        self.updated_at = time.monotonic() if now is None else now
+        self.samples += 1
+
+    @property
+    def value(self) -> float | None:
+        """The current estimate, or None before the first sample."""
+        return None if self._log is None else math.exp(self._log)
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self._log = None
+        self.samples = 0
+
+
+class NetState:
+    """Uplink bandwidth, RTT and server load as the device last measured them.
+
+    Args:
+        alpha: smoothing weight of a new sample.
+        stale_s: estimates older than this are re-measured with an active probe.
+        backoff_s: (first, max) pause before retrying a server that failed.
+    """
+
+    def __init__(self, alpha: float = 0.4, stale_s: float = 10.0, backoff_s: tuple[float, float] = (0.5, 30.0)):
+        self.bandwidth = LogEwma(alpha)  # Mbit/s
+        self.rtt = LogEwma(alpha)  # ms
+        self.stale_s = stale_s
+        self.load = 1.0
+        self.load_at = 0.0
+        self.backoff_first, self.backoff_max = backoff_s
+        self._backoff = 0.0
+        self.retry_at = 0.0
+        self.failures = 0
+
+    def needs_probe(self, now: float, bandwidth: bool = True, load: bool = True) -> bool:
+        """True when an estimate is missing or stale.
+
+        Args:
+            now: time.monotonic().
+            bandwidth: whether the bandwidth estimate matters (False when pinned).
+            load: whether the load estimate matters (False when pinned).
+        """
+        b = self.bandwidth
+        if bandwidth and (b.value is None or now - b.updated_at > self.stale_s):
+            return True
+        return load and now - self.load_at > self.stale_s
+
+    def set_load(self, load: float, now: float) -> None:
+        """Record the server's reported slowdown factor (>= 1)."""
+        if math.isfinite(load):
+            self.load = max(1.0, load)
+            self.load_at = now
+
+    def in_backoff(self, now: float) -> bool:
+        """True while the server should not be tried again."""
+        return now < self.retry_at
+
+    def failed(self, now: float) -> float:
+        """Note a failed server call; return the back-off chosen, in seconds."""
+        self.failures += 1
+        self._backoff = self.backoff_first if self._backoff == 0 else min(self._backoff * 2, self.backoff_max)
+        self.retry_at = now + self._backoff
+        return self._backoff
+
+    def succeeded(self) -> None:
+        """Note a successful server call: the back-off starts over."""
+        self._backoff = 0.0
+        self.retry_at = 0.0

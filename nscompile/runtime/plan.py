@@ -1,0 +1,220 @@
+"""Read ``plan.json`` on a device and look the cut up for the measured conditions.
+
+Needs only the standard library. The look-up is the hot path of every request, so the
+plan's exact breakpoints are turned into sorted lists once and searched with bisect.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from nscompile.errors import NscompileError
+
+SCHEMA = "nscompile.plan/1"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor crossing the cut (or a model input/output)."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One emitted cut: what the device runs, what it uploads, which server model finishes it."""
+
+    id: str
+    tensors: tuple[TensorSpec, ...]
+    device_outputs: tuple[str, ...]
+    prefix: Path | None  # resolved inside the device directory
+    cloud_model: str | None
+    predicted: dict = field(default_factory=dict)
+
+    @property
+    def all_device(self) -> bool:
+        """True for the cut that needs no server."""
+        return self.cloud_model is None
+
+
+def _spec(raw: dict, where: str) -> TensorSpec:
+    try:
+        return TensorSpec(
+            name=str(raw["name"]),
+            shape=tuple(int(d) for d in raw["shape"]),
+            dtype=str(raw["dtype"]),
+            bytes=int(raw.get("bytes", 0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        raise NscompileError(f"{where}: a tensor entry lacks name/shape/dtype; rebuild the plan") from None
+
+
+class Plan:
+    """A device's view of ``plan.json``: cuts, fallback and the look-up structures.
+
+    Attributes:
+        raw: the parsed JSON.
+        model_name, model_sha256: the model the plan was built from.
+        inputs, outputs: the model's graph inputs and outputs.
+        cuts: cut id -> :class:`Cut`.
+        fallback: the all-device cut's id.
+        loads: the load levels of the grid rows, ascending.
+        rtt_ms: the round-trip time the plan assumed.
+    """
+
+    def __init__(self, raw: dict, device_dir: Path):
+        self.raw = raw
+        where = str(device_dir / "plan.json")
+        if raw.get("schema") != SCHEMA:
+            raise NscompileError(
+                f"{where} has schema {raw.get('schema')!r}, expected {SCHEMA!r}; "
+                "rebuild with this nscompile version"
+            )
+        try:
+            model = raw["model"]
+            self.model_name = str(model["name"])
+            self.model_sha256 = str(model["sha256"])
+            self.inputs = tuple(_spec(t, where) for t in model["inputs"])
+            self.outputs = tuple(_spec(t, where) for t in model["outputs"])
+            grid = raw["grid"]
+            cuts_raw = raw["cuts"]
+        except (KeyError, TypeError):
+            raise NscompileError(f"{where} lacks model/cuts/grid; rebuild the plan") from None
+        self.rtt_ms = float(grid.get("rtt_ms") or 0.0)
+        self.downlink_mbps = grid.get("downlink_mbps")
+        self.cuts: dict[str, Cut] = {}
+        for c in cuts_raw:
+            prefix = None
+            if c.get("prefix"):
+                # Paths are relative to the build directory; on a device only the file
+                # name inside device_dir is meaningful.
+                prefix = device_dir / PurePosixPath(c["prefix"]).name
+            cloud = c.get("cloud_model")
+            if cloud is None and c.get("suffix"):
+                cloud = PurePosixPath(c["suffix"]).parts[1]  # cloud/<name>/1/model.onnx
+            self.cuts[str(c["id"])] = Cut(
+                id=str(c["id"]),
+                tensors=tuple(_spec(t, where) for t in c.get("tensors", [])),
+                device_outputs=tuple(c.get("device_outputs", [])),
+                prefix=prefix,
+                cloud_model=cloud,
+                predicted=dict(c.get("predicted") or {}),
+            )
+        self.fallback = str(raw.get("fallback") or "")
+        if self.fallback not in self.cuts:
+            devices = [c.id for c in self.cuts.values() if c.all_device]
+            if not devices:
+                raise NscompileError(f"{where} has no all-device cut to fall back on; rebuild the plan")
+            self.fallback = devices[0]
+        fb = self.cuts[self.fallback]
+        if not fb.all_device or fb.prefix is None:
+            raise NscompileError(f"{where}: fallback cut {self.fallback!r} is not an all-device cut")
+        for cut in self.cuts.values():
+            if cut.prefix is not None and not cut.prefix.is_file():
+                raise NscompileError(
+                    f"prefix model {cut.prefix} of cut {cut.id!r} is missing; copy the whole "
+                    "device/ directory of the build"
+                )
+        self.loads = [float(x) for x in grid.get("load", [1])]
+        self._tables: dict[str, list[tuple[list[float], list[str]]]] = {}
+        self._build_lookup(grid, where)
+
+    def _build_lookup(self, grid: dict, where: str) -> None:
+        breakpoints = self.raw.get("breakpoints") or {}
+        tables = dict(self.raw.get("tables") or {})
+        objective = grid.get("objective", "latency")
+        if "table" in self.raw:
+            tables.setdefault(objective, self.raw["table"])
+        bandwidths = [float(b) for b in grid.get("bandwidth_mbps", [])]
+        for obj in set(breakpoints) | set(tables):
+            rows: list[tuple[list[float], list[str]]] = []
+            if obj in breakpoints:
+                for row in breakpoints[obj]:
+                    pts = sorted(row, key=lambda p: float(p["from_mbps"]))
+                    rows.append(([float(p["from_mbps"]) for p in pts], [str(p["cut"]) for p in pts]))
+            else:
+                # Only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b].
+                for row in tables[obj]:
+                    rows.append((list(bandwidths), [str(c) for c in row]))
+            if len(rows) != len(self.loads):
+                raise NscompileError(
+                    f"{where}: objective {obj!r} has {len(rows)} load rows but the grid has "
+                    f"{len(self.loads)} load levels; rebuild the plan"
+                )
+            for _, ids in rows:
+                for cid in ids:
+                    if cid not in self.cuts:
+                        raise NscompileError(f"{where}: the table names cut {cid!r} which is not emitted")
+            self._tables[obj] = rows
+        if not self._tables:
+            raise NscompileError(f"{where} has neither breakpoints nor a table; rebuild the plan")
+        self._log_loads = [math.log(max(x, 1e-9)) for x in self.loads]
+
+    @property
+    def objectives(self) -> list[str]:
+        """The objectives this plan has tables for."""
+        return sorted(self._tables)
+
+    def load_row(self, load: float) -> int:
+        """Index of the grid row nearest `load` (nearest on a log scale: loads are geometric)."""
+        x = math.log(max(load, 1e-9))
+        best, dist = 0, abs(self._log_loads[0] - x)
+        for i in range(1, len(self._log_loads)):
+            d = abs(self._log_loads[i] - x)
+            if d < dist:
+                best, dist = i, d
+        return best
+
+    def lookup(self, bandwidth_mbps: float, load: float = 1.0, objective: str = "latency") -> str:
+        """Return the cut id for the given uplink bandwidth and server load.
+
+        Args:
+            bandwidth_mbps: measured uplink bandwidth in Mbit/s.
+            load: server slowdown factor (1 = idle).
+            objective: "latency" or "energy" (what the plan has tables for).
+
+        Returns:
+            The cut id.
+
+        Raises:
+            NscompileError: the plan has no table for `objective`.
+        """
+        try:
+            rows = self._tables[objective]
+        except KeyError:
+            raise NscompileError(
+                f"the plan has no table for objective {objective!r}; use one of {self.objectives}"
+            ) from None
+        starts, ids = rows[self.load_row(load)]
+        i = bisect_right(starts, bandwidth_mbps) - 1
+        return ids[i if i >= 0 else 0]
+
+
+def load_plan(device_dir: str | Path) -> Plan:
+    """Read and check ``device_dir/plan.json``.
+
+    Args:
+        device_dir: the ``device/`` directory of a build (or a copy of it).
+
+    Returns:
+        The :class:`Plan`.
+
+    Raises:
+        NscompileError: missing or inconsistent plan, missing prefix files.
+    """
+    device_dir = Path(device_dir)
+    path = device_dir / "plan.json"
+    if not path.is_file():
+        raise NscompileError(f"{path} not found; pass the device/ directory of a build")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NscompileError(f"{path} is not valid JSON ({exc}); rebuild the plan") from None
+    return Plan(raw, device_dir)

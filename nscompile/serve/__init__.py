@@ -1,0 +1,101 @@
+"""``nscompile serve``: the cloud side, a KServe v2 server over a build's ``cloud/``.
+
+The repository is also a valid Triton Inference Server model repository. A device gets
+the same load signal from Triton this way (SplitRunner falls back to these when the
+``nscompile-load`` header and ``/v2/nscompile/load`` are absent is future work; today it
+assumes K = 1 and uses ``initial_bandwidth_mbps`` plus passive measurements):
+
+- queue pressure: Triton's metrics endpoint (``:8002/metrics``, Prometheus text) has
+  ``nv_inference_pending_request_count{model=...}`` (requests queued or executing) and
+  ``nv_inference_queue_duration_us`` / ``nv_inference_compute_infer_duration_us`` /
+  ``nv_inference_request_success`` counters;
+- recent slowdown: poll ``GET /v2/models/{m}/stats`` twice; with d = the difference
+  between the polls, per-request time = (d queue.ns + d compute_infer.ns) / d success.count;
+  K = that / the idle per-request time (the plan's predicted ``cloud_ms``, or the same
+  ratio measured once when the server is idle);
+- RTT: time ``GET /v2/health/ready``.
+
+Usage:
+
+    from nscompile.serve import create_app, serve
+    serve("build/alexnet/cloud", host="0.0.0.0", port=8000, workers=2)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def create_app(repository: str | Path, **options):
+    """Build the FastAPI application; see :func:`nscompile.serve.app.create_app`."""
+    from nscompile.serve.app import create_app as _create
+
+    return _create(repository, **options)
+
+
+def serve(
+    repository: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    log_level: str = "warning",
+    **options,
+) -> None:
+    """Serve a repository until interrupted.
+
+    Args:
+        repository: the ``cloud/`` directory of a build.
+        host: address to bind.
+        port: TCP port.
+        workers: server processes (each loads its own sessions and reports its own load).
+        log_level: uvicorn's log level.
+        **options: passed to :func:`nscompile.serve.app.create_app` (max_body_bytes,
+            concurrency, max_queue, threads).
+
+    Raises:
+        NscompileError: the repository is missing or broken (checked before binding).
+    """
+    import json
+    import os
+
+    import uvicorn
+
+    from nscompile.serve.app import ENV_OPTIONS, create_app as _create
+    from nscompile.serve.repository import read_repository
+
+    read_repository(repository)  # fail with a clear message before any worker starts
+    if workers <= 1:
+        uvicorn.run(_create(repository, **options), host=host, port=port, log_level=log_level)
+        return
+    from uvicorn.supervisors import Multiprocess
+
+    # Several processes need an import string; the options travel in the environment.
+    os.environ[ENV_OPTIONS] = json.dumps({"repository": str(Path(repository).resolve()), **options})
+    config = uvicorn.Config(
+        "nscompile.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level
+    )
+    Multiprocess(config, sockets=[tcp_socket(host, port)]).run()
+
+
+def tcp_socket(host: str, port: int):
+    """A bound listening-ready TCP socket whose accepted connections get TCP_NODELAY.
+
+    uvicorn's own multi-worker socket is made with protocol 0, so asyncio skips
+    TCP_NODELAY on its connections; a response written as headers then body then
+    waits ~40 ms for the client's delayed ACK (Nagle). Creating the socket with
+    IPPROTO_TCP avoids that.
+    """
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        from nscompile.errors import NscompileError
+
+        raise NscompileError(f"cannot listen on {host}:{port} ({exc}); pick another --port or --host") from None
+    sock.set_inheritable(True)
+    return sock

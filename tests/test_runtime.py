@@ -1,0 +1,586 @@
+"""SplitRunner end to end on loopback: every cut equals the whole model, the cut follows
+the measured bandwidth and load, a dying server loses no request, artifacts of another
+build are refused.
+
+The artifacts are made by hand here (a tiny DAG split with onnx.utils.Extractor, laid out
+as the backend lays them out) so the plan's breakpoints are under the test's control;
+``test_real_build_every_cut`` runs the same check on a real ``nscompile.compiler.build``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from nscompile.errors import NscompileError
+
+# ---------------------------------------------------------------------------------------
+# Hand-made build (also imported by test_serve.py and test_triton_interop.py)
+# ---------------------------------------------------------------------------------------
+
+X_SHAPE = [1, 8, 32, 32]  # 32 KiB of float32: big enough to measure bandwidth with
+LOADS = [1, 2, 4, 8]
+BREAKPOINTS = {  # load row -> [(from_mbps, cut)]
+    1: [(0.0, "prob"), (2.0, "relu2"), (16.0, "input")],
+    2: [(0.0, "prob"), (2.0, "relu2"), (16.0, "relu1")],
+    4: [(0.0, "prob"), (2.0, "relu1")],
+    8: [(0.0, "prob")],
+}
+
+
+def make_model() -> onnx.ModelProto:
+    """A small DAG: conv-relu, an early side output, a residual block, a second input."""
+    rng = np.random.default_rng(0)
+    w = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.2, shape).astype(np.float32), name)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["relu1"], name="relu1"),
+        helper.make_node("GlobalAveragePool", ["relu1"], ["gap_aux"], name="gap_aux"),
+        helper.make_node("Flatten", ["gap_aux"], ["aux"], name="aux"),
+        helper.make_node("Conv", ["relu1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c2"], ["relu2"], name="relu2"),
+        helper.make_node("Add", ["relu2", "relu1"], ["res"], name="res"),
+        helper.make_node("GlobalAveragePool", ["res"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "w3"], ["logits"], name="fc"),
+        helper.make_node("Mul", ["logits", "scale"], ["scaled"], name="mul"),
+        helper.make_node("Softmax", ["scaled"], ["prob"], name="prob"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, X_SHAPE),
+         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1, 10])],
+        [helper.make_tensor_value_info("aux", TensorProto.FLOAT, [1, 8]),
+         helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 10])],
+        [w("w1", 8, 8, 3, 3), w("w2", 8, 8, 3, 3), w("w3", 8, 10)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+# cut id -> (device-side tensors, graph inputs uploaded as is, graph outputs computed on the device)
+CUTS = {
+    "input": ([], ["x", "scale"], []),
+    "relu1": (["relu1"], ["scale"], ["aux"]),
+    "relu2": (["relu1", "relu2"], ["scale"], ["aux"]),  # a DAG cut: two tensors cross it
+    "prob": ([], [], ["aux", "prob"]),
+}
+
+
+def _save(model: onnx.ModelProto, path: Path, sha: str, cut: str) -> None:
+    onnx.helper.set_model_props(model, {"nscompile.model_sha256": sha, "nscompile.cut": cut})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+
+
+def _config(name: str, model: onnx.ModelProto, sha: str) -> str:
+    def tensors(kind, values):
+        out = []
+        for v in values:
+            dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
+            out.append(f'  {{\n    name: "{v.name}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}')
+        return f"{kind} [\n" + ",\n".join(out) + "\n]\n"
+
+    return (
+        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
+        + tensors("input", model.graph.input)
+        + tensors("output", model.graph.output)
+        + f'parameters {{\n  key: "nscompile_model_sha256"\n  value {{ string_value: "{sha}" }}\n}}\n'
+    )
+
+
+def make_handmade_build(root: Path, name: str = "tiny") -> Path:
+    """Write build/NAME/{plan.json, device/, cloud/} for :func:`make_model` and return it."""
+    model = make_model()
+    raw = model.SerializeToString()
+    sha = hashlib.sha256(raw).hexdigest()
+    src = root / f"{name}.onnx"
+    src.write_bytes(raw)
+    build = root / name
+    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
+    cuts = []
+    for cid, (dev_tensors, uploads, dev_outputs) in CUTS.items():
+        tensors = [
+            {"name": t, "shape": X_SHAPE if t != "scale" else [1, 10], "dtype": "float32",
+             "bytes": 4 * int(np.prod(X_SHAPE if t != "scale" else [1, 10]))}
+            for t in dev_tensors + uploads
+        ]
+        prefix = suffix = cloud = None
+        if cid == "prob":
+            prefix = f"device/prefix_{cid}.onnx"
+            _save(onnx.ModelProto.FromString(raw), build / prefix, sha, cid)
+        elif dev_tensors:
+            prefix = f"device/prefix_{cid}.onnx"
+            _save(extractor.extract_model(["x"], dev_tensors + dev_outputs), build / prefix, sha, cid)
+        if cid != "prob":
+            cloud = f"{name}_suffix_{cid}"
+            suffix = f"cloud/{cloud}/1/model.onnx"
+            wanted = [o for o in ("aux", "prob") if o not in dev_outputs]
+            sm = onnx.ModelProto.FromString(raw) if cid == "input" else extractor.extract_model(dev_tensors + uploads, wanted)
+            _save(sm, build / suffix, sha, cid)
+            (build / "cloud" / cloud / "config.pbtxt").write_text(_config(cloud, sm, sha))
+        up = sum(t["bytes"] for t in tensors)
+        cuts.append({
+            "id": cid, "device_nodes": {"input": 0, "relu1": 4, "relu2": 6, "prob": 12}[cid],
+            "tensors": tensors, "device_outputs": dev_outputs, "prefix": prefix, "suffix": suffix,
+            "cloud_model": cloud,
+            "predicted": {"device_ms": {"input": 0.0, "relu1": 1.0, "relu2": 2.0, "prob": 500.0}[cid],
+                          "cloud_ms": 0.0 if cid == "prob" else 0.3, "upload_bytes": up,
+                          "download_bytes": 0 if cid == "prob" else 72, "device_mj": 1.0},
+        })
+    bandwidths = [0.1 * 10 ** (i / 4) for i in range(21)]  # 0.1 .. 1000 Mbps
+
+    def row(points):
+        return [next(c for f, c in reversed(points) if f <= max(b, 0.0)) for b in bandwidths]
+
+    bp = {"latency": [[{"from_mbps": f, "cut": c} for f, c in BREAKPOINTS[l]] for l in LOADS],
+          "energy": [[{"from_mbps": 0.0, "cut": "prob"}, {"from_mbps": 50.0, "cut": "relu1"}] for _ in LOADS]}
+    tables = {"latency": [row(BREAKPOINTS[l]) for l in LOADS],
+              "energy": [row([(0.0, "prob"), (50.0, "relu1")]) for _ in LOADS]}
+    plan = {
+        "schema": "nscompile.plan/1",
+        "model": {"name": name, "sha256": sha,
+                  "inputs": [{"name": "x", "shape": X_SHAPE, "dtype": "float32"},
+                             {"name": "scale", "shape": [1, 10], "dtype": "float32"}],
+                  "outputs": [{"name": "aux", "shape": [1, 8], "dtype": "float32"},
+                              {"name": "prob", "shape": [1, 10], "dtype": "float32"}]},
+        "profiles": {"device": {"name": "test", "sha256": "0"}, "cloud": {"name": "test", "sha256": "0"}},
+        "cuts": cuts,
+        "fallback": "prob",
+        "grid": {"objective": "latency", "bandwidth_mbps": bandwidths, "load": LOADS, "rtt_ms": 0.0, "downlink_mbps": None},
+        "table": tables["latency"],
+        "tables": tables,
+        "breakpoints": bp,
+    }
+    text = json.dumps(plan, indent=1)
+    (build / "plan.json").write_text(text)
+    (build / "device").mkdir(parents=True, exist_ok=True)
+    (build / "device" / "plan.json").write_text(text)
+    return build
+
+
+def reference(model_path: Path, inputs: dict) -> dict:
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, inputs)))
+
+
+def sample_inputs(seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=X_SHAPE).astype(np.float32),
+            "scale": rng.uniform(0.5, 2.0, size=(1, 10)).astype(np.float32)}
+
+
+# ---------------------------------------------------------------------------------------
+# A server in a thread (in-process, so tests can reach into its state) or a process
+# ---------------------------------------------------------------------------------------
+
+
+class ServerThread:
+    """uvicorn in a background thread on a free loopback port; stop() always joins."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.app = app
+        from nscompile.serve import tcp_socket
+
+        self.sock = tcp_socket("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        for _ in range(500):  # bounded wait: 5 s
+            if self.server.started:
+                return
+            time.sleep(0.01)
+        self.stop()
+        raise RuntimeError("test server did not start")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nscompile_cmd() -> list[str]:
+    script = Path(sys.executable).with_name("nscompile")
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from nscompile.cli import main; main()"]
+
+
+class ServerProcess:
+    """``nscompile serve`` as a child process; kill() is abrupt (SIGKILL)."""
+
+    def __init__(self, repository: Path, port: int | None = None, *extra: str):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [*nscompile_cmd(), "serve", str(repository), "--port", str(self.port), "--concurrency", "1", *extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nscompile serve exited: {self.proc.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError("nscompile serve did not become ready in 60 s")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc.stderr.close()
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory) -> Path:
+    return make_handmade_build(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="module")
+def server(build):
+    from nscompile.serve import create_app
+
+    # A large slowdown floor: on a shared test machine CPU jitter would otherwise read
+    # as load; the load tests drive the queue-pressure part of the signal instead.
+    s = ServerThread(create_app(build / "cloud", concurrency=1, slowdown_floor_ms=50.0))
+    yield s
+    s.stop()
+
+
+def runner_for(build, url, **kw):
+    from nscompile.runtime import SplitRunner
+
+    kw.setdefault("backoff_s", (0.2, 1.0))
+    return SplitRunner(build / "device", url, **kw)
+
+
+# ---------------------------------------------------------------------------------------
+# Plan look-up
+# ---------------------------------------------------------------------------------------
+
+
+def test_lookup_follows_breakpoints_and_load_rows(build):
+    from nscompile.runtime import load_plan
+
+    plan = load_plan(build / "device")
+    assert plan.fallback == "prob" and plan.loads == [1, 2, 4, 8]
+    assert plan.lookup(0.05, 1) == "prob"  # below the first breakpoint: first cut
+    assert plan.lookup(1.99, 1) == "prob"
+    assert plan.lookup(2.0, 1) == "relu2"  # breakpoints are inclusive from below
+    assert plan.lookup(15.9, 1) == "relu2"
+    assert plan.lookup(16.0, 1) == "input"
+    assert plan.lookup(500.0, 2) == "relu1"
+    assert plan.lookup(500.0, 2.9) == "relu1"  # log-nearest row: 2.9 is nearer 2 than 4
+    assert plan.lookup(500.0, 3.0) == "relu1"  # log2(3)=1.58: nearer 4
+    assert plan.lookup(500.0, 0.5) == "input"  # below the grid: row 1
+    assert plan.lookup(500.0, 100.0) == "prob"
+    assert plan.lookup(60.0, 1, "energy") == "relu1"
+    with pytest.raises(NscompileError, match="objective 'speed'"):
+        plan.lookup(1.0, 1, "speed")
+
+
+def test_lookup_is_fast(build):
+    from nscompile.runtime import load_plan
+
+    plan = load_plan(build / "device")
+    n = 20000
+    t = time.perf_counter()
+    for i in range(n):
+        plan.lookup(0.1 + i % 1000, 1 + i % 8)
+    per_us = (time.perf_counter() - t) / n * 1e6
+    assert per_us < 20.0, per_us
+
+
+def test_plan_errors_name_the_problem(build, tmp_path):
+    from nscompile.runtime import load_plan
+
+    with pytest.raises(NscompileError, match="plan.json not found"):
+        load_plan(tmp_path)
+    dev = tmp_path / "device"
+    dev.mkdir()
+    raw = json.loads((build / "device" / "plan.json").read_text())
+    (dev / "plan.json").write_text(json.dumps(raw))
+    with pytest.raises(NscompileError, match="prefix_relu1.onnx of cut 'relu1' is missing"):
+        load_plan(dev)
+    raw["schema"] = "nscompile.plan/0"
+    (dev / "plan.json").write_text(json.dumps(raw))
+    with pytest.raises(NscompileError, match="schema"):
+        load_plan(dev)
+
+
+def test_runtime_imports_without_compiler_dependencies():
+    code = (
+        "import sys, nscompile.runtime\n"
+        "bad = [m for m in ('onnx', 'onnx_graphsurgeon', 'sklearn', 'typer', 'scipy', 'fastapi') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------------------
+# End to end
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
+def test_every_cut_equals_whole_model(build, server, cut):
+    inputs = sample_inputs()
+    want = reference(build.parent / "tiny.onnx", inputs)
+    with runner_for(build, server.url, force_cut=cut) as runner:
+        got, rec = runner.run(inputs, with_record=True)
+    assert list(got) == ["aux", "prob"]
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
+    assert rec.cut == cut and rec.reason == "forced" and not rec.fell_back
+    if cut == "prob":
+        assert rec.upload_bytes == 0 and rec.server_ms == 0
+    else:
+        expected_up = sum(a.nbytes for a in [sample_inputs()["scale"]]) + 4 * int(np.prod(X_SHAPE)) * (
+            {"input": 1, "relu1": 1, "relu2": 2}[cut])
+        assert rec.upload_bytes == expected_up
+        assert rec.server_ms > 0 and rec.download_bytes > 0
+
+
+class Throttle(httpx.HTTPTransport):
+    """Simulates a slow uplink: sleeps body-size / bandwidth before each request."""
+
+    def __init__(self):
+        super().__init__(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+        self.mbps: float | None = None
+
+    def handle_request(self, request):
+        if self.mbps:
+            time.sleep(len(request.content) * 8 / (self.mbps * 1e6))
+        return super().handle_request(request)
+
+
+def test_cut_follows_measured_bandwidth(build, server):
+    throttle = Throttle()
+    inputs = sample_inputs()
+    want = reference(build.parent / "tiny.onnx", inputs)
+    # Load pinned: this test is about bandwidth (the shared CI machine makes load noisy).
+    with runner_for(build, server.url, client=httpx.Client(transport=throttle), stale_s=0.3, load=1.0) as runner:
+        # Loopback: far above 16 Mbps, where row 1 says "input". (The breakpoints are
+        # low so that the throttle, not the shared machine's jitter, sets the times.)
+        _, rec = runner.run(inputs, with_record=True)
+        assert rec.probe_ms > 0 and rec.bandwidth_mbps > 16, rec
+        assert rec.cut == "input"
+        throttle.mbps = 6.0  # between the 2 and 16 Mbps breakpoints: "relu2"
+        cuts = []
+        for _ in range(8):  # bounded: passive samples pull the estimate down
+            out, rec = runner.run(inputs, with_record=True)
+            np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+            cuts.append(rec.cut)
+            if rec.cut == "relu2":
+                break
+        assert cuts[-1] == "relu2" and len(cuts) >= 2, (cuts, rec)
+        assert 2 < rec.bandwidth_mbps < 16
+        throttle.mbps = 0.5  # under 2 Mbps: all on the device; found by the probe once stale
+        time.sleep(0.35)
+        out, rec = runner.run(inputs, with_record=True)
+        assert rec.probe_ms > 0 and rec.cut == "prob" and rec.bandwidth_mbps < 2, rec
+        np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+        throttle.mbps = None  # the link recovers: the stale estimate is re-probed
+        time.sleep(0.35)
+        _, rec = runner.run(inputs, with_record=True)
+        assert rec.probe_ms > 0 and rec.cut == "input", rec
+
+
+def test_cut_follows_server_load(build, server):
+    load = server.app.state.load
+    inputs = sample_inputs()
+    with runner_for(build, server.url, bandwidth_mbps=500.0) as runner:
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "input" and rec.load < 1.4
+        for _ in range(3):  # three requests held in flight with one slot: K = 4
+            load.enter()
+        try:
+            runner.run(inputs)  # this answer carries the new load...
+            rec = runner.run(inputs, with_record=True)[1]  # ...which picks this cut
+            assert rec.load >= 3.0 and rec.cut == "relu1", rec
+            for _ in range(5):
+                load.enter()
+            runner.run(inputs)
+            rec = runner.run(inputs, with_record=True)[1]
+            assert rec.load >= 8.0 and rec.cut == "prob", rec
+        finally:
+            for _ in range(8):
+                load.exit()
+        # The load report comes back only with a transfer; all-device makes none, so
+        # the estimate is refreshed by the probe once stale.
+        runner.net.stale_s = 0.0
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.probe_ms > 0 and rec.load < 1.4 and rec.cut == "input", rec
+
+
+def test_long_rtt_keeps_work_on_device(build, server):
+    """RTT above the plan's adds to every split cut, so all-device can win where the table did not."""
+    inputs = sample_inputs()
+    with runner_for(build, server.url, bandwidth_mbps=500.0, load=1.0) as runner:
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "input" and rec.reason == "table"
+        # predicted: input = 0.3 ms cloud + 32 KiB / 500 Mbps + RTT; all-device = 500 ms
+        runner.net.rtt.reset()
+        runner.net.rtt.add(600.0)
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.reason == "rtt", rec
+        runner.net.rtt.reset()
+        runner.net.rtt.add(400.0)
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "input" and rec.reason == "table", rec
+
+
+class SlowSession:
+    def __init__(self, inner, delay):
+        self.inner, self.delay = inner, delay
+
+    def run(self, *a, **kw):
+        time.sleep(self.delay)
+        return self.inner.run(*a, **kw)
+
+
+def test_deadline_falls_back_and_backs_off(build, server):
+    entry = server.app.state.models["tiny_suffix_input"]
+    inputs = sample_inputs()
+    want = reference(build.parent / "tiny.onnx", inputs)
+    with runner_for(build, server.url, force_cut=None, bandwidth_mbps=500.0, deadline_ms=150) as runner:
+        runner.run(inputs)  # loads the session
+        real = entry.session
+        entry.session = SlowSession(real, 0.6)
+        try:
+            got, rec = runner.run(inputs, with_record=True)
+            assert rec.fell_back and rec.reason == "fallback" and "Timeout" in rec.error, rec
+            np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+            _, rec = runner.run(inputs, with_record=True)
+            assert rec.reason == "backoff" and rec.cut == "prob" and not rec.fell_back
+        finally:
+            time.sleep(0.7)  # let the abandoned request finish before restoring
+            entry.session = real
+        time.sleep(0.25)  # past the 0.2 s back-off
+        _, rec = runner.run(inputs, with_record=True)
+        assert rec.cut == "input" and not rec.fell_back, rec
+
+
+def test_unreachable_server_runs_everything_on_device(build):
+    inputs = sample_inputs()
+    want = reference(build.parent / "tiny.onnx", inputs)
+    with runner_for(build, f"http://127.0.0.1:{free_port()}", deadline_ms=500) as runner:
+        for _ in range(3):
+            got, rec = runner.run(inputs, with_record=True)
+            np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+            assert rec.cut == "prob" and rec.reason == "backoff"
+        assert runner.net.failures == 1  # the back-off kept it from hammering the address
+
+
+def test_mismatched_artifacts_refuse_to_run(build, tmp_path):
+    from nscompile.serve import create_app
+
+    other = tmp_path / "other"
+    other.mkdir()
+    import shutil
+
+    shutil.copytree(build / "cloud", other / "cloud")
+    cfg = other / "cloud" / "tiny_suffix_relu1" / "config.pbtxt"
+    cfg.write_text(cfg.read_text().replace(json.loads((build / "plan.json").read_text())["model"]["sha256"], "f" * 64))
+    srv = ServerThread(create_app(other / "cloud"))
+    try:
+        with runner_for(build, srv.url, force_cut="relu1") as runner:
+            with pytest.raises(NscompileError, match="deploy device/ and cloud/ of the same build"):
+                runner.run(sample_inputs())
+            with pytest.raises(NscompileError, match="sha256"):
+                runner.check_server()
+    finally:
+        srv.stop()
+
+
+def test_bad_inputs_are_user_errors(build, server):
+    with runner_for(build, server.url, force_cut="prob") as runner:
+        with pytest.raises(NscompileError, match="do not match"):
+            runner.run({"x": sample_inputs()["x"]})
+        bad = sample_inputs()
+        bad["x"] = bad["x"].astype(np.float64)
+        with pytest.raises(NscompileError, match="float64"):
+            runner.run(bad)
+        bad = sample_inputs()
+        bad["x"] = bad["x"][:, :4]
+        with pytest.raises(NscompileError, match="shape"):
+            runner.run(bad)
+
+
+def test_killed_server_loses_no_request(build):
+    """Kill -9 the server mid-run: every request still answers, then the server is used again."""
+    inputs = [sample_inputs(seed) for seed in range(12)]
+    srv = ServerProcess(build / "cloud")
+    port = srv.port
+    try:
+        with runner_for(build, srv.url, bandwidth_mbps=500.0, deadline_ms=2000) as runner:
+            records = []
+            for i, x in enumerate(inputs):
+                if i == 4:
+                    srv.kill()
+                if i == 8:
+                    srv = ServerProcess(build / "cloud", port)
+                    time.sleep(1.1)  # past the longest back-off used here
+                got, rec = runner.run(x, with_record=True)
+                want = reference(build.parent / "tiny.onnx", x)
+                np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+                np.testing.assert_allclose(got["aux"], want["aux"], rtol=1e-5, atol=1e-6)
+                records.append(rec)
+            assert [r.cut for r in records[:4]] == ["input"] * 4
+            assert records[4].fell_back and records[4].cut == "input"
+            # in back-off (all-device), or a retry that failed and fell back
+            assert all(r.cut == "prob" or r.fell_back for r in records[5:8])
+            assert records[-1].cut == "input" and not records[-1].fell_back
+    finally:
+        srv.kill()
+
+
+def test_cli_run(build, server, tmp_path):
+    x = sample_inputs()
+    for name, a in x.items():
+        np.save(tmp_path / f"{name}.npy", a)
+    out = subprocess.run(
+        [*nscompile_cmd(), "run", str(build / "device"), "--server", server.url,
+         "--input", f"x={tmp_path / 'x.npy'}", "--input", f"scale={tmp_path / 'scale.npy'}",
+         "--output-dir", str(tmp_path / "out"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["outputs"]["prob"] == {"shape": [1, 10], "dtype": "float32"}
+    want = reference(build.parent / "tiny.onnx", x)
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "prob.npy"), want["prob"], rtol=1e-5, atol=1e-6)
+    bad = subprocess.run([*nscompile_cmd(), "run", str(build / "device"), "--server", server.url, "--input", "x"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "NAME=FILE.npy" in bad.stderr
