@@ -141,7 +141,7 @@ def test_diamond_costs_and_solve():
 def test_solve_matches_brute_force(ints):
     rng = np.random.default_rng(1234 + ints)
     checked = 0
-    for _ in range(200):
+    for _ in range(150):  # x 2 parametrizations = 300 graphs, 600 solves
         g = random_dag(rng, int(rng.integers(1, 13)))
         masks = all_closed_sets(g)
         for _ in range(2):
@@ -164,7 +164,7 @@ def test_solve_matches_brute_force(ints):
             for i in rng.choice(len(masks), size=min(3, len(masks)), replace=False):
                 assert evaluate(g, w, masks[i]) == pytest.approx(costs[i], rel=1e-12, abs=1e-12)
             checked += 1
-    assert checked == 400
+    assert checked == 300
 
 
 def test_solve_regression_infinite_edge_overflow():
