@@ -279,7 +279,8 @@ class Segment:
 
     Attributes:
         x_from, x_to: the piece's ends (x_from <= x_to).
-        cut: the optimal set; ``cut.cost`` is its cost at ``x_from``.
+        cut: the optimal set; ``cut.cost`` is its cost at ``x_from``, ``cut.gap`` the
+            rounding bound of the solve that found it.
         intercept, slope: the set's cost is ``intercept + x * slope`` (the base and slope
             objectives evaluated on it).
     """
@@ -646,8 +647,8 @@ def lower_envelope(
     slope._check(graph)
     env = Envelope()
 
-    def line_of(cut: Cut) -> tuple[np.ndarray, float, float]:
-        return cut.device, evaluate(graph, base, cut.device), evaluate(graph, slope, cut.device)
+    def line_of(cut: Cut) -> tuple[np.ndarray, float, float, float]:
+        return cut.device, evaluate(graph, base, cut.device), evaluate(graph, slope, cut.device), cut.gap
 
     def solve_at(x: float, known: tuple = ()):
         env.n_solves += 1
@@ -705,6 +706,6 @@ def lower_envelope(
             merged[-1] = [xf, xt, ln]
         else:
             merged.append([xf, xt, ln])
-    for xf, xt, (mask, a_val, d_val) in merged:
-        env.append(Segment(xf, xt, Cut(mask, a_val + xf * d_val), a_val, d_val))
+    for xf, xt, (mask, a_val, d_val, gap) in merged:
+        env.append(Segment(xf, xt, Cut(mask, a_val + xf * d_val, gap), a_val, d_val))
     return env
