@@ -1,17 +1,15 @@
 """Backend: write the chosen cuts as ONNX prefix/suffix models, plan.json and a Triton repository.
 
-Weights are written once. ``device/weights.bin`` holds every stored initializer and all
-prefixes point into it (ONNX external data with offsets), so a device keeps each weight
-once. Suffix models point into the same bytes through a hard link per Triton model
-directory (``1/model.onnx.data``): no copy on disk, and each directory stays
-self-contained as Triton and ``nscompile serve`` expect.
+``device/weights.bin`` holds every stored initializer once and all prefixes point into it
+(ONNX external data with offsets), so a device keeps each weight once. Each suffix gets
+its own ``1/model.onnx.data`` with only the weights it uses, so every Triton model
+directory is self-contained. (Hard links to one file would save the copies, but onnx
+refuses to load external data with several links, a guard against link attacks.)
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +31,13 @@ _TRITON_TYPES = {
 }
 
 
-def write_weights(model: LoadedModel, path: Path) -> dict[str, tuple[int, int]]:
-    """Write every stored initializer once, aligned; return name -> (offset, length)."""
+def write_weights(model: LoadedModel, path: Path, names: set[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Write the stored initializers (all, or those in ``names``) aligned; return name -> (offset, length)."""
     offsets, position = {}, 0
     with open(path, "wb") as out:
         for tensor in model.model.graph.initializer:
             array = model.weights.arrays.get(tensor.name)
-            if array is None:
+            if array is None or (names is not None and tensor.name not in names):
                 continue
             pad = -position % _ALIGN
             out.write(b"\0" * pad)
@@ -103,13 +101,6 @@ def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: lis
             + f'parameters {{\n  key: "nscompile_model_sha256"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another file system, or links not allowed: a copy does the same job
-        shutil.copyfile(source, target)
-
-
 def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     """Write prefixes, suffixes, the Triton repository and plan.json into ``out_dir``.
 
@@ -129,7 +120,7 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     offsets = write_weights(model, weights_path)
     cut_docs = []
     for cut in plan.cuts:
-        cut_docs.append(_emit_cut(model, cut, offsets, weights_path, device_dir, cloud_dir))
+        cut_docs.append(_emit_cut(model, cut, offsets, device_dir, cloud_dir))
     doc = plan_document(model, plan, cut_docs, profiles)
     text = json.dumps(doc, indent=1)
     (out_dir / "plan.json").write_text(text)
@@ -137,7 +128,7 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     return doc
 
 
-def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, weights_path: Path, device_dir: Path, cloud_dir: Path) -> dict:
+def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path) -> dict:
     prefix = suffix = cloud_model = None
     sent = cut.upload
     if not cut.is_all_cloud:
@@ -151,10 +142,11 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, weights_path: Path, d
         cloud_model = f"{model.name}_suffix_{cut.id}"
         version_dir = cloud_dir / cloud_model / "1"
         version_dir.mkdir(parents=True)
-        sub = submodel(model, ~cut.device, sent, cut.download, offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
+        used = {i for node, on_device in zip(model.nodes, cut.device) if not on_device for i in node.input}
+        stored = used & model.weights.arrays.keys()
+        suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored) if stored else {}
+        sub = submodel(model, ~cut.device, sent, cut.download, suffix_offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
         onnx.save(sub, version_dir / "model.onnx")
-        if any(t.data_location == TensorProto.EXTERNAL for t in sub.graph.initializer):
-            _link_or_copy(weights_path, version_dir / "model.onnx.data")
         (cloud_dir / cloud_model / "config.pbtxt").write_text(triton_config(model, cloud_model, sent, cut.download))
         suffix = f"cloud/{cloud_model}/1/model.onnx"
     return {

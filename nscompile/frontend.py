@@ -137,8 +137,8 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
     del data
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise NscompileError(f"'{path}' has an empty graph (no nodes); export the model again or pass another file")
+    weights = _take_weights(model, path.parent)  # first: it names a missing external data file best
     _check(model, path)
-    weights = _take_weights(model, path.parent)
     _normalise_ir(model)
     _pin_input_shapes(model, dict(input_shapes or {}), path)
     _refuse_control_flow(model, path)

@@ -1,0 +1,5 @@
+"""``python -m nscompile``: the same as the ``nscompile`` command."""
+
+from nscompile.cli import main
+
+main()
