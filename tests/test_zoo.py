@@ -131,13 +131,17 @@ def test_write_models_names_files_and_is_deterministic(tmp_path):
     again = zoo.write_models(["lenet", "senna_pos"], tmp_path / "b", size="small", seed=3)
     assert [p.read_bytes() for p in paths] == [p.read_bytes() for p in again]
     assert zoo.model_path(tmp_path, "lenet", "full").name == "lenet.onnx"
-    assert not list((tmp_path / "a").glob(".*tmp"))  # no temp file left behind
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["lenet_small.onnx", "senna_pos_small.onnx"]
 
 
 def test_large_models_go_to_external_data(tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "_EXTERNAL_DATA_BYTES", 0)
     (path,) = zoo.write_models(["lenet"], tmp_path, size="small")
-    assert (tmp_path / "lenet_small.onnx.data").stat().st_size > 1_000_000
+    data_size = (tmp_path / "lenet_small.onnx.data").stat().st_size
+    assert data_size > 1_000_000
+    zoo.write_models(["lenet"], tmp_path, size="small")  # onnx appends to a data file: must not grow
+    assert (tmp_path / "lenet_small.onnx.data").stat().st_size == data_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenet_small.onnx", "lenet_small.onnx.data"]
     assert path.stat().st_size < 100_000
     onnx.checker.check_model(str(path), full_check=True)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -17,6 +17,8 @@ Files are written as ``<name>.onnx`` (full) or ``<name>_small.onnx`` (small).
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,24 +186,29 @@ def model_path(out_dir: str | os.PathLike, name: str, size: str) -> Path:
 
 
 def _save(model: onnx.ModelProto, path: Path) -> None:
-    """Write atomically (temp file, then rename): no half-written model is ever left."""
+    """Write atomically: into a hidden sibling directory, then rename into place.
+
+    No half-written model is ever left at ``path``. Above 1.8 GB the weights go to
+    ``<file>.data`` next to it (protobuf cannot hold 2 GiB); the data file is written
+    fresh, since onnx appends to an existing one.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A pid-unique name opened by plain open() (not mkstemp) so the file gets the
-    # user's umask permissions rather than 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    data_name = f"{path.name}.data"
+    # mkdtemp gives a private, unique directory on the same filesystem (so os.replace
+    # is a rename); files created inside it by open() still get the user's umask.
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         if model.ByteSize() > _EXTERNAL_DATA_BYTES:
-            data_name = f"{path.name}.data"
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+            onnx.save_model(model, staging / path.name, save_as_external_data=True, all_tensors_to_one_file=True,
                             location=data_name, size_threshold=1024)
-            # save_model wrote the weights next to tmp under their final name already.
+            os.replace(staging / data_name, path.parent / data_name)
         else:
-            with open(tmp, "wb") as f:
-                f.write(model.SerializeToString())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            (staging / path.name).write_bytes(model.SerializeToString())
+            # A stale weights file from an earlier external-data write would mislead.
+            (path.parent / data_name).unlink(missing_ok=True)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_models(
