@@ -621,8 +621,8 @@ def lower_envelope(
     ``slope`` holds the bytes on the wire. The best cost over x is the lower envelope of
     one line per closed set. Eisner-Severance: solve at both ends; if the optimal lines
     differ, solve where they intersect; a strictly better set there splits the interval,
-    otherwise the intersection is an exact breakpoint. It takes 2k - 1 solves for k
-    envelope lines (plus at most 2 at the ends), not one per grid point.
+    otherwise the intersection is an exact breakpoint. It takes 2k - 1 solves for k >= 2
+    envelope lines (2 for one line), not one per grid point.
 
     Args:
         graph: the graph.
@@ -666,7 +666,9 @@ def lower_envelope(
     # Explicit stack, left piece on top, so pieces come out in order. Each entry:
     # (xl, line optimal at xl, xr, line optimal at xr).
     stack = [(x_lo, left, x_hi, right)]
-    budget = 4 * graph.n_nodes + 64  # the envelope has at most N+1 distinct lines anyway
+    # A safety net against float trouble only: real envelopes have a handful of lines.
+    # Were it spent, the remaining crossings would be kept unverified.
+    budget = 4 * graph.n_nodes + 64
     while stack:
         xl, a, xr, b = stack.pop()
         if same(a, b) or (a[1] == b[1] and a[2] == b[2]):
