@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from nscompile.cli import app
@@ -39,10 +40,15 @@ def build(
 
     grid = GridSpec.parse(bandwidth, load, rtt_ms=rtt, downlink_mbps=downlink, radio=radio, input_bytes=input_bytes)
     output = output or Path("build") / model.stem
-    with console.status("loading", spinner="dots") as status:
+    stages = ["load", "annotate", "partition", "emit", *(["verify"] if verify else []), "report"]
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"{model.name}: load", total=len(stages))
+
+        def on_stage(stage: str) -> None:
+            progress.update(task, completed=stages.index(stage), description=f"{model.name}: {stage}")
+
         result = run_build(model, output, device_profile=device, cloud_profile=cloud, objective=objective, grid=grid,
-                           input_shapes=parse_input_shapes(input_shape), verify=verify,
-                           on_stage=lambda s: status.update(f"{s} {model.name}"))
+                           input_shapes=parse_input_shapes(input_shape), verify=verify, on_stage=on_stage)
     if as_json:
         print(json.dumps({"output": str(result.out_dir), "cuts": [c["id"] for c in result.plan["cuts"]],
                           "timings_s": result.timings, "verification_max_abs_diff": result.verification}))
