@@ -366,7 +366,8 @@ def check_envelope(g, base, slope, x_lo, x_hi, masks, xs):
         seg = next(s for s in env if s.x_from <= x <= s.x_to)
         best = (a + x * d).min()
         assert seg.cost(x) <= best + 1e-9 * max(1.0, best), (x, seg.cost(x), best)
-    # Eisner-Severance: 2k - 1 solves for k lines, plus the two ends.
+    # Eisner-Severance: 2k - 1 solves for k >= 2 lines; a tie at an end (the smaller set
+    # wins there, its piece is empty) can cost one more per end.
     assert env.n_solves <= 2 * len(env) + 1
     return env
 
