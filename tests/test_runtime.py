@@ -544,7 +544,7 @@ def test_killed_server_loses_no_request(build):
     srv = ServerProcess(build / "cloud")
     port = srv.port
     try:
-        with runner_for(build, srv.url, bandwidth_mbps=500.0, deadline_ms=2000) as runner:
+        with runner_for(build, srv.url, bandwidth_mbps=500.0, load=1.0, deadline_ms=2000) as runner:
             records = []
             for i, x in enumerate(inputs):
                 if i == 4:

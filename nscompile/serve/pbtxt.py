@@ -30,6 +30,7 @@ def _tokens(text: str, where: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
+            pos += len(text[pos:]) - len(text[pos:].lstrip())
             line = text.count("\n", 0, pos) + 1
             raise NscompileError(f"{where}:{line}: cannot parse {text[pos:pos + 20]!r}; fix the config")
         pos = m.end()
