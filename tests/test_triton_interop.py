@@ -1,0 +1,157 @@
+"""Interop with Triton: the official tritonclient drives `nscompile serve` (a real process,
+binary data), and cloud/ is checked as a Triton model repository against Triton's own
+ModelConfig schema (the model_config.proto shipped inside tritonclient)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
+rt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rt)
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    return rt.make_handmade_build(tmp_path_factory.mktemp("triton"))
+
+
+@pytest.fixture(scope="module")
+def served(build):
+    srv = rt.ServerProcess(build / "cloud")
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    c = httpclient.InferenceServerClient(url=f"127.0.0.1:{served.port}", network_timeout=30)
+    yield c
+    c.close()
+
+
+def test_tritonclient_health_and_metadata(client):
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("tiny_suffix_relu2")
+    assert client.is_model_ready("tiny_suffix_relu2", "1")
+    meta = client.get_model_metadata("tiny_suffix_relu2")
+    assert [i["name"] for i in meta["inputs"]] == ["relu1", "relu2", "scale"]
+    config = client.get_model_config("tiny_suffix_relu2")
+    assert config["parameters"]["nscompile_model_sha256"]["string_value"]
+    assert {m["name"] for m in client.get_model_repository_index()} == {
+        "tiny_suffix_input", "tiny_suffix_relu1", "tiny_suffix_relu2"}
+    stats = client.get_inference_statistics("tiny_suffix_relu2")
+    assert stats["model_stats"][0]["name"] == "tiny_suffix_relu2"
+
+
+@pytest.mark.parametrize("binary", [True, False])
+def test_tritonclient_infer_matches_whole_model(client, build, binary):
+    x = rt.sample_inputs(7)
+    want = rt.reference(build.parent / "tiny.onnx", x)
+    inputs = []
+    for name, a in x.items():
+        i = httpclient.InferInput(name, list(a.shape), "FP32")
+        i.set_data_from_numpy(a, binary_data=binary)
+        inputs.append(i)
+    outputs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("aux", "prob")]
+    result = client.infer("tiny_suffix_input", inputs, outputs=outputs, request_id="r1")
+    assert result.get_response()["id"] == "r1"
+    for name in ("aux", "prob"):
+        np.testing.assert_allclose(result.as_numpy(name), want[name], rtol=1e-5, atol=1e-6)
+    # No outputs named: tritonclient asks for all of them in binary.
+    result = client.infer("tiny_suffix_input", inputs)
+    np.testing.assert_allclose(result.as_numpy("prob"), want["prob"], rtol=1e-5, atol=1e-6)
+
+
+def test_tritonclient_compressed_request(client, build):
+    x = rt.sample_inputs(8)
+    inputs = []
+    for name, a in x.items():
+        i = httpclient.InferInput(name, list(a.shape), "FP32")
+        i.set_data_from_numpy(a)
+        inputs.append(i)
+    result = client.infer("tiny_suffix_input", inputs, request_compression_algorithm="gzip")
+    np.testing.assert_allclose(result.as_numpy("prob"), rt.reference(build.parent / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+
+
+def test_tritonclient_sees_errors_as_errors(client):
+    i = httpclient.InferInput("scale", [1, 11], "FP32")
+    i.set_data_from_numpy(np.ones((1, 11), np.float32))
+    with pytest.raises(InferenceServerException, match="needs input|shape"):
+        client.infer("tiny_suffix_input", [i])
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.infer("nope", [i])
+    assert client.is_server_live()
+
+
+def _model_config_class():
+    """Triton's ModelConfig message, from the generated module tritonclient ships."""
+    pytest.importorskip("google.protobuf")
+    import tritonclient
+
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        pytest.skip("tritonclient without model_config_pb2")
+    spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelConfig
+
+
+ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
+                 "tensor(int32)": "TYPE_INT32", "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL",
+                 "tensor(uint8)": "TYPE_UINT8", "tensor(int8)": "TYPE_INT8"}
+
+
+def check_triton_repository(cloud: Path) -> list[str]:
+    """The rules Triton applies when it loads a repository; returns the model names."""
+    from google.protobuf import text_format
+
+    ModelConfig = _model_config_class()
+    names = []
+    for model_dir in sorted(p for p in cloud.iterdir() if p.is_dir()):
+        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())  # strict: unknown fields fail
+        assert cfg.name == model_dir.name
+        assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
+        assert cfg.max_batch_size == 0
+        versions = [p for p in model_dir.iterdir() if p.is_dir()]
+        assert versions and all(p.name.isdigit() for p in versions)
+        model_file = max(versions, key=lambda p: int(p.name)) / (cfg.default_model_filename or "model.onnx")
+        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
+            assert [t.name for t in declared] == [t.name for t in actual]
+            for t, a in zip(declared, actual):
+                assert ModelConfig.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
+                    "data_type"].enum_type.values_by_number[t.data_type].name == ORT_TO_TRITON[a.type]
+                assert list(t.dims) == list(a.shape)
+        params = dict(cfg.parameters)
+        meta = sess.get_modelmeta().custom_metadata_map
+        assert params["nscompile_model_sha256"].string_value == meta["nscompile.model_sha256"]
+        names.append(cfg.name)
+    return names
+
+
+def test_cloud_is_a_valid_triton_repository(build):
+    assert check_triton_repository(build / "cloud") == ["tiny_suffix_input", "tiny_suffix_relu1", "tiny_suffix_relu2"]
+
+
+def test_real_build_is_a_valid_triton_repository(tmp_path):
+    """The compiler's own output, when the shipped profiles are there to build with."""
+    compiler = pytest.importorskip("nscompile.compiler")
+    from nscompile.cost_model import default_profile_path
+
+    if not (default_profile_path("device").is_file() and default_profile_path("server").is_file()):
+        pytest.skip("no shipped cost profiles yet (cost_models/*.json)")
+    import onnx
+
+    onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
+    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False)
+    assert check_triton_repository(tmp_path / "b" / "cloud")
