@@ -62,6 +62,7 @@ BASE_FEATURES = (
     "elems_in",
     "elems_out",
     "n_inputs",
+    "bytes_total",
 )
 
 
@@ -175,6 +176,12 @@ def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
     v["macs_kxk"] = macs if (group == 1 and kernel > 1) else 0.0
     # Narrow input channels (the first conv, c_in=3) vectorise badly.
     v["macs_narrow"] = macs if (group == 1 and c_in_per_group < 8) else 0.0
+    # Shape terms for the power-law (loglog) form: GEMM dimensions and kernel family
+    # indicators, so efficiency can vary with channels and spatial size.
+    v["c_in_per_group"] = float(c_in_per_group)
+    v["is_dw"] = 1.0 if depthwise else 0.0
+    v["is_grouped"] = 1.0 if (group > 1 and not depthwise) else 0.0
+    v["is_1x1"] = 1.0 if kernel == 1 else 0.0
 
 
 def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
@@ -274,6 +281,8 @@ def _node_values(node, attrs, shapes: Shapes, constants: AbstractSet[str]) -> di
         "elems_in": float(elems_in),
         "elems_out": float(elems_out),
         "n_inputs": float(n_inputs),
+        # All memory a kernel touches: the work term of memory-bound ops.
+        "bytes_total": bytes_in + bytes_out + bytes_param,
     }
     try:
         _op_features(node, attrs, shapes, v)

@@ -46,12 +46,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _overhead_ms(threads: int, provider: str, seed: int) -> float:
+def _overhead_ms(threads: int, provider: str, clock: str) -> float:
     """Fixed per-run cost of a session (the time of a 1-element Relu)."""
     import numpy as np
     from onnx import TensorProto, helper
 
-    from nscompile.profiler.timing import time_model
+    from nscompile.profiler.timing import pick_clock, time_model
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
@@ -59,7 +59,7 @@ def _overhead_ms(threads: int, provider: str, seed: int) -> float:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     feeds = {"x": np.ones(1, np.float32)}
-    return min(time_model(m, feeds, threads, provider, budget_s=0.1) for _ in range(3))
+    return min(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1) for _ in range(3))
 
 
 def run_profile(
@@ -74,6 +74,7 @@ def run_profile(
     idle_power_w: float | None = None,
     radio: dict[str, RadioModel] | None = None,
     notes: str | None = None,
+    under_quota: bool = False,
 ) -> Profile:
     """Profile this machine: run the microbenchmarks and fit the cost model.
 
@@ -89,6 +90,7 @@ def run_profile(
         idle_power_w: Measured idle power (W); None keeps the assumed figure.
         radio: Radio models overriding the Huang et al. presets.
         notes: Free text stored in the profile (e.g. how the device was set up).
+        under_quota: The process runs under a CPU quota (time with the wall clock).
 
     Returns:
         The fitted profile.
@@ -101,7 +103,7 @@ def run_profile(
     from nscompile.features import graph_features, static_shapes
     from nscompile.profiler.fit import Sample, fit_all, fit_key
     from nscompile.profiler.microbench import generate_cases
-    from nscompile.profiler.timing import time_model
+    from nscompile.profiler.timing import pick_clock, time_model
 
     if kind not in ("device", "server"):
         raise NscompileError(f"profile kind must be 'device' or 'server', got '{kind}'")
@@ -110,14 +112,15 @@ def run_profile(
     started = time.time()
     cases = generate_cases(quick, seed)
     budget = 0.12 if quick else 0.35
-    overhead = _overhead_ms(threads, provider, seed)
+    clock = pick_clock(threads, provider, under_quota)
+    overhead = _overhead_ms(threads, provider, clock)
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
     for i, case in enumerate(cases):
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
-        ms = time_model(case.model, case.feeds, threads, provider, budget_s=budget)
+        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget)
         ms = max(ms - overhead, 1e-4)
         kernels = [f for f in feats if ":" not in f.key]
         fused = [f for f in feats if f.key.startswith("fused:")]
@@ -153,7 +156,7 @@ def run_profile(
         from nscompile.profiler.fit import _design, _fit_linear
         import numpy as np
 
-        feats_fb = ("bytes_in", "bytes_out", "param_bytes", "elems_out")
+        feats_fb = ("bytes_total",)
         lin = _fit_linear(_design(mem, feats_fb), np.array([s.ms for s in mem]), feats_fb)
         fallback = Regression(lin.features, "linear", lin.coef, lin.intercept, fallback.heldout_error, len(mem))
 
@@ -163,6 +166,7 @@ def run_profile(
         "cpu_model": cpu_model(),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "overhead_ms": round(overhead, 6),
+        "clock": clock,
         "n_benchmarks": len(cases),
         "quick": bool(quick),
         "seed": int(seed),

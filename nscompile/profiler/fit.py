@@ -18,6 +18,18 @@ __all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all"]
 
 # Features each op key's regression may use (why: these are what its kernel's time
 # scales with; MAC counts are split per MLAS kernel family for Conv).
+# Extra candidate feature sets (tried in addition to FEATURE_SETS / the main term).
+EXTRA_SETS: dict[str, list[tuple[str, ...]]] = {
+    "Conv": [
+        ("macs", "c_in_per_group", "c_out", "spatial_out", "kernel", "stride", "is_dw", "is_grouped", "is_1x1"),
+        ("macs", "c_in_per_group", "c_out", "spatial_out", "is_dw", "is_grouped", "is_1x1"),
+        ("macs", "bytes_in", "bytes_out", "param_bytes", "c_in_per_group", "c_out", "is_dw", "is_grouped",
+         "is_1x1"),
+    ],
+    "Gemm": [("macs", "param_bytes")],
+    "MatMul": [("macs", "param_bytes", "bytes_in")],
+}
+
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "Conv": ("macs_1x1", "macs_kxk", "macs_dw", "macs_grouped", "macs_narrow", "bytes_in", "bytes_out",
              "param_bytes"),
@@ -29,11 +41,13 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "AveragePool": ("macs", "bytes_in", "bytes_out"),
     "LRN": ("macs", "bytes_in"),
     "fused:*": ("elems_out", "bytes_in"),
+    "Softmax": ("bytes_total", "elems_out"),
+    "LayerNormalization": ("bytes_total", "elems_out"),
 }
-_DEFAULT_FEATURES = ("bytes_in", "bytes_out", "param_bytes", "elems_out")
+_DEFAULT_FEATURES = ("bytes_total", "elems_out")
 # The single main work term per key, for the one-feature candidate.
 _MAIN = {"Conv": "macs", "Gemm": "macs", "MatMul": "macs", "LSTM": "macs", "GRU": "macs",
-         "MaxPool": "macs", "AveragePool": "macs", "LRN": "macs"}
+         "MaxPool": "macs", "AveragePool": "macs", "LRN": "macs", "fallback": "bytes_total"}
 
 
 @dataclass
@@ -102,6 +116,11 @@ def fit_key(key: str, samples: list[Sample], seed: int = 0) -> Regression:
         if main in samples[0].values and main != feats[0] or len(feats) > 1:
             candidates.append(("linear", (main,)))
             candidates.append(("loglog", (main,)))
+        for extra in EXTRA_SETS.get(key, []):
+            X_e = _design(samples, extra)
+            fs_e = tuple(f for i, f in enumerate(extra) if np.ptp(X_e[:, i]) > 0)
+            if fs_e:
+                candidates.append(("loglog", fs_e))
 
     def fit(form, fs, subset):
         yy = np.array([s.ms for s in subset])

@@ -383,7 +383,7 @@ def generate_cases(quick: bool, seed: int = 0) -> list[Case]:
     """
     rng = np.random.default_rng(seed)
     if quick:
-        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 36, 14, 14, 3, 1.5e8, 400_000
+        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 50, 14, 16, 5, 1.5e8, 400_000
     else:
         n_conv, n_pat, n_gemm, n_each, cap, max_elems = 220, 70, 50, 8, 2.0e9, 3_300_000
     gens: list[Callable[[], Iterator[Case]]] = [

@@ -69,11 +69,12 @@ def materialize_weights(model: onnx.ModelProto, seed: int = 0) -> onnx.ModelProt
     g.node.extend(kept)
     g.initializer.extend(new_inits)
     used = {x for n in g.node for x in n.input} | {o.name for o in g.output}
+    names = {i.name for i in g.initializer}
+    # IR 3 lists initializers as inputs too; unused inputs (ZFNet's label queue) go.
+    inputs = [i for i in g.input if i.name not in names and i.name in used]
     keep_inits = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep_inits)
-    names = {i.name for i in g.initializer}
-    inputs = [i for i in g.input if i.name not in names]
     del g.input[:]
     g.input.extend(inputs)
     m.ir_version = max(m.ir_version, 4)

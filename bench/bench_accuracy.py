@@ -1,0 +1,133 @@
+"""Accuracy of a latency profile: predicted vs measured whole-model latency.
+
+For each evaluated model (the nine onnx ``light`` models with seeded random weights, and
+the zoo's models when ``nscompile.zoo`` is available and ``--zoo`` is given) the sum of
+the profile's per-node predictions is compared with the median latency measured with
+onnxruntime under the profile's threads and provider (full graph optimisation).
+
+    python bench/bench_accuracy.py                       # default device profile
+    python bench/bench_accuracy.py --profile cost_models/epyc-ort-cpu-2threads.json
+    python bench/bench_accuracy.py --models resnet50,vgg19 --breakdown --json out.json
+
+Exit status 1 if any model is off by more than --tolerance (default 15%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import numpy as np
+
+
+def predict_model(model, profile):
+    """Per-node predictions (key, ms) of a shape-inferred model."""
+    from nscompile.features import graph_features, static_shapes
+
+    shapes = static_shapes(model)
+    consts = {i.name for i in model.graph.initializer}
+    feats = graph_features(model.graph, shapes, consts)
+    return [(f.key, profile.predict_ms(f)) for f in feats]
+
+
+def measure_model(model, feeds, threads, provider, repeats, clock="wall"):
+    """Median ms per whole-model run over ``repeats`` runs, on the given clock."""
+    from nscompile.profiler.timing import make_session, time_session
+
+    sess = make_session(model.SerializeToString(), threads, provider)
+    return time_session(sess, feeds, budget_s=0.0, min_batch_s=0.0, max_repeats=repeats, min_repeats=repeats,
+                        clock=clock)
+
+
+def ort_breakdown(model, feeds, threads, provider):
+    """Kernel time per optimized op type from onnxruntime's own profiler (ms per run)."""
+    import onnxruntime as ort
+    import os
+    import tempfile
+
+    from nscompile.profiler.timing import PROVIDERS
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tempfile.mkdtemp(), "prof")
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=[PROVIDERS[provider]])
+    n = 5
+    for _ in range(n + 1):
+        sess.run(None, feeds)
+    path = sess.end_profiling()
+    events = json.load(open(path))
+    per = defaultdict(list)
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per[e["args"]["op_name"]].append(e["dur"] / 1e3)
+    return {k: sum(v) / (n + 1) for k, v in per.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default=None, help="profile JSON (default: the shipped device profile)")
+    ap.add_argument("--models", default=None, help="comma-separated light model names (default: all nine)")
+    ap.add_argument("--zoo", action="store_true", help="also evaluate the nscompile zoo models, if present")
+    ap.add_argument("--repeats", type=int, default=7, help="timed batches per model (median)")
+    ap.add_argument("--tolerance", type=float, default=0.15, help="max relative error per model")
+    ap.add_argument("--breakdown", action="store_true", help="print predicted vs ORT-measured time per key")
+    ap.add_argument("--json", default=None, help="write the results table here")
+    ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
+                    help="timing clock (default: the one the profile was measured with)")
+    args = ap.parse_args(argv)
+
+    from nscompile.cost_model import default_profile_path, load_profile
+    from nscompile.profiler.modelprep import light_model_paths, load_light_model, random_feeds
+
+    profile = load_profile(args.profile or default_profile_path("device"))
+    names = list(light_model_paths())
+    if args.models:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+    models = [(n, lambda n=n: load_light_model(n)) for n in names]
+    if args.zoo:
+        try:
+            from nscompile import zoo  # noqa: F401
+        except ImportError:
+            print("nscompile.zoo not available; skipping zoo models", file=sys.stderr)
+    # Measure on the clock the profile was measured with (thread CPU time for 1-thread CPU
+    # profiles, so other processes on a shared machine do not inflate the latency).
+    clock = args.clock or profile.meta.get("clock", "wall")
+    print(f"profile {profile.name} ({profile.provider}, {profile.threads} thread(s), {clock} clock)")
+    print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
+    rows = []
+    for name, load in models:
+        model = load()
+        feeds = random_feeds(model)
+        preds = predict_model(model, profile)
+        pred = sum(ms for _, ms in preds)
+        t0 = time.time()
+        meas = measure_model(model, feeds, profile.threads, profile.provider, args.repeats, clock)
+        err = (pred - meas) / meas
+        rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err})
+        print(f"{name:<14}{pred:>14.2f}{meas:>14.2f}{100 * err:>8.1f}%  ({time.time() - t0:.0f}s)", flush=True)
+        if args.breakdown:
+            by_key = defaultdict(float)
+            for k, ms in preds:
+                by_key[k] += ms
+            print("   predicted by key:", {k: round(v, 2) for k, v in sorted(by_key.items(), key=lambda x: -x[1]) if v > 0.01})
+            br = ort_breakdown(model, feeds, profile.threads, profile.provider)
+            print("   ORT kernels:     ", {k: round(v, 2) for k, v in sorted(br.items(), key=lambda x: -x[1])})
+    errs = [abs(r["rel_error"]) for r in rows]
+    if errs:
+        print(f"median |error| {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"profile": profile.name, "clock": clock, "rows": rows}, fh, indent=1)
+    return 0 if all(e <= args.tolerance for e in errs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""``nscompile profile``: measure this device and write its cost-model profile (JSON)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nscompile.cli import app
+
+
+@app.command()
+def profile(
+    name: str = typer.Option(..., "--name", help="Profile name, e.g. pixel7-ort-cpu-1thread."),
+    out: Path = typer.Option(..., "-o", "--out", help="Where to write the profile JSON."),
+    kind: str = typer.Option("device", "--kind", help="device (runs the prefix) or server (runs the suffix)."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads, as deployed (0 = all cores)."),
+    provider: str = typer.Option("cpu", "--provider", help="Execution provider: cpu or cuda."),
+    quick: bool = typer.Option(False, "--quick", help="Small sweep (under two minutes), for CI and smoke tests."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the benchmark configurations."),
+    cpu_quota: Optional[float] = typer.Option(
+        None, "--cpu-quota",
+        help="Emulate a slower CPU: confine profiling to this share of one core (cgroup v1, root), e.g. 0.25.",
+    ),
+    compute_power_w: Optional[float] = typer.Option(None, "--compute-power-w", help="Measured compute power (W)."),
+    idle_power_w: Optional[float] = typer.Option(None, "--idle-power-w", help="Measured idle power (W)."),
+    radio_json: Optional[Path] = typer.Option(
+        None, "--radio-json", help='JSON {"lte": {"up_alpha_w_per_mbps": ..., "up_beta_w": ..., ...}} overriding radio presets.'
+    ),
+    notes: Optional[str] = typer.Option(None, "--notes", help="Free text stored in the profile."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+) -> None:
+    """Time single-op and fused-pattern microbenchmarks with onnxruntime and fit per-op regressions.
+
+    Run it on the device itself (phone, Jetson, Raspberry Pi) and on the server, with the
+    threads and provider they will use in deployment; pass the results to `nscompile build`.
+    """
+    from contextlib import nullcontext
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from nscompile.cost_model import load_radio_overrides
+    from nscompile.profiler import run_profile
+    from nscompile.profiler.quota import cpu_quota as quota_ctx
+
+    radio = load_radio_overrides(radio_json) if radio_json else None
+    console = Console(stderr=True)
+    ctx = quota_ctx(cpu_quota) if cpu_quota is not None else nullcontext()
+    with ctx, Progress(
+        TextColumn("[bold]profiling"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        TextColumn("{task.description}"), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(done: int, total: int, case: str) -> None:
+            bar.update(task, completed=done, total=total, description=case[:40])
+
+        note = notes
+        if cpu_quota is not None:
+            note = (note + " " if note else "") + f"Measured under a cgroup-v1 CPU quota of {cpu_quota} core(s)."
+        prof = run_profile(
+            name, kind=kind, threads=threads, provider=provider, quick=quick, seed=seed, progress=progress,
+            compute_power_w=compute_power_w, idle_power_w=idle_power_w, radio=radio, notes=note,
+            under_quota=cpu_quota is not None,
+        )
+    if cpu_quota is not None:
+        prof.meta["cpu_quota_cores"] = cpu_quota
+    prof.save(out)
+    rows = sorted(prof.models.items())
+    if as_json:
+        typer.echo(json.dumps({
+            "profile": str(out), "name": prof.name, "sha256": prof.sha256,
+            "models": {k: {"transform": r.transform, "heldout_error": r.heldout_error, "n_samples": r.n_samples}
+                       for k, r in rows},
+        }, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{prof.name}: {len(rows)} op keys, {prof.meta.get('n_benchmarks')} benchmarks, "
+                        f"{prof.meta.get('profiling_seconds')} s")
+    for col in ("op key", "form", "features", "held-out error", "samples"):
+        table.add_column(col)
+    for k, r in rows:
+        err = "-" if r.heldout_error is None else f"{100 * r.heldout_error:.0f}%"
+        table.add_row(k, r.transform, ", ".join(r.features) or "-", err, str(r.n_samples))
+    Console().print(table)
+    typer.echo(f"wrote {out}")

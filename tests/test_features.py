@@ -1,0 +1,134 @@
+"""Features and fusion keys of small hand-written graphs."""
+
+import numpy as np
+import onnx
+import onnx.parser
+import pytest
+
+from nscompile.features import NodeFeatures, graph_features, static_shapes
+
+
+def _feats(text):
+    # The text format declares weights as typed value_info without data: treat every
+    # tensor that is neither a graph input nor produced by a node as a weight.
+    model = onnx.parser.parse_model(text)
+    shapes = static_shapes(model)
+    produced = {o for n in model.graph.node for o in n.output}
+    inputs = {i.name for i in model.graph.input}
+    consts = {v.name for v in model.graph.value_info if v.name not in produced | inputs}
+    return graph_features(model.graph, shapes, consts)
+
+
+CONV_BN_RELU = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1,16,32,32] x) => (float[1,32,16,16] y) <float[32,16,3,3] w, float[32] b, float[32] s,
+                                                float[32] bb, float[32] m, float[32] v> {
+  c = Conv <kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1]> (x, w, b)
+  n = BatchNormalization (c, s, bb, m, v)
+  y = Relu (n)
+}
+"""
+
+
+def test_conv_macs_bytes_and_paper_feature():
+    f = _feats(CONV_BN_RELU)
+    conv = f[0]
+    assert conv.key == "Conv"
+    assert conv.values["macs"] == 32 * 16 * 16 * 16 * 9
+    assert conv.values["flops"] == 2 * conv.values["macs"]
+    assert conv.values["bytes_in"] == 16 * 32 * 32 * 4
+    assert conv.values["bytes_out"] == 32 * 16 * 16 * 4
+    assert conv.values["param_bytes"] == (32 * 16 * 9 + 32) * 4
+    assert conv.values["paper_conv"] == pytest.approx((3 / 2) ** 2 * 32)
+    assert conv.values["macs_kxk"] == conv.values["macs"] and conv.values["macs_1x1"] == 0
+
+
+def test_conv_bn_relu_fuse_into_conv():
+    assert [x.key for x in _feats(CONV_BN_RELU)] == ["Conv", "fused:BatchNormalization", "fused:Relu"]
+
+
+def test_no_fusion_when_intermediate_has_two_consumers():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,8,8,8] x) => (float[1,8,8,8] y, float[1,8,8,8] z) <float[8,8,1,1] w> {
+      c = Conv (x, w)
+      y = Relu (c)
+      z = Sigmoid (c)
+    }
+    """)
+    assert [x.key for x in f] == ["Conv", "Relu", "Sigmoid"]
+
+
+def test_residual_add_and_second_activation():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,8,8,8] x) => (float[1,8,8,8] y) <float[8,8,3,3] w> {
+      c = Conv <pads=[1,1,1,1]> (x, w)
+      a = Add (c, x)
+      r = Relu (a)
+      y = Relu (r)
+    }
+    """)
+    assert [x.key for x in f] == ["Conv", "fused:Add", "fused:Relu", "Relu"]
+
+
+def test_matmul_bias_dropout_and_folded_constants():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[2,64] x) => (float[2,1,32] y) <float[64,32] w, float[32] b, int64[1] ax> {
+      m = MatMul (x, w)
+      a = Add (m, b)
+      d = Dropout (a)
+      bu = Unsqueeze (b, ax)
+      y = Unsqueeze (d, ax)
+    }
+    """)
+    keys = [x.key for x in f]
+    assert keys == ["MatMul", "fused:Add", "fused:Dropout", "folded:Unsqueeze", "Unsqueeze"]
+    assert f[0].values["macs"] == 2 * 64 * 32
+    assert f[0].values["param_bytes"] == 64 * 32 * 4
+
+
+def test_depthwise_and_gemm_and_pool_features():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,32,14,14] x) => (float[1,10] y) <float[32,1,3,3] w, float[10,1568] fw, float[10] fb> {
+      c = Conv <group=32, pads=[1,1,1,1]> (x, w)
+      p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (c)
+      fl = Flatten (p)
+      y = Gemm <transB=1> (fl, fw, fb)
+    }
+    """)
+    conv, pool, flat, gemm = f
+    assert conv.values["macs"] == 32 * 14 * 14 * 9
+    assert conv.values["macs_dw"] == conv.values["macs"] and conv.values["is_dw"] == 1
+    assert pool.key == "MaxPool" and pool.values["macs"] == 32 * 7 * 7 * 4
+    assert gemm.key == "Gemm" and gemm.values["macs"] == 10 * 1568
+
+
+def test_lstm_macs():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[5,1,16] x) => (float[5,1,1,32] y) <float[1,128,16] w, float[1,128,32] r> {
+      y = LSTM <hidden_size=32> (x, w, r)
+    }
+    """)
+    assert f[0].values["macs"] == 5 * 1 * 128 * (16 + 32)
+
+
+def test_unknown_op_and_missing_shapes_never_raise():
+    node = onnx.helper.make_node("FancyOp", ["x", "w"], ["y"], domain="com.example", mode="weird")
+    graph = onnx.helper.make_graph([node, onnx.helper.make_node("Conv", ["y", "w2"], ["z"])], "g", [], [])
+    shapes = {"x": ((1, 4, 8, 8), np.dtype(np.float32)), "y": ((1, 4, 8, 8), np.dtype(np.float32))}
+    f = graph_features(graph, shapes, {"w"})
+    assert isinstance(f[0], NodeFeatures) and f[0].key == "FancyOp"
+    assert f[0].values["bytes_in"] == 4 * 64 * 4 and f[0].values["bytes_out"] == 4 * 64 * 4
+    assert f[1].key == "Conv" and f[1].values["macs"] == 0  # no weight shape: generic only
+    assert all(np.isfinite(v) for x in f for v in x.values.values())
+
+
+def test_one_feature_per_node_in_order():
+    model = onnx.parser.parse_model(CONV_BN_RELU)
+    f = graph_features(model.graph, static_shapes(model), {"w", "b", "s", "bb", "m", "v"})
+    assert len(f) == len(model.graph.node)
+    assert f[0].op_type == "Conv" and f[2].op_type == "Relu"
