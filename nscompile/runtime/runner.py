@@ -154,6 +154,10 @@ class SplitRunner:
         self._client = client or make_client(self.deadline_s)
         self.last_record: RunRecord | None = None
         self._inputs = {t.name: t for t in self.plan.inputs}
+        self._input_checks = {
+            t.name: (np.dtype(t.dtype), tuple(t.shape), all(d > 0 for d in t.shape)) for t in self.plan.inputs
+        }
+        self._io: dict[str, tuple[list[str], list[str]]] = {}  # cut id -> session input, output names
         self._output_names = [t.name for t in self.plan.outputs]
         # The fallback must always work, so load it now and fail early if it cannot.
         self._session(self.plan.cuts[self.plan.fallback])
@@ -269,17 +273,22 @@ class SplitRunner:
     # -- running -------------------------------------------------------------------------
 
     def _check_inputs(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # On the hot path: numpy dtype objects compare in C, dtype.name does not.
         if inputs.keys() != self._inputs.keys():
             raise NscompileError(
                 f"inputs {sorted(inputs)} do not match the model's {sorted(self._inputs)}; pass exactly those"
             )
         feeds = {}
-        for name, spec in self._inputs.items():
-            a = np.asarray(inputs[name])
-            if a.dtype.name != spec.dtype:
-                raise NscompileError(f"input {name!r} is {a.dtype.name}, the model takes {spec.dtype}; convert it")
-            if len(a.shape) != len(spec.shape) or any(d > 0 and d != s for d, s in zip(spec.shape, a.shape)):
-                raise NscompileError(f"input {name!r} has shape {list(a.shape)}, the model takes {list(spec.shape)}")
+        for name, (dtype, shape, static) in self._input_checks.items():
+            a = inputs[name]
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype != dtype:
+                raise NscompileError(f"input {name!r} is {a.dtype.name}, the model takes {dtype.name}; convert it")
+            if a.shape != shape and (
+                static or len(a.shape) != len(shape) or any(d > 0 and d != s for d, s in zip(shape, a.shape))
+            ):
+                raise NscompileError(f"input {name!r} has shape {list(a.shape)}, the model takes {list(shape)}")
             feeds[name] = a
         return feeds
 
@@ -296,9 +305,11 @@ class SplitRunner:
 
     def _run_prefix(self, cut: Cut, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         sess = self._session(cut)
-        needed = {i.name: feeds[i.name] for i in sess.get_inputs()}
-        names = [o.name for o in sess.get_outputs()]
-        return dict(zip(names, sess.run(names, needed)))
+        io = self._io.get(cut.id)
+        if io is None:
+            io = self._io[cut.id] = ([i.name for i in sess.get_inputs()], [o.name for o in sess.get_outputs()])
+        ins, outs = io
+        return dict(zip(outs, sess.run(outs, {n: feeds[n] for n in ins})))
 
     def _split(self, cut: Cut, feeds: dict[str, np.ndarray], rec: RunRecord) -> dict[str, np.ndarray] | None:
         """Run `cut` split; None (with `rec` marked) when the server failed."""
