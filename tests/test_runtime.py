@@ -584,3 +584,48 @@ def test_cli_run(build, server, tmp_path):
     bad = subprocess.run([*nscompile_cmd(), "run", str(build / "device"), "--server", server.url, "--input", "x"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "NAME=FILE.npy" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# A real build from the compiler
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_build(tmp_path_factory):
+    compiler = pytest.importorskip("nscompile.compiler")
+    from nscompile.cost_model import default_profile_path
+
+    device, server = default_profile_path("device"), default_profile_path("server")
+    if not device.is_file():
+        pytest.skip("no shipped device profile yet (cost_models/)")
+    root = tmp_path_factory.mktemp("real")
+    onnx.save(make_model(), root / "tiny.onnx")
+    # Until a server profile ships, the device's stands in: the cuts differ, the checks do not.
+    compiler.build(root / "tiny.onnx", root / "b", report=False, cloud_profile=server if server.is_file() else device)
+    return root
+
+
+def test_real_build_every_cut(real_build):
+    from nscompile.serve import create_app
+
+    plan = json.loads((real_build / "b" / "plan.json").read_text())
+    assert len(plan["cuts"]) >= 2
+    srv = ServerThread(create_app(real_build / "b" / "cloud"))
+    try:
+        inputs = sample_inputs(5)
+        want = reference(real_build / "tiny.onnx", inputs)
+        for cut in plan["cuts"]:
+            with runner_for(real_build / "b", srv.url, force_cut=cut["id"]) as runner:
+                runner.check_server()  # same build: the hashes agree
+                got, rec = runner.run(inputs, with_record=True)
+            assert not rec.fell_back, rec.error
+            assert rec.upload_bytes == sum(t["bytes"] for t in cut["tensors"])
+            for name in want:
+                np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"cut {cut['id']}")
+        with runner_for(real_build / "b", srv.url) as runner:  # looked up, not forced
+            got, rec = runner.run(inputs, with_record=True)
+        assert rec.reason in ("table", "rtt") and rec.cut in {c["id"] for c in plan["cuts"]}
+        np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+    finally:
+        srv.stop()

@@ -148,10 +148,79 @@ def test_real_build_is_a_valid_triton_repository(tmp_path):
     compiler = pytest.importorskip("nscompile.compiler")
     from nscompile.cost_model import default_profile_path
 
-    if not (default_profile_path("device").is_file() and default_profile_path("server").is_file()):
-        pytest.skip("no shipped cost profiles yet (cost_models/*.json)")
+    device, server = default_profile_path("device"), default_profile_path("server")
+    if not device.is_file():
+        pytest.skip("no shipped device profile yet (cost_models/)")
     import onnx
 
     onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
-    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False)
+    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, cloud_profile=server if server.is_file() else device)
     assert check_triton_repository(tmp_path / "b" / "cloud")
+
+
+def triton_like(app):
+    """Our server minus its extensions: no /v2/nscompile/* endpoints, no nscompile-* headers,
+    which is what a device sees when Triton serves the repository."""
+
+    async def wrapped(scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v2/nscompile/"):
+            await send({"type": "http.response.start", "status": 404, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def strip(message):
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [(k, v) for k, v in message["headers"] if not k.startswith(b"nscompile-")]}
+            await send(message)
+
+        await app(scope, receive, strip)
+
+    return wrapped
+
+
+def test_split_runner_against_a_server_without_extensions(build):
+    from nscompile.runtime import SplitRunner
+    from nscompile.serve import create_app
+
+    srv = rt.ServerThread(triton_like(create_app(build / "cloud")))
+    try:
+        x = rt.sample_inputs(9)
+        want = rt.reference(build.parent / "tiny.onnx", x)
+        with SplitRunner(build / "device", srv.url, initial_bandwidth_mbps=500.0) as runner:
+            for _ in range(3):
+                got, rec = runner.run(x, with_record=True)
+                assert not rec.fell_back, rec.error
+                np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+            assert rec.cut == "input" and rec.load == 1.0 and rec.server_ms == 0.0
+            assert runner._probe_supported is False
+    finally:
+        srv.stop()
+
+
+def test_serve_with_several_workers(build):
+    """Two worker processes share one listening socket; answers are correct and fast
+    (no ~40 ms Nagle/delayed-ACK stall per response)."""
+    import statistics
+    import time
+
+    import httpx
+
+    from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
+
+    srv = rt.ServerProcess(build / "cloud", None, "--workers", "2")
+    try:
+        x = rt.sample_inputs(10)
+        want = rt.reference(build.parent / "tiny.onnx", x)
+        with httpx.Client(timeout=10) as c:
+            times = []
+            for _ in range(12):
+                body, headers = encode_request(x)
+                t = time.perf_counter()
+                r = c.post(f"{srv.url}/v2/models/tiny_suffix_input/infer", content=body, headers=headers)
+                times.append(time.perf_counter() - t)
+                assert r.status_code == 200
+                np.testing.assert_allclose(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"],
+                                           want["prob"], rtol=1e-5, atol=1e-6)
+        assert statistics.median(times[2:]) < 0.035, times
+    finally:
+        srv.kill()

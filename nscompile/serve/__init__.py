@@ -1,18 +1,20 @@
 """``nscompile serve``: the cloud side, a KServe v2 server over a build's ``cloud/``.
 
-The repository is also a valid Triton Inference Server model repository. A device gets
-the same load signal from Triton this way (SplitRunner falls back to these when the
-``nscompile-load`` header and ``/v2/nscompile/load`` are absent is future work; today it
-assumes K = 1 and uses ``initial_bandwidth_mbps`` plus passive measurements):
+The repository is also a valid Triton Inference Server model repository
+(``tritonserver --model-repository build/NAME/cloud``). Against Triton, SplitRunner works
+unchanged (binary infer, ``/config`` for the model hash) but Triton sends no
+``nscompile-load`` header and has no ``/v2/nscompile/*`` endpoints, so the runner assumes
+K = 1, starts from ``initial_bandwidth_mbps`` and refines the bandwidth from its own
+transfers. A device gets the same load signal from Triton this way:
 
 - queue pressure: Triton's metrics endpoint (``:8002/metrics``, Prometheus text) has
-  ``nv_inference_pending_request_count{model=...}`` (requests queued or executing) and
-  ``nv_inference_queue_duration_us`` / ``nv_inference_compute_infer_duration_us`` /
-  ``nv_inference_request_success`` counters;
+  ``nv_inference_pending_request_count{model=...}`` (requests queued or executing);
+  K_queue = (pending + 1) / instance count, as here;
 - recent slowdown: poll ``GET /v2/models/{m}/stats`` twice; with d = the difference
   between the polls, per-request time = (d queue.ns + d compute_infer.ns) / d success.count;
-  K = that / the idle per-request time (the plan's predicted ``cloud_ms``, or the same
-  ratio measured once when the server is idle);
+  K = that / the idle per-request time (the same ratio measured once when the server is
+  idle, or the plan's predicted ``cloud_ms``). ``nscompile serve`` answers the same
+  ``/stats`` endpoint, so one client-side poller works against both;
 - RTT: time ``GET /v2/health/ready``.
 
 Usage:

@@ -246,14 +246,16 @@ def create_app(
             entry = model(name, version)
             if load.in_flight >= max_queue:
                 return _error(f"server busy: {load.in_flight} requests in flight; retry later", 503, {"Retry-After": "1"})
+            # Counted from when the body is in: a device uploading over a slow link is not
+            # load on the server's compute, and must not push other devices off it.
+            body = await _read_body(request, max_body_bytes)
             load.enter()
             try:
-                return await _infer(entry, request)
+                return await _infer(entry, request, body)
             finally:
                 load.exit()
 
-    async def _infer(entry: ModelEntry, request: Request) -> Response:
-        body = await _read_body(request, max_body_bytes)
+    async def _infer(entry: ModelEntry, request: Request, body: bytes) -> Response:
         t0 = time.perf_counter()
         header_length = request.headers.get(HEADER_LENGTH)
 
