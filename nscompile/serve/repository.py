@@ -135,6 +135,10 @@ class ModelEntry:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        # Spinning intra-op threads keep the cores busy after each run, starving the event
+        # loop that sends this answer and reads the next request (measured: +2.5 ms per
+        # request on 2 cores).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             opts.intra_op_num_threads = threads
         try:
