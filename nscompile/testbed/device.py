@@ -1,0 +1,147 @@
+"""The emulated device: a worker process that runs requests with SplitRunner when told to.
+
+Started by the testbed (inside the device namespace and CPU cgroup in kernel mode) as
+``python -m nscompile.testbed.device DEVICE_DIR SERVER_URL --threads N``. It reads one
+JSON command per line on stdin and answers one JSON line (prefixed with ``@@``, so
+library chatter on stdout is ignored) per command:
+
+- ``{"op": "link", "rtt_ms", "up_mbps", "down_mbps"}``: the conditions its transport adds;
+- ``{"op": "run", "cut": null | ID, "n", "warmup", "max_s", "fresh": bool}``: ``n``
+  measured requests (``cut`` null: nscompile chooses; else that cut is forced), after
+  ``warmup`` unmeasured ones, stopping early after ``max_s`` seconds (at least 3 kept);
+  ``fresh`` forgets the bandwidth/RTT/load estimates first (a new network);
+- ``{"op": "trace", "cut", "t0", "phases": [{"until_s", "rtt_ms", "up_mbps", "down_mbps"}]}``:
+  requests back to back until the last phase ends, switching the transport's conditions
+  at each phase's end (times relative to ``t0`` on the shared monotonic clock);
+- ``{"op": "quit"}``.
+
+Imports only the runtime's dependencies (numpy, onnxruntime, httpx).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from nscompile.runtime import SplitRunner
+from nscompile.runtime.netstate import NetState
+from nscompile.testbed.shaping import LinkState, make_client
+
+MARK = "@@"
+
+
+def _inputs(runner: SplitRunner, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in runner.plan.inputs:
+        shape = [d if d > 0 else 1 for d in spec.shape]
+        if spec.dtype.startswith(("int", "uint", "bool")):
+            feeds[spec.name] = np.zeros(shape, dtype=spec.dtype)  # index 0 is valid for every lookup table
+        else:
+            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+    return feeds
+
+
+class Device:
+    """The worker's state: one runner (sessions stay loaded), its link and its input."""
+
+    def __init__(self, device_dir: str, server: str, threads: int, stale_s: float):
+        self.link = LinkState()
+        self.stale_s = stale_s
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = max(threads, 1)
+        opts.inter_op_num_threads = 1
+        self.runner = SplitRunner(device_dir, server, deadline_ms=180_000, stale_s=stale_s, session_options=opts,
+                                  client=make_client(self.link, 180.0))
+        self.feeds = _inputs(self.runner)
+
+    def one(self, cut: str | None) -> dict:
+        self.runner.force_cut = cut
+        _, rec = self.runner.run(self.feeds, with_record=True)
+        d = rec.as_dict()
+        d["t"] = time.monotonic()
+        return d
+
+    def fresh(self, stale_s: float | None = None) -> None:
+        # A new network: what the runner learnt about the old one must not carry over.
+        self.runner.net = NetState(stale_s=stale_s or self.stale_s, backoff_s=(0.5, 5.0))
+
+    def run(self, cut: str | None, n: int, warmup: int, max_s: float, fresh: bool, stale_s: float | None = None) -> list[dict]:
+        if fresh:
+            self.fresh(stale_s)
+        for _ in range(warmup):
+            self.one(cut)
+        records, start = [], time.monotonic()
+        for _ in range(max(n, 1)):
+            records.append(self.one(cut))
+            if len(records) >= 3 and time.monotonic() - start > max_s:
+                break
+        return records
+
+    def trace(self, cut: str | None, t0: float, phases: list[dict], stale_s: float | None = None) -> list[dict]:
+        self.fresh(stale_s)
+        records, end = [], t0 + phases[-1]["until_s"]
+        i = -1
+        for _ in range(100_000):  # bounded; the clock ends it long before
+            now = time.monotonic()
+            if now >= end:
+                break
+            k = next(j for j, p in enumerate(phases) if now < t0 + p["until_s"])
+            if k != i:
+                i, p = k, phases[k]
+                self.link.set(p["rtt_ms"], p.get("up_mbps"), p.get("down_mbps"))
+            rec = self.one(cut)
+            rec["phase"] = i
+            records.append(rec)
+        return records
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve commands from stdin until "quit" or end of input."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("device_dir")
+    ap.add_argument("server")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--stale-s", type=float, default=2.0)
+    args = ap.parse_args(argv)
+    out = sys.stdout
+    try:
+        dev = Device(args.device_dir, args.server, args.threads, args.stale_s)
+        out.write(MARK + json.dumps({"ok": True, "cuts": list(dev.runner.plan.cuts)}) + "\n")
+    except Exception as exc:  # report, then exit: the testbed shows the message
+        out.write(MARK + json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        out.flush()
+        return
+    out.flush()
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        op = cmd.get("op")
+        try:
+            if op == "quit":
+                break
+            if op == "link":
+                dev.link.set(cmd["rtt_ms"], cmd.get("up_mbps"), cmd.get("down_mbps"))
+                answer = {"ok": True}
+            elif op == "run":
+                answer = {"ok": True, "records": dev.run(cmd.get("cut"), int(cmd.get("n", 5)), int(cmd.get("warmup", 1)),
+                                                         float(cmd.get("max_s", 60.0)), bool(cmd.get("fresh", False)),
+                                                         cmd.get("stale_s"))}
+            elif op == "trace":
+                answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"))}
+            else:
+                answer = {"ok": False, "error": f"unknown op {op!r}"}
+        except Exception as exc:  # one failed command must not kill the worker
+            answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        out.write(MARK + json.dumps(answer) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The emulated device-server link and the device's CPU: namespaces, veth, tc tbf, cgroup quota.
+
+Kernel mode (root, ``ip``, ``tc``, a cgroup-v1 ``cpu`` hierarchy): two network
+namespaces, ``nscb-<pid>-dev`` (the device) and ``nscb-<pid>-srv`` (the server and the
+load generator), joined by one veth pair. The device's egress (the uplink) and the
+server's egress towards it (the downlink) are each shaped by a token bucket filter. The
+RTT is added in user space (:mod:`nscompile.testbed.shaping`), as this kernel has no
+netem. The device process runs in a cgroup ``nscb-<pid>-dev`` with a CFS quota.
+
+User mode (any of those missing): everything on 127.0.0.1, bandwidth shaped in user
+space by the device's HTTP transport, the device limited only by its thread count.
+
+Every namespace and cgroup is registered with :mod:`nscompile.testbed.cleanup`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from nscompile.errors import NscompileError
+from nscompile.testbed import cleanup
+
+#: tbf counts Ethernet/IP/TCP headers; a full 1448-byte TCP payload takes a 1514-byte frame.
+#: Shaping the wire rate this much higher makes the goodput equal to the preset's Mbps.
+WIRE_OVERHEAD = 1514 / 1448
+SERVER_IP, DEVICE_IP = "10.213.0.1", "10.213.0.2"
+DEV_IF, SRV_IF = "nscbdev", "nscbsrv"
+CFS_PERIOD_US = 4000  # short, so throttling averages out inside one layer instead of freezing a request
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=20)
+    if r.returncode != 0:
+        raise NscompileError(f"'{' '.join(cmd)}' failed: {r.stderr.strip() or r.stdout.strip()}")
+    return r
+
+
+def kernel_mode_problem() -> str | None:
+    """Why kernel mode is unavailable here (None when it is available)."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("ip", "tc"):
+        if shutil.which(tool) is None:
+            return f"no '{tool}' command"
+    if not (cleanup.CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        return f"no cgroup-v1 cpu controller at {cleanup.CGROUP_CPU}"
+    if not os.access(cleanup.CGROUP_CPU, os.W_OK):
+        return f"{cleanup.CGROUP_CPU} is not writable"
+    return None
+
+
+@dataclass
+class Rates:
+    """Link conditions: uplink/downlink goodput (Mbps, None = unshaped) and added RTT."""
+
+    up_mbps: float | None
+    down_mbps: float | None
+    rtt_ms: float = 0.0
+
+
+class KernelLink:
+    """Two namespaces joined by a tbf-shaped veth pair (see the module docstring).
+
+    Raises:
+        NscompileError: a command failed (everything made so far is removed).
+    """
+
+    kernel = True
+
+    def __init__(self):
+        pid = os.getpid()
+        self.dev_ns, self.srv_ns = f"{cleanup.PREFIX}-{pid}-dev", f"{cleanup.PREFIX}-{pid}-srv"
+        self.server_host = SERVER_IP
+        self._handles = []
+        try:
+            for ns in (self.srv_ns, self.dev_ns):
+                _run("ip", "netns", "add", ns)
+                self._handles.append(cleanup.register(f"netns {ns}", lambda ns=ns: _del_netns(ns)))
+            _run("ip", "link", "add", DEV_IF, "netns", self.dev_ns, "type", "veth", "peer", "name", SRV_IF, "netns", self.srv_ns)
+            for ns, dev, ip in ((self.dev_ns, DEV_IF, DEVICE_IP), (self.srv_ns, SRV_IF, SERVER_IP)):
+                _run("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", dev)
+                _run("ip", "-n", ns, "link", "set", dev, "up")
+                _run("ip", "-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.close()
+            raise
+        self.rates = Rates(None, None)
+
+    def wrap(self, cmd: list[str], side: str) -> list[str]:
+        """``cmd`` made to run inside the device's or the server's namespace."""
+        return ["ip", "netns", "exec", self.dev_ns if side == "device" else self.srv_ns, *cmd]
+
+    def set(self, rates: Rates) -> None:
+        """Shape the uplink (device egress) and downlink (server egress towards the device)."""
+        for ns, dev, mbps in ((self.dev_ns, DEV_IF, rates.up_mbps), (self.srv_ns, SRV_IF, rates.down_mbps)):
+            if mbps is None:
+                subprocess.run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"], capture_output=True, timeout=20)
+                continue
+            bps = mbps * 1e6 * WIRE_OVERHEAD
+            burst = max(2 * 1514, int(bps / 8 * 0.001))  # 1 ms of tokens: small transfers pay their time too
+            limit = min(max(int(bps / 8 * 1.0), 128 * 1024), 32 << 20)  # a second of queue: TCP is not starved by drops
+            _run("ip", "netns", "exec", ns, "tc", "qdisc", "replace", "dev", dev, "root", "tbf",
+                 "rate", f"{int(bps)}bit", "burst", str(burst), "limit", str(limit))
+        self.rates = rates
+
+    def transport_rates(self, rates: Rates) -> dict:
+        """What the device's transport must add itself: only the RTT here."""
+        return {"rtt_ms": rates.rtt_ms, "up_mbps": None, "down_mbps": None}
+
+    def describe(self) -> str:
+        return f"kernel: netns {self.dev_ns} <-veth, tc tbf-> {self.srv_ns}; RTT added in user space (no netem)"
+
+    def close(self) -> None:
+        """Delete both namespaces (with them the veth pair and its qdiscs)."""
+        for h in reversed(self._handles):
+            cleanup.run_one(h)
+        self._handles.clear()
+
+
+def _del_netns(ns: str) -> None:
+    cleanup.kill_netns_processes(ns)
+    subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
+
+
+class UserLink:
+    """Fallback: loopback, with bandwidth and RTT both emulated by the device's transport."""
+
+    kernel = False
+
+    def __init__(self):
+        self.server_host = "127.0.0.1"
+        self.rates = Rates(None, None)
+
+    def wrap(self, cmd: list[str], side: str) -> list[str]:  # noqa: ARG002
+        return cmd
+
+    def set(self, rates: Rates) -> None:
+        self.rates = rates
+
+    def transport_rates(self, rates: Rates) -> dict:
+        return {"rtt_ms": rates.rtt_ms, "up_mbps": rates.up_mbps, "down_mbps": rates.down_mbps}
+
+    def describe(self) -> str:
+        return "user space: loopback, bandwidth and RTT emulated in the device's HTTP transport"
+
+    def close(self) -> None:
+        pass
+
+
+class CpuQuota:
+    """A cgroup-v1 CPU group with a CFS quota of ``cores`` CPUs; processes are added by pid.
+
+    Raises:
+        NscompileError: the group cannot be made.
+    """
+
+    def __init__(self, name: str, cores: float):
+        self.path = cleanup.CGROUP_CPU / f"{cleanup.PREFIX}-{os.getpid()}-{name}"
+        self.cores = cores
+        try:
+            self.path.mkdir(exist_ok=True)
+            self._handle = cleanup.register(f"cgroup {self.path}", lambda: cleanup.remove_cgroup(self.path))
+            (self.path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
+            (self.path / "cpu.cfs_quota_us").write_text(str(max(int(CFS_PERIOD_US * cores), 1000)))
+        except OSError as exc:
+            cleanup.remove_cgroup(self.path)
+            raise NscompileError(f"cannot make CPU cgroup {self.path} ({exc.strerror}); run as root or use --userspace") from None
+
+    def add(self, pid: int) -> None:
+        """Put process ``pid`` (all its threads) under the quota."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def throttled_s(self) -> float:
+        """Seconds the group's tasks were held back by the quota so far."""
+        for line in (self.path / "cpu.stat").read_text().splitlines():
+            if line.startswith("throttled_time"):
+                return int(line.split()[1]) / 1e9
+        return 0.0
+
+    def close(self) -> None:
+        """Delete the group (its tasks go back to the root group)."""
+        cleanup.run_one(self._handle)
+
+
+def make_link(userspace: bool = False):
+    """The best link this machine allows, and why not the kernel one when it is not.
+
+    Returns:
+        (link, reason): reason is None in kernel mode, else why it fell back.
+    """
+    cleanup.sweep_stale()
+    problem = "--userspace given" if userspace else kernel_mode_problem()
+    if problem is None:
+        try:
+            return KernelLink(), None
+        except NscompileError as exc:
+            problem = str(exc)
+    return UserLink(), problem
+
+
+def cgroup_path_exists(path: Path) -> bool:
+    """True while a cgroup directory is there (for tests)."""
+    return path.is_dir()

@@ -1,0 +1,223 @@
+"""Plots and ``report.html`` for a benchmark run: pictures first, numbers underneath.
+
+Figures (PNG, matplotlib's Agg backend):
+
+- ``decisions.png``: the paper's decision table, model x (network, device profile), the
+  cut nscompile chose, green where it is the oracle's cut, amber where within 10% of the
+  oracle's latency, red otherwise;
+- ``latency_<profile>.png`` / ``energy_<profile>.png``: chosen vs all-device vs
+  all-cloud vs oracle per model and network (log scale);
+- ``trace.png``: latency per request over time while the link changes;
+- ``load.png``: device latency and queries/s as the server's load rises.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from pathlib import Path
+
+COLORS = {"nscompile": "#1b9e77", "chosen": "#1b9e77", "oracle": "#7570b3", "all-device": "#d95f02", "all-cloud": "#666666"}
+
+
+def _fmt(x, digits=1) -> str:
+    if isinstance(x, float):
+        return "–" if not math.isfinite(x) else f"{x:.{digits}f}"
+    return str(x)
+
+
+def decision_grid(rows: list[dict], load: str | None = None) -> tuple[list[str], list[tuple[str, str]], dict]:
+    """(models, columns (network, profile), cell -> row) for one load level."""
+    rows = [r for r in rows if load is None or r["load"] == load]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    cols = list(dict.fromkeys((r["network"], r["device_profile"]) for r in rows))
+    cells = {(r["model"], r["network"], r["device_profile"]): r for r in rows}
+    return models, cols, cells
+
+
+def plot_decisions(rows: list[dict], path: Path, load: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models, cols, cells = decision_grid(rows, load)
+    if not models:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.9 * len(cols) + 1.5), 0.45 * len(models) + 1.6))
+    ax.set_xlim(0, len(cols))
+    ax.set_ylim(0, len(models))
+    ax.invert_yaxis()
+    for i, m in enumerate(models):
+        for j, (net, prof) in enumerate(cols):
+            r = cells.get((m, net, prof))
+            if r is None:
+                continue
+            color = "#b8e186" if r["chosen_cut"] == r["oracle_cut"] else ("#fee08b" if r["within_10pct"] else "#f4a582")
+            ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=color, edgecolor="white"))
+            text = r["chosen_cut"] if r["chosen_cut"] == r["oracle_cut"] else f"{r['chosen_cut']}\n(oracle {r['oracle_cut']})"
+            ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7)
+    ax.set_xticks([j + 0.5 for j in range(len(cols))], [f"{n}\n{p}" for n, p in cols], fontsize=7)
+    ax.set_yticks([i + 0.5 for i in range(len(models))], models, fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_title(f"Cut chosen by nscompile ({load} server) — green: the oracle's cut, amber: within 10%, red: miss", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(rows: list[dict], path: Path, profile: str, what: str) -> None:
+    """Grouped bars (log scale) of chosen / oracle / all-device / all-cloud, idle server."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sel = [r for r in rows if r["device_profile"] == profile and r["load"] == rows[0]["load"]]
+    if not sel:
+        return
+    unit = "ms" if what == "latency" else "mJ"
+    key = "ms" if what == "latency" else "mj"
+    series = [("chosen", f"chosen_{key}"), ("oracle", f"oracle_{key}"), ("all-device", f"all_device_{key}"), ("all-cloud", f"all_cloud_{key}")]
+    labels = [f"{r['model']}\n{r['network']}" for r in sel]
+    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(sel) + 2), 4.2))
+    w = 0.2
+    for k, (name, col) in enumerate(series):
+        ys = [r[col] if math.isfinite(r[col]) else 0 for r in sel]
+        ax.bar([i + (k - 1.5) * w for i in range(len(sel))], ys, w, label=name, color=COLORS[name])
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(sel)), labels, fontsize=6, rotation=90)
+    ax.set_ylabel(f"{what} per request ({unit}, median, log)")
+    ax.set_title(f"{what.capitalize()}: nscompile vs all-device vs all-cloud vs oracle — {profile}, {sel[0]['load']} server", fontsize=9)
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_trace(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    for mode in ("all-device", "all-cloud", "nscompile"):
+        pts = [r for r in rows if r["mode"] == mode]
+        if pts:
+            ax.plot([r["t_s"] for r in pts], [r["latency_ms"] for r in pts], ".-", ms=3, lw=0.8, label=mode, color=COLORS[mode])
+    bounds = defaultdict(list)
+    for r in rows:
+        bounds[(r["phase"], r["network"])].append(r["t_s"])
+    for (_, net), ts in sorted(bounds.items()):
+        ax.axvline(min(ts), color="#cccccc", lw=0.6)
+        ax.text(min(ts), 1.0, f" {net}", transform=ax.get_xaxis_transform(), fontsize=8, va="bottom")
+    ax.set_yscale("log")
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("latency per request (ms, log)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_load(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for mode in ("nscompile", "all-cloud"):
+        pts = [r for r in rows if r["mode"] == mode]
+        if not pts:
+            continue
+        a1.plot([r["clients"] for r in pts], [r["latency_ms"] for r in pts], "o-", label=mode, color=COLORS[mode])
+        a2.plot([r["clients"] for r in pts], [r["total_qps"] for r in pts], "o-", label=f"{mode}: all queries", color=COLORS[mode])
+        a2.plot([r["clients"] for r in pts], [r["others_qps"] for r in pts], "s--", label=f"{mode}: other clients'", color=COLORS[mode], alpha=0.6)
+    a1.set_xlabel("other clients on the server")
+    a1.set_ylabel("device latency (ms, median)")
+    a1.set_yscale("log")
+    a2.set_xlabel("other clients on the server")
+    a2.set_ylabel("queries/s completed")
+    a1.legend(fontsize=7)
+    a2.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(t)}</th>" for t, _ in cols)
+    body = []
+    for r in rows:
+        cells = []
+        for _, k in cols:
+            v = r.get(k, "")
+            cells.append(f"<td>{html.escape(_fmt(v, 2 if isinstance(v, float) and abs(v) < 10 else 1))}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def write_report(result, testbed: str) -> Path:
+    """Write the PNGs and ``report.html`` (and ``report.md``) into ``result.out_dir``."""
+    out = result.out_dir
+    rows = result.rows
+    figs = []
+    for load in dict.fromkeys(r["load"] for r in rows):
+        plot_decisions(rows, out / f"decisions_{load}.png", load)
+        figs.append((f"Decision table, {load} server", f"decisions_{load}.png"))
+    for prof in dict.fromkeys(r["device_profile"] for r in rows):
+        for what in ("latency", "energy"):
+            plot_bars(rows, out / f"{what}_{prof}.png", prof, what)
+            figs.append((f"{what.capitalize()}, {prof}", f"{what}_{prof}.png"))
+    if result.trace_rows:
+        plot_trace(result.trace_rows, out / "trace.png")
+        figs.append(("Network variation: Wi-Fi → LTE → 3G → Wi-Fi", "trace.png"))
+    if result.load_rows:
+        plot_load(result.load_rows, out / "load.png")
+        figs.append(("Server load variation", "load.png"))
+    s = result.summary
+    headline = [
+        ("cases", f"{s['cases']}"),
+        ("chosen within 10% of the oracle", f"{s['within_10pct']:.0%} (target ≥ 90%)"),
+        ("within 10% or 1 ms (jitter floor)", f"{s['within_10pct_or_1ms']:.0%}"),
+        ("same cut as the oracle", f"{s['same_cut_as_oracle']:.0%}"),
+        ("latency speedup vs all-cloud (geomean / max)", f"{s['gmean_speedup_vs_cloud']:.2f}x / {s['max_speedup_vs_cloud']:.1f}x (paper: 3.1x / 40.7x)"),
+        ("latency speedup vs all-device (geomean)", f"{s['gmean_speedup_vs_device']:.2f}x"),
+        ("device energy saving vs all-cloud (mean / max)", f"{s['mean_energy_saving_vs_cloud']:.1%} / {s['max_energy_saving_vs_cloud']:.1%} (paper: 59.5% / 94.7%)"),
+        ("regret chosen/oracle (geomean)", f"{s['gmean_regret']:.3f}"),
+    ]
+    misses = [r for r in rows if not r["within_10pct"]]
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>nscompile bench</title>",
+        "<style>body{font:14px sans-serif;max-width:1200px;margin:2em auto}img{max-width:100%;border:1px solid #eee}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}"
+        ".big td{font-size:15px}</style>",
+        "<h1>nscompile bench</h1>",
+        f"<p>{html.escape(testbed)}. {len(rows)} cases in {result.seconds / 60:.1f} min. Latencies are medians of "
+        "measured end-to-end requests; energy is estimated from the device profile's power model and the measured phases.</p>",
+        "<table class='big'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline) + "</table>",
+    ]
+    if result.skipped:
+        parts.append(f"<p>Skipped: {html.escape('; '.join(result.skipped))}</p>")
+    for title, f in figs:
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='{f}'>")
+    parts.append("<h2>Where the chosen cut misses (&gt; 110% of the oracle)</h2>")
+    parts.append(_table(misses, [("model", "model"), ("network", "network"), ("profile", "device_profile"), ("load", "load"),
+                                 ("chosen", "chosen_cut"), ("ms", "chosen_ms"), ("oracle", "oracle_cut"), ("ms", "oracle_ms"),
+                                 ("why", "miss_reason")]) if misses else "<p>None.</p>")
+    parts.append("<h2>All cases</h2>")
+    parts.append(_table(rows, [("model", "model"), ("network", "network"), ("profile", "device_profile"), ("load", "load"),
+                               ("K", "server_load_k"), ("chosen", "chosen_cut"), ("chosen ms", "chosen_ms"), ("oracle", "oracle_cut"),
+                               ("oracle ms", "oracle_ms"), ("all-device ms", "all_device_ms"), ("all-cloud ms", "all_cloud_ms"),
+                               ("chosen mJ", "chosen_mj"), ("all-cloud mJ", "all_cloud_mj"), ("x cloud", "speedup_vs_cloud"),
+                               ("regret", "regret")]))
+    parts.append("<p>Files: results.csv (one row per case), cuts.csv (every cut measured), trace.csv, load.csv, summary.json.</p>")
+    page = out / "report.html"
+    page.write_text("\n".join(parts))
+    md = ["# nscompile bench", "", testbed, "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in headline] + [""]
+    md += [f"![{t}]({f})" for t, f in figs]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    return page

@@ -1,0 +1,271 @@
+"""Orchestration: start the server, the load generator and the device, and talk to them.
+
+One :class:`Testbed` owns the link (namespaces or loopback) for a whole benchmark run;
+:meth:`Testbed.session` starts, for one build and one device profile, the server
+(``nscompile serve`` on the build's ``cloud/``, the whole machine), the load generator
+next to it and the device worker (under the profile's CPU quota), and stops all three
+on exit. Children run in their own sessions and are stopped by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from nscompile.errors import NscompileError
+from nscompile.testbed import cleanup
+from nscompile.testbed.link import CpuQuota, Rates, make_link
+
+MARK = "@@"
+
+
+class Worker:
+    """A child process that answers JSON commands with ``@@``-prefixed JSON lines.
+
+    Args:
+        cmd: the command line.
+        name: for messages and the log file.
+        log_dir: where its stderr goes (``NAME.log``).
+    """
+
+    def __init__(self, cmd: list[str], name: str, log_dir: Path):
+        self.name = name
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        self._log = open(self.log_path, "ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
+                                     text=True, start_new_session=True, env=env)
+        self._handle = cleanup.register(f"process {name} ({self.proc.pid})", self.stop)
+        self._answers: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            if line.startswith(MARK):
+                self._answers.put(json.loads(line[len(MARK):]))
+        self._answers.put(None)  # end of output: the process exited
+
+    def answer(self, timeout_s: float) -> dict:
+        """The next answer; raises NscompileError if the worker died, failed or timed out."""
+        try:
+            a = self._answers.get(timeout=timeout_s)
+        except queue.Empty:
+            raise NscompileError(f"{self.name} did not answer within {timeout_s:.0f} s; see {self.log_path}") from None
+        if a is None:
+            raise NscompileError(f"{self.name} exited (code {self.proc.poll()}); see {self.log_path}")
+        if not a.get("ok"):
+            raise NscompileError(f"{self.name}: {a.get('error')}; see {self.log_path}")
+        return a
+
+    def ask(self, timeout_s: float = 600.0, **cmd) -> dict:
+        """Send one command and wait for its answer."""
+        try:
+            self.proc.stdin.write(json.dumps(cmd) + "\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise NscompileError(f"{self.name} is gone (code {self.proc.poll()}); see {self.log_path}") from None
+        return self.answer(timeout_s)
+
+    def stop(self) -> None:
+        """Ask it to quit, then terminate, then kill (its own process group only)."""
+        if self.proc.poll() is None:
+            try:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.flush()
+                self.proc.wait(timeout=3)
+            except (OSError, ValueError, subprocess.TimeoutExpired):
+                pass
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except OSError:
+                pass
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                pass
+        for f in (self.proc.stdin, self._log):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        """Stop it and forget its cleanup action."""
+        cleanup.run_one(self._handle)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Session:
+    """Server + load generator + device for one build; see :meth:`Testbed.session`."""
+
+    def __init__(self, testbed: Testbed, server: Worker | subprocess.Popen, loadgen: Worker, device: Worker,
+                 cuts: list[str], quota: CpuQuota | None):
+        self.testbed, self.server, self.loadgen, self.device = testbed, server, loadgen, device
+        self.cuts, self.quota = cuts, quota
+        self.rates = Rates(None, None, 0.0)
+
+    def set_network(self, rates: Rates) -> None:
+        """Shape the link (tc in kernel mode) and tell the device what to add in user space."""
+        self.testbed.link.set(rates)
+        self.device.ask(**{"op": "link", **self.testbed.link.transport_rates(rates)})
+        self.rates = rates
+
+    def set_clients(self, n: int) -> dict:
+        """Run ``n`` load-generator clients from now on; returns its counters."""
+        return self.loadgen.ask(op="set", clients=int(n))
+
+    def load_stats(self) -> dict:
+        """Load-generator counters and the server's load report."""
+        return self.loadgen.ask(op="stats")
+
+    def run(self, cut: str | None, n: int, warmup: int = 0, max_s: float = 60.0, fresh: bool = False,
+            stale_s: float = 10.0, timeout_s: float = 900.0) -> list[dict]:
+        """Run requests on the device (``cut`` None: nscompile chooses); their RunRecords as dicts."""
+        return self.device.ask(timeout_s=timeout_s, op="run", cut=cut, n=n, warmup=warmup, max_s=max_s,
+                               fresh=fresh, stale_s=stale_s)["records"]
+
+    def trace(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float = 3.0) -> list[dict]:
+        """Requests back to back while the link follows ``phases`` ((seconds, rates) each).
+
+        The device switches its user-space part (RTT) itself; this process switches tc at
+        the same instants of the shared monotonic clock.
+        """
+        t0 = time.monotonic() + 0.5
+        spec, until = [], 0.0
+        for seconds, rates in phases:
+            until += seconds
+            spec.append({"until_s": until, **self.testbed.link.transport_rates(rates)})
+        self.device.proc.stdin.write(json.dumps({"op": "trace", "cut": cut, "t0": t0, "phases": spec, "stale_s": stale_s}) + "\n")
+        self.device.proc.stdin.flush()
+        if self.testbed.link.kernel:
+            start = 0.0
+            for seconds, rates in phases:
+                time.sleep(max(0.0, t0 + start - time.monotonic()))
+                self.testbed.link.set(rates)
+                start += seconds
+        records = self.device.answer(timeout_s=until + 600)["records"]
+        for r in records:
+            r["t"] -= t0
+        self.set_network(phases[-1][1])
+        return records
+
+
+class Testbed:
+    """The emulated device-network-server setup for a benchmark run.
+
+    Args:
+        log_dir: where the children's stderr goes.
+        userspace: use the user-space fallback even where kernel mode is possible.
+
+    Attributes:
+        link: the link (KernelLink or UserLink).
+        fallback_reason: why kernel mode is not used (None when it is).
+    """
+
+    def __init__(self, log_dir: Path, userspace: bool = False):
+        self.log_dir = Path(log_dir)
+        self.link, self.fallback_reason = make_link(userspace)
+        self._closed = False
+        self._handle = cleanup.register("testbed link", self.link.close)
+
+    @property
+    def mode(self) -> str:
+        """"kernel" or "user"."""
+        return "kernel" if self.link.kernel else "user"
+
+    def describe(self) -> str:
+        """One line on how the link and the device's CPU are emulated."""
+        if self.link.kernel:
+            return self.link.describe() + "; device CPU: cgroup-v1 CFS quota from the device profile"
+        return self.link.describe() + f"; device CPU: thread limit only (fallback: {self.fallback_reason})"
+
+    @contextmanager
+    def session(self, build_dir: Path, *, device_threads: int = 1, device_cores: float | None = None,
+                server_threads: int | None = None, tag: str = "run"):
+        """Start server, load generator and device for ``build_dir``; stop them on exit.
+
+        Args:
+            build_dir: a build (plan.json, device/, cloud/).
+            device_threads: onnxruntime threads of the device (the profile's).
+            device_cores: CPU quota of the device in cores (kernel mode only); None: no quota.
+            server_threads: onnxruntime threads per server model.
+            tag: names the log files.
+
+        Yields:
+            The :class:`Session`.
+        """
+        build_dir = Path(build_dir)
+        plan = json.loads((build_dir / "plan.json").read_text())
+        py = sys.executable
+        if self.link.kernel:
+            host, port = "0.0.0.0", 8000
+            url = f"http://{self.link.server_host}:{port}"
+            local = f"http://127.0.0.1:{port}"
+        else:
+            host, port = "127.0.0.1", _free_port()
+            url = local = f"http://127.0.0.1:{port}"
+        server_cmd = [py, "-m", "nscompile", "serve", str(build_dir / "cloud"), "--host", host, "--port", str(port)]
+        if server_threads:
+            server_cmd += ["--threads", str(server_threads)]
+        workers: list[Worker] = []
+        quota = None
+        try:
+            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir)
+            workers.append(server)
+            target = _load_target(plan)
+            loadgen = Worker(self.link.wrap([py, "-m", "nscompile.testbed.loadgen", local, target], "server"),
+                             f"{tag}-loadgen", self.log_dir)
+            workers.append(loadgen)
+            loadgen.answer(timeout_s=300)  # answers once the server is ready
+            device_cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
+            device = Worker(self.link.wrap(device_cmd, "device"), f"{tag}-device", self.log_dir)
+            workers.append(device)
+            if self.link.kernel and device_cores:
+                quota = CpuQuota("dev", device_cores)
+                quota.add(device.proc.pid)
+            cuts = device.answer(timeout_s=600)["cuts"]
+            session = Session(self, server, loadgen, device, cuts, quota)
+            yield session
+        finally:
+            for w in reversed(workers):
+                w.close()
+            if quota is not None:
+                quota.close()
+
+    def close(self) -> None:
+        """Remove the link (namespaces, qdiscs)."""
+        if not self._closed:
+            self._closed = True
+            cleanup.run_one(self._handle)
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _load_target(plan: dict) -> str:
+    """The server model the load generator calls: the one doing the most work (all-cloud if emitted)."""
+    served = [c for c in plan["cuts"] if c.get("cloud_model")]
+    if not served:
+        raise NscompileError(f"build of {plan['model']['name']} has no server model; rebuild with a wider --bandwidth grid")
+    return min(served, key=lambda c: c["device_nodes"])["cloud_model"]

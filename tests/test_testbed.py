@@ -1,0 +1,154 @@
+"""The testbed: user-space link emulation, energy, cleanup, and `nscompile bench --quick` end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+
+from nscompile.cost_model import default_profile_path, load_profile
+from nscompile.testbed import cleanup
+from nscompile.testbed.energy import request_energy_mj
+from nscompile.testbed.shaping import LinkState, make_client, transfer_s
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        n = int(self.headers["Content-Length"])
+        self.rfile.read(n)
+        body = b"x" * 1000
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def echo_url():
+    server = HTTPServer(("127.0.0.1", 0), _Echo)
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_userspace_link_adds_rtt_and_transfer_time(echo_url):
+    state = LinkState()
+    with make_client(state, 10) as client:
+        client.post(echo_url, content=b"warm")
+        t = time.perf_counter()
+        client.post(echo_url, content=bytes(10_000))
+        base = time.perf_counter() - t
+        state.set(rtt_ms=50, up_mbps=2.0, down_mbps=4.0)
+        t = time.perf_counter()
+        r = client.post(echo_url, content=bytes(25_000))
+        shaped = time.perf_counter() - t
+    assert r.content == b"x" * 1000
+    expected = 0.050 + transfer_s(25_200, 2.0) + transfer_s(1_200, 4.0)  # ~0.153 s
+    assert expected - 0.005 <= shaped - min(base, 0.01) <= expected + 0.15
+
+
+def test_energy_model_uses_measured_phases():
+    prof = load_profile(default_profile_path("device"))
+    device_only = {"total_ms": 100.0, "prefix_ms": 100.0, "fallback_ms": 0.0, "upload_bytes": 0, "download_bytes": 0}
+    assert request_energy_mj(device_only, prof, 5.85, 12.0, "lte") == pytest.approx(100.0 * prof.compute_power_w)
+    cloud = {"total_ms": 300.0, "prefix_ms": 0.0, "fallback_ms": 0.0, "upload_bytes": 73125, "download_bytes": 0}
+    radio = prof.radio("lte")
+    tx_ms = 73125 * 8e-3 / 5.85  # 100 ms
+    want = tx_ms * radio.up_power_w(5.85) + (300.0 - tx_ms) * prof.idle_power_w
+    assert request_energy_mj(cloud, prof, 5.85, 12.0, "lte") == pytest.approx(want)
+
+
+def test_cleanup_runs_registered_actions_once():
+    done = []
+    h = cleanup.register("test action", lambda: done.append(1))
+    assert "test action" in cleanup.pending()
+    cleanup.run_one(h)
+    cleanup.run_one(h)
+    assert done == [1] and "test action" not in cleanup.pending()
+
+
+def _leftovers(pid: int) -> list[str]:
+    found = []
+    try:
+        out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+        found += [line.split()[0] for line in out.splitlines() if line.startswith(f"{cleanup.PREFIX}-{pid}-")]
+    except OSError:
+        pass
+    if cleanup.CGROUP_CPU.is_dir():
+        found += [p.name for p in cleanup.CGROUP_CPU.glob(f"{cleanup.PREFIX}-{pid}-*")]
+    return found
+
+
+def test_interrupted_testbed_leaves_nothing_behind(tmp_path):
+    """SIGTERM while the link is up: namespaces and cgroups are gone afterwards."""
+    script = (
+        "import time, sys\n"
+        "from nscompile.testbed import Testbed\n"
+        "from nscompile.testbed.link import CpuQuota\n"
+        f"tb = Testbed({str(tmp_path)!r})\n"
+        "if tb.link.kernel: CpuQuota('dev', 0.5)\n"
+        "print(tb.mode, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        mode = proc.stdout.readline().strip()
+        if mode == "kernel":
+            assert _leftovers(proc.pid), "kernel mode should have made a namespace"
+        proc.terminate()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _leftovers(proc.pid) == []
+
+
+def test_bench_quick_end_to_end(tmp_path):
+    """`nscompile bench --quick` writes the output contract (part of CI: kept to ~2 minutes)."""
+    for kind in ("device", "server"):
+        if not default_profile_path(kind).is_file():
+            pytest.skip(f"shipped {kind} profile {default_profile_path(kind).name} not there yet")
+    out = tmp_path / "bench"
+    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out)],
+                       capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "testbed:" in r.stdout and ("kernel" in r.stdout or "fallback" in r.stdout)
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 2  # two models x two networks x idle/loaded (one device profile)
+    need = ["model", "network", "device_profile", "load", "chosen_cut", "chosen_ms", "oracle_cut", "oracle_ms",
+            "all_device_ms", "all_cloud_ms", "chosen_mj", "all_device_mj", "all_cloud_mj"]
+    for row in rows:
+        for col in need:
+            assert row[col] not in ("", "nan"), (col, row)
+        assert float(row["oracle_ms"]) <= min(float(row["all_device_ms"]), float(row["all_cloud_ms"])) + 1e-9
+        assert float(row["all_cloud_ms"]) > 0 and float(row["chosen_mj"]) > 0
+    loaded = [r for r in rows if r["load"] == "loaded"]
+    assert all(float(r["server_load_k"]) > 1.0 for r in loaded)  # the load is measured, not assumed
+    for name in ("report.html", "trace.csv", "load.csv", "trace.png", "load.png", "cuts.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "summary.json").read_text())["cases"] == 8
+    out_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if _has_ip() else ""
+    assert not [n for n in out_ns.split() if n.startswith(f"{cleanup.PREFIX}-{r.args and ''}")
+                and cleanup._owner(n) is not None and not cleanup._alive(cleanup._owner(n))]
+
+
+def _has_ip() -> bool:
+    import shutil
+
+    return shutil.which("ip") is not None
