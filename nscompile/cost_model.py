@@ -234,6 +234,9 @@ class Profile:
         fallback: Regression for op types the profile never saw.
         radio_models: Network preset name -> radio model.
         meta: Everything else stored in the JSON (versions, CPU, dates, sources, notes).
+        reorder_ms_per_byte: Cost of onnxruntime's NCHWc layout copies, charged on a
+            node's ``reorder_bytes`` feature on top of its regression (0 where the
+            provider has no such layout).
     """
 
     name: str
@@ -246,6 +249,7 @@ class Profile:
     fallback: Regression = _DEFAULT_FALLBACK
     radio_models: dict[str, RadioModel] = field(default_factory=lambda: dict(RADIO_PRESETS))
     meta: dict[str, Any] = field(default_factory=dict)
+    reorder_ms_per_byte: float = 0.0
 
     def predict_ms(self, f) -> float:
         """Predicted latency of one node in milliseconds (always finite and >= 0).
@@ -258,15 +262,21 @@ class Profile:
             are free; ``fused:*`` keys cost what the profile measured, or 0.
         """
         key = f.key
+        extra = 0.0
+        rb = f.values.get("reorder_bytes", 0.0)
+        if rb and self.reorder_ms_per_byte and math.isfinite(rb):
+            extra = max(rb, 0.0) * self.reorder_ms_per_byte
         model = self.models.get(key)
+        if model is None and "." in key and ":" not in key:
+            model = self.models.get(key.split(".", 1)[0])  # kernel family unseen: the op's model
         if model is not None:
-            return model.predict(f.values)
+            return model.predict(f.values) + extra
         if key.startswith("folded:"):
             return 0.0
         if key.startswith("fused:"):
             generic = self.models.get("fused:*")
-            return generic.predict(f.values) if generic is not None else 0.0
-        return self.fallback.predict(f.values)
+            return (generic.predict(f.values) if generic is not None else 0.0) + extra
+        return self.fallback.predict(f.values) + extra
 
     def radio(self, network: str) -> RadioModel:
         """The radio power model of a network preset.
@@ -333,6 +343,7 @@ class Profile:
                 "radio": {k: v.to_json() for k, v in sorted(self.radio_models.items())},
                 "models": {k: v.to_json() for k, v in sorted(self.models.items())},
                 "fallback": self.fallback.to_json(),
+                "reorder_ms_per_byte": float(self.reorder_ms_per_byte),
             }
         )
         d.pop("power_source", None)
@@ -377,7 +388,11 @@ class Profile:
                 radio[k.lower()] = RadioModel.from_json(v)
             except NscompileError as exc:
                 raise NscompileError(f"radio['{k}']: {exc}") from None
-        known = {"schema", "name", "kind", "provider", "threads", "power", "radio", "models", "fallback"}
+        reorder = d.get("reorder_ms_per_byte", 0.0)
+        if not _finite(reorder) or reorder < 0:
+            raise NscompileError("field 'reorder_ms_per_byte' must be a non-negative number")
+        known = {"schema", "name", "kind", "provider", "threads", "power", "radio", "models", "fallback",
+                 "reorder_ms_per_byte"}
         meta = {k: v for k, v in d.items() if k not in known}
         meta["power_source"] = power.get("power_source", "assumed")
         return cls(
@@ -391,6 +406,7 @@ class Profile:
             fallback=fallback,
             radio_models=radio or dict(RADIO_PRESETS),
             meta=meta,
+            reorder_ms_per_byte=float(reorder),
         )
 
     def canonical_json(self) -> str:

@@ -7,7 +7,10 @@ microbenchmarks, so a profile's regressions and a model's nodes speak the same l
 
 Key scheme (why: onnxruntime does not run the ONNX graph node by node):
 
-* ``op_type`` for a node that runs as its own kernel (``"Conv"``, ``"Gemm"``...).
+* ``op_type`` for a node that runs as its own kernel (``"Conv"``, ``"Gemm"``...), with a
+  kernel-family suffix where onnxruntime runs the op with a different kernel whose speed
+  per MAC differs: ``"Conv.depthwise"`` (group == channels), ``"Conv.grouped"``
+  (1 < group < channels). A profile without the suffixed key falls back to ``"Conv"``.
 * ``"fused:<op_type>"`` for a node that onnxruntime's graph optimiser folds into its
   producer's kernel: BatchNormalization / Mul / Add by a constant after a Conv (folded
   into the weights), an activation after a Conv or Gemm (FusedConv, FusedGemm, NCHWc
@@ -82,8 +85,8 @@ class NodeFeatures:
 
     @property
     def op_type(self) -> str:
-        """The ONNX op type behind the key (``"fused:Relu"`` -> ``"Relu"``)."""
-        return self.key.split(":", 1)[1] if ":" in self.key else self.key
+        """The ONNX op type behind the key (``"fused:Relu"`` -> ``"Relu"``, ``"Conv.depthwise"`` -> ``"Conv"``)."""
+        return (self.key.split(":", 1)[1] if ":" in self.key else self.key).split(".", 1)[0]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -137,6 +140,15 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple[tuple[int, ...], np
                 vi.name, (tuple(dims), np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)))
             )
     return out
+
+
+def _weight_hinges(v: dict[str, float]) -> None:
+    # Weight bytes beyond typical cache sizes: a batch-1 fully connected layer streams its
+    # weights, and the cost per byte jumps once they no longer fit in L2 / L3. Hinges let
+    # a non-negative linear fit learn that convex curve without knowing the cache sizes.
+    pb = v.get("param_bytes", 0.0)
+    for mb in (1, 8, 32):
+        v[f"param_bytes_over_{mb}mb"] = max(pb - mb * 2**20, 0.0)
 
 
 def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
@@ -211,6 +223,7 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
             v["macs"] = macs
             v["flops"] = 2 * macs
             v["fc_neurons"] = float(y[0][-1]) if y[0] else 0.0
+            _weight_hinges(v)
     elif op == "MatMul":
         a = ins[0]
         y = outs[0]
@@ -218,6 +231,7 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
             macs = float(_numel(y[0]) * a[0][-1])
             v["macs"] = macs
             v["flops"] = 2 * macs
+            _weight_hinges(v)
     elif op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _numel(tuple(attrs.get("kernel_shape", [1])))
         v["kernel"] = float(kernel)
@@ -326,7 +340,7 @@ def graph_features(
     const = set(constants)
     # Fusion state per node that is a kernel (or absorbed into one): the head op and the
     # stage reached, so that e.g. a second activation after Conv+Relu is not fused.
-    stage: dict[int, tuple[str, int]] = {}  # index -> (head family, stage)
+    stage: dict[int, tuple[str, int, bool]] = {}  # index -> (head family, stage, NCHWc head)
     # stages: 0 = bare kernel, 1 = after BN/affine, 2 = after residual add, 3 = after act.
     result: list[NodeFeatures] = []
     for i, node in enumerate(nodes):
@@ -348,14 +362,96 @@ def graph_features(
             if fused is not None:
                 key = f"fused:{op}"
                 stage[i] = fused
-            elif op in _CONV_LIKE or op == "BatchNormalization":
-                # A lone BatchNormalization becomes a depthwise NCHWc conv in onnxruntime,
-                # so what follows it fuses as it would after a Conv.
-                stage[i] = ("conv", 0)
+            elif op == "Conv" and values.get("is_dw"):
+                key = "Conv.depthwise"
+            elif op == "Conv" and values.get("is_grouped"):
+                key = "Conv.grouped"
+            elif op in _CONV_LIKE:
+                stage[i] = ("conv", 0, _nchwc_eligible(op, values))
             elif op in _GEMM_LIKE:
-                stage[i] = ("gemm", 0)
+                stage[i] = ("gemm", 0, False)
         result.append(NodeFeatures(key=key, values=values))
+    _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const)
     return result
+
+
+# onnxruntime's CPU provider runs convolutions in the blocked NCHWc layout (MLAS block of
+# 8 channels on AVX2; AVX-512 uses 16, and 16-aligned channels are 8-aligned too). Where
+# an NCHWc tensor meets an op without an NCHWc kernel (Concat, an unfused Add or Relu, a
+# graph output...), onnxruntime inserts a ReorderOutput / ReorderInput copy. A single-op
+# conv microbenchmark always pays both copies, a conv inside a chain of convs none; so
+# the copies are a feature of their own ("reorder_bytes"), costed per byte by the profile.
+NCHWC_BLOCK = 8
+_NCHWC_POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
+
+
+def _nchwc_eligible(op: str, v: dict[str, float]) -> bool:
+    if op == "BatchNormalization":
+        return v.get("elems_in", 0) > 0 and v.get("param_bytes", 0) > 0 and \
+            (v["param_bytes"] / 16) % NCHWC_BLOCK == 0  # 4 float vectors of C channels
+    if op not in ("Conv", "FusedConv") or "group" not in v:
+        return False
+    g, cin, cout = int(v["group"]), int(v["c_in"]), int(v["c_out"])
+    if g == 1:
+        return cout % NCHWC_BLOCK == 0 and (cin % NCHWC_BLOCK == 0 or cin < NCHWC_BLOCK)
+    if g == cin == cout:
+        return cin % NCHWC_BLOCK == 0
+    return (cin // g) % NCHWC_BLOCK == 0 and (cout // g) % NCHWC_BLOCK == 0
+
+
+def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const) -> None:
+    """Fill ``reorder_bytes``: NCHWc<->NCHW copies onnxruntime adds around each node."""
+    nchwc = [False] * len(nodes)
+    resident: set[str] = set()
+    for i, (node, f) in enumerate(zip(nodes, result)):
+        op = node.op_type
+        dyn = [x for x in node.input if x and x not in const]
+        if f.key.startswith("fused:") and f.key != "fused:Dropout" and f.key != "fused:Identity":
+            on = any(producer.get(x) is not None and nchwc[producer[x]] and x in resident for x in dyn)
+        elif ":" in f.key:
+            on = False
+        elif op in _NCHWC_POOLS:
+            on = bool(dyn) and dyn[0] in resident
+        elif op == "Mul" and len(dyn) == 1 and dyn[0] in resident:
+            # A per-channel scale of an NCHWc tensor becomes a depthwise NCHWc conv.
+            on = True
+        elif op == "Concat":
+            # NCHWc Concat along channels of NCHWc inputs with block-aligned channels.
+            on = (len(dyn) == len([x for x in node.input if x]) and all(x in resident for x in dyn)
+                  and all(len(shapes.get(x, ((),))[0]) == 4 and shapes[x][0][1] % NCHWC_BLOCK == 0 for x in dyn)
+                  and _attrs(node).get("axis") == 1)
+        else:
+            on = _nchwc_eligible(op, f.values)
+        nchwc[i] = on
+        if on:
+            resident.update(o for o in node.output if o)
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for x in node.input:
+            if x:
+                consumers.setdefault(x, []).append(i)
+
+    def nbytes(t):
+        if t not in shapes:
+            return 0.0
+        shape, dtype = shapes[t]
+        return float(_numel(shape) * np.dtype(dtype).itemsize)
+
+    for i, (node, f) in enumerate(zip(nodes, result)):
+        if not nchwc[i]:
+            continue
+        rb = 0.0
+        dyn = [x for x in node.input if x and x not in const]
+        for j, x in enumerate(dyn):
+            if x in resident:
+                continue
+            if j == 0 and node.op_type in _CONV_LIKE and f.values.get("c_in", NCHWC_BLOCK) < NCHWC_BLOCK:
+                continue  # narrow-input convs read NCHW directly
+            rb += nbytes(x)
+        for o in node.output:
+            if o and (o in graph_outputs or any(not nchwc[c] for c in consumers.get(o, []))):
+                rb += nbytes(o)
+        f.values["reorder_bytes"] = rb
 
 
 def _fusion(node, op, dyn_inputs, nodes, producer, consumers, graph_outputs, stage, shapes):
@@ -376,21 +472,22 @@ def _fusion(node, op, dyn_inputs, nodes, producer, consumers, graph_outputs, sta
         st = fusable_from(dyn_inputs[0])
         if st is None:
             return None
-        family, level = st
+        family, level, blocked = st
         if op in ("BatchNormalization", "Mul", "Add", "Sub", "Div") and family == "conv" and level == 0:
-            return (family, 0)  # folded into the conv weights / bias
+            return (family, 0, blocked)  # folded into the conv weights / bias
         if op in ("Add",) and family == "gemm" and level == 0:
-            return (family, 1)  # MatMul + Add -> Gemm bias
+            return (family, 1, blocked)  # MatMul + Add -> Gemm bias
         if op in ACTIVATIONS and level < 3:
-            return (family, 3)
+            return (family, 3, blocked)
         return None
     if op in ("Add", "Sum") and len(dyn_inputs) == 2:
-        # Residual add: one operand straight from a conv, the other of the same shape.
+        # Residual add: one operand straight from an NCHWc conv (only those kernels take
+        # a sum input), the other of the same shape.
         a, b = dyn_inputs
         for mine, other in ((a, b), (b, a)):
             st = fusable_from(mine)
-            if st is None or st[0] != "conv" or st[1] >= 2:
+            if st is None or st[0] != "conv" or st[1] >= 2 or not st[2]:
                 continue
             if shapes.get(mine, (None,))[0] == shapes.get(other, (None,))[0]:
-                return ("conv", 2)
+                return ("conv", 2, True)
     return None

@@ -62,6 +62,39 @@ def _overhead_ms(threads: int, provider: str, clock: str) -> float:
     return min(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1) for _ in range(3))
 
 
+def _reorder_ms_per_byte(threads: int, provider: str, clock: str) -> float:
+    """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
+
+    A lone 1x1 conv pays a ReorderInput and a ReorderOutput (2 copies of B bytes), a
+    chain of three the same two copies: 3 * t(single) - t(chain) = 4 * cost * B.
+    """
+    import statistics
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nscompile.profiler.timing import time_model
+
+    rng = np.random.default_rng(7)
+    estimates = []
+    for c, hw in ((32, 56), (64, 56), (64, 28), (128, 28), (256, 14)):
+        def chain(k):
+            inits = [numpy_helper.from_array((rng.standard_normal((c, c, 1, 1)) * 0.1).astype(np.float32), f"w{i}")
+                     for i in range(k)]
+            names = ["x"] + [f"t{i}" for i in range(k - 1)] + ["y"]
+            nodes = [helper.make_node("Conv", [names[i], f"w{i}"], [names[i + 1]]) for i in range(k)]
+            vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, hw, hw]) for n in ("x", "y")]
+            m = helper.make_model(helper.make_graph(nodes, "chain", [vi[0]], [vi[1]], inits),
+                                  opset_imports=[helper.make_opsetid("", 17)])
+            m.ir_version = 8
+            return m
+        feeds = {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)}
+        t1 = time_model(chain(1), feeds, threads, provider, clock=clock, budget_s=0.15)
+        t3 = time_model(chain(3), feeds, threads, provider, clock=clock, budget_s=0.15)
+        estimates.append((3 * t1 - t3) / (4 * c * hw * hw * 4))
+    return max(statistics.median(estimates), 0.0)
+
+
 def run_profile(
     name: str,
     kind: str = "device",
@@ -102,7 +135,7 @@ def run_profile(
 
     from nscompile.features import graph_features, static_shapes
     from nscompile.profiler.fit import Sample, fit_all, fit_key
-    from nscompile.profiler.microbench import generate_cases
+    from nscompile.profiler.microbench import count_cases, generate_cases
     from nscompile.profiler.timing import pick_clock, time_model
 
     if kind not in ("device", "server"):
@@ -110,18 +143,23 @@ def run_profile(
     if threads < 0:
         raise NscompileError(f"--threads must be >= 0 (0 = all cores), got {threads}")
     started = time.time()
-    cases = generate_cases(quick, seed)
+    n_cases = count_cases(quick, seed)
     budget = 0.12 if quick else 0.35
     clock = pick_clock(threads, provider, under_quota)
     overhead = _overhead_ms(threads, provider, clock)
+    # NCHWc layout copies exist only on the CPU provider.
+    reorder = _reorder_ms_per_byte(threads, provider, clock) if provider == "cpu" else 0.0
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
-    for i, case in enumerate(cases):
+    for i, case in enumerate(generate_cases(quick, seed)):
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
         ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget)
-        ms = max(ms - overhead, 1e-4)
+        # Net of the session overhead and of the layout copies a lone op pays (costed
+        # separately, where a model has them, through the reorder_bytes feature).
+        copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
+        ms = max(ms - overhead - copies, 0.1 * ms, 1e-4)
         kernels = [f for f in feats if ":" not in f.key]
         fused = [f for f in feats if f.key.startswith("fused:")]
         if len(kernels) == 1 and case.group != "pattern":
@@ -129,7 +167,7 @@ def run_profile(
         elif len(kernels) == 1:
             patterns.append((Sample(kernels[0].key, dict(kernels[0].values), ms), fused))
         if progress is not None:
-            progress(i + 1, len(cases), case.name)
+            progress(i + 1, max(n_cases, i + 1), case.name)
 
     models = fit_all(singles, seed)
     # Fused patterns: what the pattern costs beyond its base kernel is the absorbed nodes'.
@@ -148,7 +186,7 @@ def run_profile(
     for op in ("Dropout", "Identity"):  # removed by the optimiser outright
         models[f"fused:{op}"] = Regression((), "constant", (), 0.0, None, 0)
     # Fallback for unseen op types: memory traffic, fitted on the memory-bound ops.
-    heavy = {"Conv", "Gemm", "MatMul", "LSTM", "GRU", "LRN"}
+    heavy = {"Conv", "Conv.depthwise", "Conv.grouped", "Gemm", "MatMul", "LSTM", "GRU", "LRN"}
     mem = [Sample("fallback", s.values, s.ms) for s in singles if s.key not in heavy]
     fallback = fit_key("fallback", mem, seed) if len(mem) >= 3 else Profile.__dataclass_fields__["fallback"].default
     if fallback.transform != "linear":
@@ -167,7 +205,7 @@ def run_profile(
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "overhead_ms": round(overhead, 6),
         "clock": clock,
-        "n_benchmarks": len(cases),
+        "n_benchmarks": i + 1,
         "quick": bool(quick),
         "seed": int(seed),
         "profiling_seconds": round(time.time() - started, 1),
@@ -191,4 +229,5 @@ def run_profile(
         fallback=fallback,
         radio_models=radios,
         meta=meta,
+        reorder_ms_per_byte=reorder,
     )

@@ -29,12 +29,20 @@ EXTRA_SETS: dict[str, list[tuple[str, ...]]] = {
     "Gemm": [("macs", "param_bytes")],
     "MatMul": [("macs", "param_bytes", "bytes_in")],
 }
+_HINGES = ("param_bytes_over_1mb", "param_bytes_over_8mb", "param_bytes_over_32mb")
+_CONV_SHAPE = ("macs", "c_in_per_group", "c_out", "spatial_out", "kernel", "stride")
+for _k in ("Conv.depthwise", "Conv.grouped"):
+    EXTRA_SETS[_k] = [_CONV_SHAPE, ("macs", "spatial_out", "c_out")]
 
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "Conv": ("macs_1x1", "macs_kxk", "macs_dw", "macs_grouped", "macs_narrow", "bytes_in", "bytes_out",
              "param_bytes"),
-    "Gemm": ("macs", "param_bytes", "bytes_in", "bytes_out"),
-    "MatMul": ("macs", "param_bytes", "bytes_in", "bytes_out"),
+    "Conv.depthwise": ("macs", "bytes_in", "bytes_out", "param_bytes"),
+    "Conv.grouped": ("macs", "bytes_in", "bytes_out", "param_bytes"),
+    "Gemm": ("macs", "param_bytes", "bytes_in", "bytes_out", "param_bytes_over_1mb", "param_bytes_over_8mb",
+             "param_bytes_over_32mb"),
+    "MatMul": ("macs", "param_bytes", "bytes_in", "bytes_out", "param_bytes_over_1mb", "param_bytes_over_8mb",
+               "param_bytes_over_32mb"),
     "LSTM": ("macs", "param_bytes", "seq"),
     "GRU": ("macs", "param_bytes", "seq"),
     "MaxPool": ("macs", "bytes_in", "bytes_out"),
@@ -46,7 +54,8 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 }
 _DEFAULT_FEATURES = ("bytes_total", "elems_out")
 # The single main work term per key, for the one-feature candidate.
-_MAIN = {"Conv": "macs", "Gemm": "macs", "MatMul": "macs", "LSTM": "macs", "GRU": "macs",
+_MAIN = {"Conv": "macs", "Conv.depthwise": "macs", "Conv.grouped": "macs",
+         "Gemm": "macs", "MatMul": "macs", "LSTM": "macs", "GRU": "macs",
          "MaxPool": "macs", "AveragePool": "macs", "LRN": "macs", "fallback": "bytes_total"}
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["Case", "generate_cases", "OPSET"]
+__all__ = ["Case", "generate_cases", "count_cases", "OPSET"]
 
 OPSET = 17
 
@@ -42,8 +42,14 @@ class Case:
 class _Builder:
     """Accumulates nodes, initializers and inputs of a small model."""
 
+    # Set by generate_cases: the generator for weights and inputs (kept apart from the
+    # configuration generator so that a dry pass draws the same configurations), and
+    # whether this is a dry pass (count cases, build nothing).
+    data_rng: np.random.Generator = np.random.default_rng(0)
+    dry: bool = False
+
     def __init__(self, rng: np.random.Generator):
-        self.rng = rng
+        self.rng = _Builder.data_rng
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.inputs: list[onnx.ValueInfoProto] = []
@@ -56,6 +62,8 @@ class _Builder:
 
     def input(self, shape, dtype=np.float32, low=None, high=None) -> str:
         n = self.name("x")
+        if self.dry:
+            return n
         if np.issubdtype(dtype, np.integer):
             arr = self.rng.integers(low or 0, high or 2, size=shape).astype(dtype)
             et = TensorProto.INT64 if dtype == np.int64 else TensorProto.INT32
@@ -68,6 +76,8 @@ class _Builder:
 
     def weight(self, shape, positive=False, dtype=np.float32, values=None) -> str:
         n = self.name("w")
+        if self.dry:
+            return n
         if values is not None:
             arr = np.asarray(values, dtype=dtype)
         elif positive:
@@ -83,7 +93,9 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs
 
-    def model(self, outputs: list[str]) -> onnx.ModelProto:
+    def model(self, outputs: list[str]) -> onnx.ModelProto | None:
+        if self.dry:
+            return None
         g = helper.make_graph(
             self.nodes,
             "bench",
@@ -111,7 +123,8 @@ def _sample_conv(rng, cap):
     """A realistic Conv configuration with MACs under ``cap`` (or None)."""
     spatial = int(rng.choice([7, 13, 14, 17, 27, 28, 35, 55, 56, 112, 224]))
     chans = [3, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048]
-    kind = rng.choice(["dense", "dense", "dense", "dense", "pointwise", "pointwise", "depthwise", "grouped"])
+    kind = rng.choice(["dense", "dense", "dense", "dense", "pointwise", "pointwise", "depthwise", "depthwise",
+                       "grouped", "grouped"])
     k = int(rng.choice([1, 3, 3, 3, 5, 7, 11])) if kind == "dense" else 1
     if kind == "depthwise":
         k = int(rng.choice([3, 3, 5]))
@@ -181,7 +194,7 @@ def _conv_cases(rng, n, cap, pattern_share=0.0) -> Iterator[Case]:
             group = "pattern"
         else:
             y = _conv(b, x, cfg, bias=rng.random() < 0.7)
-            group = "Conv"
+            group = "Conv"  # the family key (Conv.depthwise...) comes from the features
         name = (f"{tag} c{cfg['c_in']}->{cfg['c_out']} {cfg['spatial']}px k{cfg['k']} s{cfg['stride']}"
                 f" p{cfg['pad']} g{cfg['group']} #{made}")
         yield Case(name, group, b.model([y]), b.feeds)
@@ -192,7 +205,7 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
     made = tries = 0
     while made < n and tries < n * 200:
         tries += 1
-        m = int(rng.choice([1, 1, 1, 1, 2, 8, 32, 128]))
+        m = int(rng.choice([1, 1, 1, 1, 1, 1, 2, 8, 32, 128]))
         k = int(rng.choice(widths))
         nn = int(rng.choice(widths[:-2]))
         if m * k * nn > cap or k * nn * 4 > 450e6:
@@ -371,21 +384,33 @@ def _rnn_cases(rng, n_each) -> Iterator[Case]:
             yield Case(f"{op} seq{seq} in{inp} h{hid} #{i}", op, b.model([y]), b.feeds)
 
 
-def generate_cases(quick: bool, seed: int = 0) -> list[Case]:
-    """All microbenchmarks of one profiling run.
+def count_cases(quick: bool, seed: int = 0) -> int:
+    """How many cases :func:`generate_cases` yields (a dry pass that builds nothing)."""
+    _Builder.dry = True
+    try:
+        return sum(1 for _ in generate_cases(quick, seed))
+    finally:
+        _Builder.dry = False
+
+
+def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
+    """All microbenchmarks of one profiling run, built one at a time.
+
+    Lazily, because the largest fully connected cases hold hundreds of MB of weights.
 
     Args:
         quick: A small sweep (CI, tests) instead of the full one.
-        seed: Seed of the configuration and data generator.
+        seed: Seed of the configuration and data generators.
 
-    Returns:
-        The cases, heaviest families first so the progress bar's estimate settles early.
+    Yields:
+        The cases, convolutions first.
     """
     rng = np.random.default_rng(seed)
+    _Builder.data_rng = np.random.default_rng(seed + 1)
     if quick:
         n_conv, n_pat, n_gemm, n_each, cap, max_elems = 50, 14, 16, 5, 1.5e8, 400_000
     else:
-        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 220, 70, 50, 8, 2.0e9, 3_300_000
+        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 260, 70, 80, 8, 2.0e9, 3_300_000
     gens: list[Callable[[], Iterator[Case]]] = [
         lambda: _conv_cases(rng, n_conv, cap),
         lambda: _conv_cases(rng, n_pat, cap, pattern_share=1.0),
@@ -397,7 +422,5 @@ def generate_cases(quick: bool, seed: int = 0) -> list[Case]:
         lambda: _shape_cases(rng, n_each, max_elems),
         lambda: _rnn_cases(rng, max(n_each // 2, 1)),
     ]
-    out: list[Case] = []
     for g in gens:
-        out.extend(g())
-    return out
+        yield from g()

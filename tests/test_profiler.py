@@ -1,0 +1,120 @@
+"""The profiler: microbenchmark generation, regression fitting, an end-to-end mini profile, the CLI."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from nscompile.cost_model import load_profile
+from nscompile.errors import NscompileError
+from nscompile.features import NodeFeatures
+from nscompile.profiler import fit as fitmod
+from nscompile.profiler import microbench
+from nscompile.profiler.fit import Sample, fit_key
+
+
+def test_fit_recovers_a_linear_law():
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(40):
+        b = float(rng.uniform(1e4, 1e7))
+        e = float(rng.uniform(1e3, 1e6))
+        samples.append(Sample("Foo", {"bytes_total": b, "elems_out": e}, 0.01 + 2e-7 * b + 1e-6 * e))
+    reg = fit_key("Foo", samples)
+    assert reg.n_samples == 40 and reg.heldout_error < 0.02
+    f = {"bytes_total": 5e6, "elems_out": 2e5}
+    assert reg.predict(f) == pytest.approx(0.01 + 2e-7 * 5e6 + 1e-6 * 2e5, rel=0.02)
+
+
+def test_fit_picks_a_power_law_when_the_data_is_one():
+    rng = np.random.default_rng(2)
+    samples = [Sample("Bar", {"bytes_total": x, "elems_out": x / 4}, 3e-3 * x ** 0.6)
+               for x in rng.uniform(1e3, 1e8, 40)]
+    reg = fit_key("Bar", samples)
+    assert reg.transform == "loglog"
+    assert reg.predict({"bytes_total": 1e6, "elems_out": 2.5e5}) == pytest.approx(3e-3 * 1e6 ** 0.6, rel=0.05)
+
+
+def test_fit_with_too_few_samples_is_a_constant():
+    reg = fit_key("Baz", [Sample("Baz", {"bytes_total": 1.0}, 0.5), Sample("Baz", {"bytes_total": 2.0}, 0.7)])
+    assert reg.transform == "constant" and reg.predict({}) == pytest.approx(0.6)
+
+
+def test_quick_cases_are_valid_models_with_unique_names():
+    n = microbench.count_cases(quick=True, seed=0)
+    names = set()
+    groups = set()
+    for i, case in enumerate(microbench.generate_cases(quick=True, seed=0)):
+        names.add(case.name)
+        groups.add(case.group)
+        if i % 7 == 0:  # checking all of them takes too long for a unit test
+            onnx.checker.check_model(case.model)
+            assert {i.name for i in case.model.graph.input} == set(case.feeds)
+    assert len(names) == n >= 100
+    for family in ("Conv", "Gemm", "MatMul", "MaxPool", "Relu", "Add", "Concat", "Softmax", "LSTM", "GRU",
+                   "Gather", "LayerNormalization", "Transpose", "pattern"):
+        assert family in groups
+
+
+def _small_cases(monkeypatch, n=40):
+    real = microbench.generate_cases
+
+    def few(quick, seed=0):
+        # Every 4th case of the quick sweep: all families, a few seconds of timing.
+        for i, c in enumerate(real(True, seed)):
+            if i % 4 == 0 and i // 4 < n:
+                yield c
+
+    monkeypatch.setattr(microbench, "generate_cases", few)
+
+
+def test_run_profile_end_to_end(monkeypatch, tmp_path):
+    from nscompile.profiler import run_profile
+
+    _small_cases(monkeypatch)
+    seen = []
+    prof = run_profile("mini", quick=True, progress=lambda d, t, n: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1]
+    assert "Conv" in prof.models and prof.models["Conv"].n_samples >= 5
+    assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"
+    assert prof.meta["overhead_ms"] > 0
+    # every prediction finite and >= 0, unknown ops too
+    for key in list(prof.models) + ["TotallyUnknownOp"]:
+        ms = prof.predict_ms(NodeFeatures(key, {"macs": 1e7, "bytes_total": 1e6, "elems_out": 1e5}))
+        assert np.isfinite(ms) and ms >= 0
+    assert prof.predict_ms(NodeFeatures("TotallyUnknownOp", {"bytes_total": 4e7})) > \
+        prof.predict_ms(NodeFeatures("TotallyUnknownOp", {"bytes_total": 4e3}))
+    path = prof.save(tmp_path / "p.json")
+    again = load_profile(path)
+    assert again.sha256 == prof.sha256
+
+
+def test_cli_profile(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from nscompile.cli import app
+
+    _small_cases(monkeypatch, n=12)
+    out = tmp_path / "dev.json"
+    res = CliRunner().invoke(app, ["profile", "--name", "cli-test", "--quick", "-o", str(out), "--json",
+                                   "--compute-power-w", "2.5"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout[res.stdout.index("{"):])
+    assert summary["name"] == "cli-test"
+    prof = load_profile(out)
+    assert prof.compute_power_w == 2.5 and prof.to_json()["power"]["power_source"] == "measured"
+
+
+def test_cli_rejects_bad_provider_and_quota(tmp_path):
+    from nscompile.profiler import run_profile
+    from nscompile.profiler.quota import cpu_quota
+    from nscompile.profiler.timing import make_session
+
+    with pytest.raises(NscompileError, match="unknown provider 'tpu'"):
+        make_session(b"", 1, "tpu")
+    with pytest.raises(NscompileError, match="kind"):
+        run_profile("x", kind="phone")
+    with pytest.raises(NscompileError, match="--cpu-quota"):
+        with cpu_quota(0):
+            pass
