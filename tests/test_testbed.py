@@ -120,11 +120,13 @@ def test_interrupted_testbed_leaves_nothing_behind(tmp_path):
 
 def test_bench_quick_end_to_end(tmp_path):
     """`nscompile bench --quick` writes the output contract (part of CI: kept to ~2 minutes)."""
-    for kind in ("device", "server"):
-        if not default_profile_path(kind).is_file():
-            pytest.skip(f"shipped {kind} profile {default_profile_path(kind).name} not there yet")
+    if not default_profile_path("device").is_file():
+        pytest.skip(f"shipped device profile {default_profile_path('device').name} not there yet")
+    extra = []
+    if not default_profile_path("server").is_file():  # the pipeline is under test, not the server's predictions
+        extra = ["--cloud-profile", str(default_profile_path("device"))]
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out)],
+    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out), *extra],
                        capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "testbed:" in r.stdout and ("kernel" in r.stdout or "fallback" in r.stdout)
