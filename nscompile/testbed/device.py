@@ -85,6 +85,7 @@ class Device:
 
     def trace(self, cut: str | None, t0: float, phases: list[dict], stale_s: float | None = None) -> list[dict]:
         self.fresh(stale_s)
+        time.sleep(max(0.0, t0 - time.monotonic()))  # start with the testbed's switch of the link
         records, end = [], t0 + phases[-1]["until_s"]
         i = -1
         for _ in range(100_000):  # bounded; the clock ends it long before

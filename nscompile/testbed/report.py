@@ -61,7 +61,7 @@ def plot_decisions(rows: list[dict], path: Path, load: str) -> None:
     ax.set_xticks([j + 0.5 for j in range(len(cols))], [f"{n}\n{p}" for n, p in cols], fontsize=7)
     ax.set_yticks([i + 0.5 for i in range(len(models))], models, fontsize=8)
     ax.tick_params(length=0)
-    ax.set_title(f"Cut chosen by nscompile ({load} server) — green: the oracle's cut, amber: within 10%, red: miss", fontsize=9)
+    ax.set_title(f"Cut chosen by nscompile, {load} server\ngreen: the oracle's cut; amber: other cut, within 10%; red: over 10%", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -111,8 +111,9 @@ def plot_trace(rows: list[dict], path: Path) -> None:
     for r in rows:
         bounds[(r["phase"], r["network"])].append(r["t_s"])
     for (_, net), ts in sorted(bounds.items()):
-        ax.axvline(min(ts), color="#cccccc", lw=0.6)
-        ax.text(min(ts), 1.0, f" {net}", transform=ax.get_xaxis_transform(), fontsize=8, va="bottom")
+        start = max(0.0, min(ts))
+        ax.axvline(start, color="#cccccc", lw=0.6)
+        ax.text(start, 1.0, f" {net}", transform=ax.get_xaxis_transform(), fontsize=8, va="bottom")
     ax.set_yscale("log")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("latency per request (ms, log)")
