@@ -42,29 +42,36 @@ def test_fit_with_too_few_samples_is_a_constant():
 
 
 def test_quick_cases_are_valid_models_with_unique_names():
-    n = microbench.count_cases(quick=True, seed=0)
-    names = set()
-    groups = set()
-    for i, case in enumerate(microbench.generate_cases(quick=True, seed=0)):
-        names.add(case.name)
-        groups.add(case.group)
-        if i % 7 == 0:  # checking all of them takes too long for a unit test
-            onnx.checker.check_model(case.model)
-            assert {i.name for i in case.model.graph.input} == set(case.feeds)
-    assert len(names) == n >= 100
+    # The dry pass draws the same configurations without building models.
+    microbench._Builder.dry = True
+    try:
+        dry = [(c.name, c.group) for c in microbench.generate_cases(quick=True, seed=0)]
+    finally:
+        microbench._Builder.dry = False
+    assert len(dry) == microbench.count_cases(quick=True, seed=0) >= 100
+    assert len({n for n, _ in dry}) == len(dry)
+    groups = {g for _, g in dry}
     for family in ("Conv", "Gemm", "MatMul", "MaxPool", "Relu", "Add", "Concat", "Softmax", "LSTM", "GRU",
                    "Gather", "LayerNormalization", "Transpose", "pattern"):
         assert family in groups
+    for i, case in enumerate(microbench.generate_cases(quick=True, seed=0)):
+        assert (case.name, case.group) == dry[i]
+        onnx.checker.check_model(case.model)
+        assert {x.name for x in case.model.graph.input} == set(case.feeds)
+        if i == 20:  # building all of them takes too long for a unit test
+            break
 
 
-def _small_cases(monkeypatch, n=40):
-    real = microbench.generate_cases
-
+def _small_cases(monkeypatch, scale=1):
     def few(quick, seed=0):
-        # Every 4th case of the quick sweep: all families, a few seconds of timing.
-        for i, c in enumerate(real(True, seed)):
-            if i % 4 == 0 and i // 4 < n:
-                yield c
+        # A handful of small cases of each main family: seconds, not minutes.
+        rng = np.random.default_rng(seed)
+        microbench._Builder.data_rng = np.random.default_rng(seed + 1)
+        yield from microbench._conv_cases(rng, 8 * scale, 3e6)
+        yield from microbench._conv_cases(rng, 4 * scale, 3e6, pattern_share=1.0)
+        yield from microbench._gemm_cases(rng, 4 * scale, 2e6)
+        yield from microbench._unary_cases(rng, ["Relu"], 4, 20_000)
+        yield from microbench._binary_cases(rng, 3, 20_000)
 
     monkeypatch.setattr(microbench, "generate_cases", few)
 
@@ -76,7 +83,8 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     seen = []
     prof = run_profile("mini", quick=True, progress=lambda d, t, n: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1]
-    assert "Conv" in prof.models and prof.models["Conv"].n_samples >= 5
+    assert sum(r.n_samples for k, r in prof.models.items() if k.startswith("Conv")) == 8
+    assert prof.reorder_ms_per_byte > 0  # NCHWc copies measured on the CPU provider
     assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"
     assert prof.meta["overhead_ms"] > 0
     # every prediction finite and >= 0, unknown ops too
@@ -95,7 +103,7 @@ def test_cli_profile(monkeypatch, tmp_path):
 
     from nscompile.cli import app
 
-    _small_cases(monkeypatch, n=12)
+    _small_cases(monkeypatch)
     out = tmp_path / "dev.json"
     res = CliRunner().invoke(app, ["profile", "--name", "cli-test", "--quick", "-o", str(out), "--json",
                                    "--compute-power-w", "2.5"])
