@@ -154,3 +154,65 @@ def _has_ip() -> bool:
     import shutil
 
     return shutil.which("ip") is not None
+
+
+_SINK = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], 5599)); s.listen(1)
+print("ready", flush=True)
+c, _ = s.accept()
+n = int.from_bytes(c.recv(8, socket.MSG_WAITALL), "big"); got = 0
+while got < n:
+    got += len(c.recv(1 << 20))
+c.sendall(b"k")
+"""
+_SEND = """
+import socket, sys, time
+c = socket.create_connection((sys.argv[1], 5599)); n = 400_000
+t = time.perf_counter(); c.sendall(n.to_bytes(8, "big") + bytes(n)); c.recv(1)
+print(n * 8 / (time.perf_counter() - t) / 1e6)
+"""
+
+
+def test_kernel_link_shapes_goodput_to_the_preset():
+    """tbf on the veth makes the uplink's TCP goodput the preset's Mbps (headers accounted for)."""
+    from nscompile.testbed.link import SERVER_IP, KernelLink, Rates, kernel_mode_problem
+
+    if kernel_mode_problem():
+        pytest.skip(f"kernel mode unavailable: {kernel_mode_problem()}")
+    link = KernelLink()
+    sink = None
+    try:
+        link.set(Rates(5.85, 12.0, 0.0))
+        sink = subprocess.Popen(link.wrap([sys.executable, "-c", _SINK, SERVER_IP], "server"), stdout=subprocess.PIPE, text=True)
+        assert sink.stdout.readline().strip() == "ready"
+        out = subprocess.run(link.wrap([sys.executable, "-c", _SEND, SERVER_IP], "device"), capture_output=True, text=True, timeout=30)
+        mbps = float(out.stdout)
+        assert 5.85 * 0.9 <= mbps <= 5.85 * 1.1, mbps
+    finally:
+        if sink is not None:
+            sink.kill()
+            sink.wait()
+        link.close()
+    assert not _leftovers(os.getpid())
+
+
+def test_bench_userspace_fallback_says_so(tmp_path):
+    """Without kernel mode (forced here) it shapes in user space and says so in its output."""
+    extra = [] if default_profile_path("server").is_file() else ["--cloud-profile", str(default_profile_path("device"))]
+    out = tmp_path / "u"
+    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "--userspace", "--models", "lenet", "--networks", "LTE",
+                        "--trace-model", "", "--load-model", "", "-o", str(out), *extra],
+                       capture_output=True, text=True, timeout=200, env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "user space" in r.stdout and "fallback" in r.stdout
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["testbed"] for row in rows] == ["user", "user"]
+    assert float(rows[0]["all_cloud_ms"]) >= 50.0  # LTE's 50 ms RTT is added in user space
+
+
+def test_bench_rejects_unknown_model(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "--models", "nosuchnet", "-o", str(tmp_path / "x")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "unknown zoo model 'nosuchnet'" in r.stderr and "Traceback" not in r.stderr
