@@ -218,7 +218,54 @@ def write_report(result, testbed: str) -> Path:
     parts.append("<p>Files: results.csv (one row per case), cuts.csv (every cut measured), trace.csv, load.csv, summary.json.</p>")
     page = out / "report.html"
     page.write_text("\n".join(parts))
-    md = ["# nscompile bench", "", testbed, "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in headline] + [""]
-    md += [f"![{t}]({f})" for t, f in figs]
-    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "report.md").write_text(markdown(result, testbed, headline, figs))
     return page
+
+
+def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[tuple[str, str]]) -> str:
+    """The report as markdown: headline, decision tables, misses with reasons, load and trace tables."""
+    rows = result.rows
+    md = ["# nscompile bench", "", f"Testbed: {testbed}. {len(rows)} cases, {result.seconds / 60:.1f} min.", "",
+          "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in headline] + [""]
+    if result.skipped:
+        md += [f"Skipped (time limit): {'; '.join(result.skipped)}", ""]
+    for load in dict.fromkeys(r["load"] for r in rows):
+        models, cols, cells = decision_grid(rows, load)
+        md += [f"## Decision table, {load} server (chosen cut; oracle's in brackets when different)", "",
+               "| model | " + " | ".join(f"{n} {p}" for n, p in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+        for m in models:
+            out = []
+            for n, p in cols:
+                r = cells.get((m, n, p))
+                out.append("" if r is None else r["chosen_cut"] if r["chosen_cut"] == r["oracle_cut"]
+                           else f"{r['chosen_cut']} [{r['oracle_cut']}]{'' if r['within_10pct'] else ' ✗'}")
+            md.append(f"| {m} | " + " | ".join(out) + " |")
+        md.append("")
+    md += ["## Latency (ms) and device energy (mJ), medians", "",
+           "| model | net | profile | load | K | chosen | ms | oracle | ms | all-device ms | all-cloud ms | chosen mJ | all-cloud mJ | x cloud | x device |",
+           "|---" * 15 + "|"]
+    for r in rows:
+        md.append("| " + " | ".join([r["model"], r["network"], r["device_profile"], r["load"], _fmt(r["server_load_k"], 2), r["chosen_cut"],
+                                      _fmt(r["chosen_ms"]), r["oracle_cut"], _fmt(r["oracle_ms"]), _fmt(r["all_device_ms"]),
+                                      _fmt(r["all_cloud_ms"]), _fmt(r["chosen_mj"]), _fmt(r["all_cloud_mj"]),
+                                      _fmt(r["speedup_vs_cloud"], 2), _fmt(r["speedup_vs_device"], 2)]) + " |")
+    misses = [r for r in rows if not r["within_10pct"]]
+    md += ["", f"## Misses (> 110% of the oracle): {len(misses)}", ""]
+    md += [f"- {r['model']} {r['network']} {r['device_profile']} {r['load']}: {r['miss_reason']}" for r in misses]
+    if result.load_rows:
+        md += ["", "## Server load variation", "", "| mode | other clients | K | device latency ms | device q/s | others q/s | all q/s | cuts |",
+               "|---" * 8 + "|"]
+        md += [f"| {r['mode']} | {r['clients']} | {_fmt(r['server_load_k'], 2)} | {_fmt(r['latency_ms'])} | {_fmt(r['device_qps'], 2)} | "
+               f"{_fmt(r['others_qps'], 2)} | {_fmt(r['total_qps'], 2)} | {r['cuts']} |" for r in result.load_rows]
+    if result.trace_rows:
+        phases = sorted({(r["phase"], r["network"]) for r in result.trace_rows})
+        md += ["", "## Network variation (median ms per phase)", "", "| mode | " + " | ".join(n for _, n in phases) + " |",
+               "|---" * (len(phases) + 1) + "|"]
+        for mode in dict.fromkeys(r["mode"] for r in result.trace_rows):
+            cells = []
+            for ph, _ in phases:
+                xs = sorted(r["latency_ms"] for r in result.trace_rows if r["mode"] == mode and r["phase"] == ph)
+                cells.append(_fmt(xs[len(xs) // 2]) if xs else "–")
+            md.append(f"| {mode} | " + " | ".join(cells) + " |")
+    md += [""] + [f"![{t}]({f})" for t, f in figs]
+    return "\n".join(md) + "\n"
