@@ -362,12 +362,12 @@ def graph_features(
             if fused is not None:
                 key = f"fused:{op}"
                 stage[i] = fused
-            elif op == "Conv" and values.get("is_dw"):
-                key = "Conv.depthwise"
-            elif op == "Conv" and values.get("is_grouped"):
-                key = "Conv.grouped"
             elif op in _CONV_LIKE:
                 stage[i] = ("conv", 0, _nchwc_eligible(op, values))
+                if values.get("is_dw"):
+                    key = f"{op}.depthwise"
+                elif values.get("is_grouped"):
+                    key = f"{op}.grouped"
             elif op in _GEMM_LIKE:
                 stage[i] = ("gemm", 0, False)
         result.append(NodeFeatures(key=key, values=values))

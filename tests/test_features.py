@@ -100,6 +100,7 @@ def test_depthwise_and_gemm_and_pool_features():
     }
     """)
     conv, pool, flat, gemm = f
+    assert conv.key == "Conv.depthwise" and conv.op_type == "Conv"
     assert conv.values["macs"] == 32 * 14 * 14 * 9
     assert conv.values["macs_dw"] == conv.values["macs"] and conv.values["is_dw"] == 1
     assert pool.key == "MaxPool" and pool.values["macs"] == 32 * 7 * 7 * 4
@@ -132,3 +133,18 @@ def test_one_feature_per_node_in_order():
     f = graph_features(model.graph, static_shapes(model), {"w", "b", "s", "bb", "m", "v"})
     assert len(f) == len(model.graph.node)
     assert f[0].op_type == "Conv" and f[2].op_type == "Relu"
+
+
+def test_bn_fuses_into_grouped_and_depthwise_convs():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,16,8,8] x) => (float[1,16,8,8] y) <float[16,4,1,1] w, float[16,1,3,3] d, float[16] s,
+                                                 float[16] bb, float[16] m, float[16] v> {
+      c = Conv <group=4> (x, w)
+      n = BatchNormalization (c, s, bb, m, v)
+      e = Conv <group=16, pads=[1,1,1,1]> (n, d)
+      y = BatchNormalization (e, s, bb, m, v)
+    }
+    """)
+    assert [x.key for x in f] == ["Conv.grouped", "fused:BatchNormalization", "Conv.depthwise",
+                                  "fused:BatchNormalization"]
