@@ -105,6 +105,16 @@ def main(argv=None) -> int:
     print(f"profile {profile.name} ({profile.provider}, {profile.threads} thread(s), {clock} clock)")
     print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
     rows = []
+    quota = profile.meta.get("cpu_quota_cores")
+    if quota:
+        # A phone-class profile measured under a CPU quota is checked under the same quota.
+        from contextlib import ExitStack
+
+        from nscompile.profiler.quota import cpu_quota
+
+        stack = ExitStack()
+        stack.enter_context(cpu_quota(float(quota)))
+        print(f"(measuring under a CPU quota of {quota} core(s), like the profile)")
     for name, load in models:
         model = load()
         feeds = random_feeds(model)
@@ -122,6 +132,8 @@ def main(argv=None) -> int:
             print("   predicted by key:", {k: round(v, 2) for k, v in sorted(by_key.items(), key=lambda x: -x[1]) if v > 0.01})
             br = ort_breakdown(model, feeds, profile.threads, profile.provider)
             print("   ORT kernels:     ", {k: round(v, 2) for k, v in sorted(br.items(), key=lambda x: -x[1])})
+    if quota:
+        stack.close()
     errs = [abs(r["rel_error"]) for r in rows]
     if errs:
         print(f"median |error| {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
