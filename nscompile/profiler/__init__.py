@@ -46,7 +46,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _overhead_ms(threads: int, provider: str, clock: str) -> float:
+def _overhead_ms(threads: int, provider: str, clock: str, **timing) -> float:
     """Fixed per-run cost of a session (the time of a 1-element Relu)."""
     import numpy as np
     from onnx import TensorProto, helper
@@ -59,10 +59,10 @@ def _overhead_ms(threads: int, provider: str, clock: str) -> float:
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     feeds = {"x": np.ones(1, np.float32)}
-    return min(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1) for _ in range(3))
+    return min(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1, **timing) for _ in range(3))
 
 
-def _reorder_ms_per_byte(threads: int, provider: str, clock: str) -> float:
+def _reorder_ms_per_byte(threads: int, provider: str, clock: str, **timing) -> float:
     """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
 
     A lone 1x1 conv pays a ReorderInput and a ReorderOutput (2 copies of B bytes), a
@@ -89,8 +89,8 @@ def _reorder_ms_per_byte(threads: int, provider: str, clock: str) -> float:
             m.ir_version = 8
             return m
         feeds = {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)}
-        t1 = time_model(chain(1), feeds, threads, provider, clock=clock, budget_s=0.15)
-        t3 = time_model(chain(3), feeds, threads, provider, clock=clock, budget_s=0.15)
+        t1 = time_model(chain(1), feeds, threads, provider, clock=clock, budget_s=0.15, **timing)
+        t3 = time_model(chain(3), feeds, threads, provider, clock=clock, budget_s=0.15, **timing)
         estimates.append((3 * t1 - t3) / (4 * c * hw * hw * 4))
     return max(statistics.median(estimates), 0.0)
 
@@ -146,18 +146,20 @@ def run_profile(
     n_cases = count_cases(quick, seed)
     budget = 0.12 if quick else 0.35
     clock = pick_clock(threads, provider, under_quota)
-    # Under a quota the throttling is part of the latency: take the median, not the best batch.
+    # Under a quota the throttling is part of the latency: take the median, not the best
+    # batch, of batches long enough (~12 CFS periods) for the throttling to average out.
     stat = "median" if under_quota else None
-    overhead = _overhead_ms(threads, provider, clock)
+    timing = {"stat": stat, "min_batch_s": 0.05} if under_quota else {}
+    overhead = _overhead_ms(threads, provider, clock, **timing)
     # NCHWc layout copies exist only on the CPU provider.
-    reorder = _reorder_ms_per_byte(threads, provider, clock) if provider == "cpu" else 0.0
+    reorder = _reorder_ms_per_byte(threads, provider, clock, **timing) if provider == "cpu" else 0.0
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
     for i, case in enumerate(generate_cases(quick, seed)):
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
-        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget, stat=stat)
+        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget, **timing)
         # Net of the session overhead and of the layout copies a lone op pays (costed
         # separately, where a model has them, through the reorder_bytes feature).
         copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
