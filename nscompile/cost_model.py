@@ -44,6 +44,7 @@ __all__ = [
     "load_profile",
     "default_profile_path",
     "load_radio_overrides",
+    "DEFAULT_FALLBACK",
 ]
 
 SCHEMA = "nscompile.profile/1"
@@ -216,7 +217,7 @@ class Regression:
 
 
 # Used when a profile has no fallback: ~1 GB/s memory traffic plus 5 us dispatch.
-_DEFAULT_FALLBACK = Regression(("bytes_in", "bytes_out"), "linear", (1e-6, 1e-6), 0.005)
+DEFAULT_FALLBACK = Regression(("bytes_in", "bytes_out"), "linear", (1e-6, 1e-6), 0.005)
 
 
 @dataclass
@@ -246,7 +247,7 @@ class Profile:
     compute_power_w: float
     idle_power_w: float
     models: dict[str, Regression] = field(default_factory=dict)
-    fallback: Regression = _DEFAULT_FALLBACK
+    fallback: Regression = DEFAULT_FALLBACK
     radio_models: dict[str, RadioModel] = field(default_factory=lambda: dict(RADIO_PRESETS))
     meta: dict[str, Any] = field(default_factory=dict)
     reorder_ms_per_byte: float = 0.0

@@ -14,7 +14,7 @@ import platform
 import time
 from typing import Callable
 
-from nscompile.cost_model import RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
+from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
 from nscompile.errors import NscompileError
 
 __all__ = ["run_profile", "cpu_model", "ASSUMED_POWER"]
@@ -134,7 +134,7 @@ def run_profile(
     import onnxruntime as ort
 
     from nscompile.features import graph_features, static_shapes
-    from nscompile.profiler.fit import Sample, fit_all, fit_key
+    from nscompile.profiler.fit import Sample, fit_all, fit_key, fit_linear_law
     from nscompile.profiler.microbench import count_cases, generate_cases
     from nscompile.profiler.timing import pick_clock, time_model
 
@@ -192,15 +192,8 @@ def run_profile(
     # Fallback for unseen op types: memory traffic, fitted on the memory-bound ops.
     heavy = {"Conv", "Conv.depthwise", "Conv.grouped", "Gemm", "MatMul", "LSTM", "GRU", "LRN"}
     mem = [Sample("fallback", s.values, s.ms) for s in singles if s.key not in heavy]
-    fallback = fit_key("fallback", mem, seed) if len(mem) >= 3 else Profile.__dataclass_fields__["fallback"].default
-    if fallback.transform != "linear":
-        # Extrapolation must stay sane for huge unknown ops: prefer the linear form.
-        from nscompile.profiler.fit import _design, _fit_linear
-        import numpy as np
-
-        feats_fb = ("bytes_total",)
-        lin = _fit_linear(_design(mem, feats_fb), np.array([s.ms for s in mem]), feats_fb)
-        fallback = Regression(lin.features, "linear", lin.coef, lin.intercept, fallback.heldout_error, len(mem))
+    # Always the linear form on bytes moved, so a huge unknown op extrapolates sanely.
+    fallback = fit_linear_law(mem, ("bytes_total",)) if len(mem) >= 3 else DEFAULT_FALLBACK
 
     cp, ip = ASSUMED_POWER[kind]
     meta = {

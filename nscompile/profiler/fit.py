@@ -14,7 +14,7 @@ import numpy as np
 
 from nscompile.cost_model import Regression
 
-__all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all"]
+__all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all", "fit_linear_law"]
 
 # Features each op key's regression may use (why: these are what its kernel's time
 # scales with; MAC counts are split per MLAS kernel family for Conv).
@@ -173,3 +173,28 @@ def fit_all(samples: list[Sample], seed: int = 0) -> dict[str, Regression]:
     for s in samples:
         by_key.setdefault(s.key, []).append(s)
     return {k: fit_key(k, v, seed) for k, v in sorted(by_key.items())}
+
+
+def fit_linear_law(samples: list[Sample], features: tuple[str, ...]) -> Regression:
+    """The non-negative linear regression of ``samples`` on ``features``, with its held-out error.
+
+    Args:
+        samples: Measurements (any keys).
+        features: Feature names.
+
+    Returns:
+        The linear regression (used for the fallback model, which must extrapolate sanely).
+    """
+    y = np.array([s.ms for s in samples], dtype=np.float64)
+    reg = _fit_linear(_design(samples, features), y, features)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(samples))
+    k = min(5, len(samples))
+    errs = []
+    for fi in range(k):
+        test = [samples[i] for i in order[fi::k]]
+        train = [samples[i] for j in range(k) if j != fi for i in order[j::k]]
+        part = _fit_linear(_design(train, features), np.array([s.ms for s in train]), features)
+        errs.append(_rel_err(part, test) * len(test))
+    return Regression(reg.features, "linear", reg.coef, reg.intercept, float(np.sum(errs) / len(samples)),
+                      len(samples))
