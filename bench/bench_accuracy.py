@@ -8,6 +8,7 @@ onnxruntime under the profile's threads and provider (full graph optimisation).
     python bench/bench_accuracy.py                       # default device profile
     python bench/bench_accuracy.py --profile cost_models/epyc-ort-cpu-2threads.json
     python bench/bench_accuracy.py --models resnet50,vgg19 --breakdown --json out.json
+    python bench/bench_accuracy.py --cuts 4       # also prefix/suffix latencies at 4 cuts
 
 Exit status 1 if any model is off by more than --tolerance (default 15%).
 """
@@ -71,6 +72,38 @@ def ort_breakdown(model, feeds, threads, provider):
     return {k: sum(v) / (n + 1) for k, v in per.items()}
 
 
+def prefix_suffix_errors(model, profile, n_cuts, repeats, clock, stat, seed=0):
+    """Relative errors of predicted prefix and suffix latencies at ``n_cuts`` cut points.
+
+    A cut after node j (in ONNX order) splits the graph into nodes[:j] and nodes[j:]; the
+    prediction is what the compiler computes (the whole graph's per-node predictions,
+    summed over each side), the measurement runs each side as its own model.
+    """
+    import onnx.utils
+
+    from nscompile.profiler.modelprep import random_feeds
+
+    nodes = list(model.graph.node)
+    preds = [ms for _, ms in predict_model(model, profile)]
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    extractor = onnx.utils.Extractor(model)
+    errs = []
+    for j in np.linspace(0, len(nodes), n_cuts + 2, dtype=int)[1:-1]:
+        produced = {o for n in nodes[:j] for o in n.output}
+        needed = {x for n in nodes[j:] for x in n.input} | set(outputs)
+        boundary = sorted(t for t in produced if t in needed)
+        if not boundary:
+            continue
+        for side, ins, outs, pred in (("prefix", inputs, boundary, sum(preds[:j])),
+                                      ("suffix", boundary, outputs, sum(preds[j:]))):
+            sub = extractor.extract_model(ins, outs)
+            feeds = random_feeds(sub, seed)
+            meas = measure_model(sub, feeds, profile.threads, profile.provider, repeats, clock, stat)
+            errs.append((side, int(j), pred, meas, (pred - meas) / meas))
+    return errs
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None, help="profile JSON (default: the shipped device profile)")
@@ -80,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tolerance", type=float, default=0.15, help="max relative error per model")
     ap.add_argument("--breakdown", action="store_true", help="print predicted vs ORT-measured time per key")
     ap.add_argument("--json", default=None, help="write the results table here")
+    ap.add_argument("--cuts", type=int, default=0,
+                    help="also check prefix and suffix latencies at this many evenly spaced cuts per model")
     ap.add_argument("--stat", choices=["median", "min"], default="median",
                     help="statistic of the repeated whole-model runs (min on a busy machine, wall clock)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
@@ -125,6 +160,12 @@ def main(argv=None) -> int:
         err = (pred - meas) / meas
         rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err})
         print(f"{name:<14}{pred:>14.2f}{meas:>14.2f}{100 * err:>8.1f}%  ({time.time() - t0:.0f}s)", flush=True)
+        if args.cuts:
+            cut_errs = prefix_suffix_errors(model, profile, args.cuts, args.repeats, clock, args.stat)
+            rows[-1]["cuts"] = [{"side": a, "after_node": b, "predicted_ms": c, "measured_ms": d, "rel_error": e}
+                                for a, b, c, d, e in cut_errs]
+            med = statistics.median(abs(e[-1]) for e in cut_errs) if cut_errs else float("nan")
+            print(f"   prefix/suffix at {len(cut_errs) // 2} cuts: median |error| {100 * med:.1f}%", flush=True)
         if args.breakdown:
             by_key = defaultdict(float)
             for k, ms in preds:
@@ -137,6 +178,9 @@ def main(argv=None) -> int:
     errs = [abs(r["rel_error"]) for r in rows]
     if errs:
         print(f"median |error| {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
+    cut_all = [abs(c["rel_error"]) for r in rows for c in r.get("cuts", [])]
+    if cut_all:
+        print(f"prefix/suffix latencies: {len(cut_all)}, median |error| {100 * statistics.median(cut_all):.1f}%")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"profile": profile.name, "clock": clock, "rows": rows}, fh, indent=1)
