@@ -14,6 +14,7 @@ from rich.table import Table
 from nscompile.cli import app
 
 console = Console()
+progress_console = Console(stderr=True)  # progress never mixes with --json output
 
 
 @app.command()
@@ -41,7 +42,7 @@ def build(
     grid = GridSpec.parse(bandwidth, load, rtt_ms=rtt, downlink_mbps=downlink, radio=radio, input_bytes=input_bytes)
     output = output or Path("build") / model.stem
     stages = ["load", "annotate", "partition", "emit", *(["verify"] if verify else []), "report"]
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=progress_console, transient=True) as progress:
         task = progress.add_task(f"{model.name}: load", total=len(stages))
 
         def on_stage(stage: str) -> None:
