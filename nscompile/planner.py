@@ -58,18 +58,21 @@ class GridSpec:
 
 
 def _parse_bandwidth(text: str) -> tuple[float, ...]:
-    parts = text.split(":")
+    def value(item: str) -> float:
+        preset = NETWORK_PRESETS.get(item.strip().upper().replace("-", ""))
+        return preset["uplink_mbps"] if preset else float(item)
+
     try:
+        parts = text.split(":")
         if len(parts) == 3:
             low, high, count = float(parts[0]), float(parts[1]), int(parts[2])
             if not (0 < low < high) or count < 2:
                 raise ValueError
             return tuple(float(v) for v in np.geomspace(low, high, count))
-        values = sorted(float(NETWORK_PRESETS[v.upper().replace("-", "")]["uplink_mbps"]) if v.upper().replace("-", "") in NETWORK_PRESETS
-                        else float(v) for v in text.split(","))
-        if not values or values[0] <= 0:
+        values = tuple(sorted(value(item) for item in text.split(",")))
+        if values[0] <= 0:
             raise ValueError
-        return tuple(values)
+        return values
     except ValueError:
         raise NscompileError(f"bad --bandwidth '{text}': write MIN:MAX:N in Mbps (e.g. 0.1:1000:32), or a list like 3G,LTE,WIFI or 1.1,5.85") from None
 

@@ -1,0 +1,102 @@
+"""Planner: objective weights match DESIGN.md's formulas; tables and breakpoints match direct solves."""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+
+import numpy as np
+import onnx
+import pytest
+
+from nscompile.annotate import annotate
+from nscompile.cost_model import default_profile_path, load_profile
+from nscompile.frontend import load_model
+from nscompile.partition import download_set, evaluate, solve, upload_set
+from nscompile.planner import GridSpec, cut_graph, objective_weights, plan, tensor_wire_bytes
+from test_build import transformer_block
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    path = tmp_path_factory.mktemp("planner") / "block.onnx"
+    onnx.save(transformer_block(), path)
+    model = load_model(path)
+    ann = annotate(model, load_profile(default_profile_path("device")), load_profile(default_profile_path("server")))
+    return model, ann
+
+
+def _random_closed_set(model, rng):
+    mask = np.zeros(len(model.nodes), bool)
+    for i in range(len(model.nodes)):  # topological order: a node may join once its producers are in
+        producers = [model.tensors[t].producer for t in model.nodes[i].input if t in model.tensors and model.tensors[t].producer >= 0]
+        if all(mask[p] for p in producers) and rng.random() < 0.6:
+            mask[i] = True
+    return mask
+
+
+@pytest.mark.parametrize("downlink", [None, 3.0])
+def test_objective_weights_match_design_formulas(block, downlink):
+    model, ann = block
+    graph, names = cut_graph(model)
+    grid = GridSpec.parse("1:100:4", "1", rtt_ms=12.0, downlink_mbps=downlink, radio="lte")
+    wire = tensor_wire_bytes(model, names, None)
+    rng = np.random.default_rng(0)
+    radio = ann.device.radio("lte")
+    for _ in range(30):
+        S = _random_closed_set(model, rng)
+        up_bytes = wire[upload_set(graph, S)].sum()
+        down_bytes = wire[download_set(graph, S)].sum()
+        remote = not S.all()
+        for bw, load in ((2.5, 1.0), (40.0, 3.0)):
+            down_mbps = downlink or bw
+            tx_ms, rx_ms = up_bytes * 8 / (bw * 1e3), down_bytes * 8 / (down_mbps * 1e3)
+            cloud_ms = load * ann.cloud_ms[~S].sum()
+            latency = ann.device_ms[S].sum() + cloud_ms + (tx_ms + rx_ms + 12.0) * remote
+            energy = ((ann.device_ms * ann.device_power_w)[S].sum() + tx_ms * (radio.up_alpha_w_per_mbps * bw + radio.up_beta_w)
+                      + (cloud_ms + 12.0 * remote) * ann.device.idle_power_w
+                      + rx_ms * (radio.down_alpha_w_per_mbps * down_mbps + radio.down_beta_w))
+            for objective, expected in (("latency", latency), ("energy", energy)):
+                base, slope = objective_weights(objective, ann, graph, wire, load, grid)
+                got = evaluate(graph, base, S) + evaluate(graph, slope, S) / bw
+                assert got == pytest.approx(expected, rel=1e-9, abs=1e-9), objective
+
+
+def test_table_and_breakpoints_agree_with_direct_solves(random_light):
+    model = load_model(random_light("squeezenet"))  # activations shrink layer by layer: many cuts
+    profiled = annotate(model, load_profile(default_profile_path("device")), load_profile(default_profile_path("server")))
+    # Synthetic costs (server ~10x faster, uneven layers) give many breakpoints to check.
+    rng = np.random.default_rng(3)
+    device_ms = rng.uniform(0.5, 5.0, len(model.nodes))
+    ann = dataclasses.replace(profiled, device_ms=device_ms, cloud_ms=device_ms * rng.uniform(0.05, 0.2, len(model.nodes)))
+    grid = GridSpec.parse("0.01:10000:40", "1,3", rtt_ms=2.0)
+    solved = plan(model, ann, grid, "latency")
+    graph, names = cut_graph(model)
+    wire = tensor_wire_bytes(model, names, None)
+    by_id = {c.id: c for c in solved.cuts}
+    assert solved.cuts[-1].is_all_device and solved.fallback == solved.cuts[-1].id
+    bw = np.array(grid.bandwidth_mbps)
+    centres = np.append(np.sqrt(bw[:-1] * bw[1:]), bw[-1])
+    for objective in ("latency", "energy"):
+        for li, load in enumerate(grid.load):
+            base, slope = objective_weights(objective, ann, graph, wire, load, grid)
+            row = solved.tables[objective][li]
+            breaks = solved.breakpoints[objective][li]
+            starts = [b for b, _ in breaks]
+            assert starts[0] == 0.0 and starts == sorted(starts)
+            for b, centre in enumerate(centres):
+                weights = base.combine(slope, 1.0 / centre)
+                best = solve(graph, weights).cost
+                chosen = evaluate(graph, weights, by_id[row[b]].device)
+                assert chosen == pytest.approx(best, rel=1e-6, abs=1e-9), (objective, load, centre)
+                # The exact breakpoints name the same optimum (ties aside).
+                via_breaks = breaks[bisect.bisect_right(starts, centre) - 1][1]
+                assert evaluate(graph, weights, by_id[via_breaks].device) == pytest.approx(best, rel=1e-6, abs=1e-9)
+    assert len({c for row in solved.tables["latency"] for c in row}) >= 3, "the synthetic costs should give several cuts"
+    assert solved.stats["min_cuts"] < 2 * len(grid.load) * len(bw), "the envelope must need far fewer cuts than buckets"
+
+
+def test_grid_parsing():
+    assert GridSpec.parse("3G,LTE,wifi").bandwidth_mbps == (1.1, 5.85, 18.88)
+    grid = GridSpec.parse("0.1:1000:5", "4,1")
+    assert np.allclose(grid.bandwidth_mbps, [0.1, 1, 10, 100, 1000]) and grid.load == (1.0, 4.0)
