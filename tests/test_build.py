@@ -73,7 +73,7 @@ def test_light_models_build_and_verify(name, random_light, tmp_path):
     assert device_bytes(tmp_path / name) <= 1.05 * deepest
 
 
-@pytest.mark.parametrize("name", ["bvlc_alexnet", "squeezenet", "inception_v1"])
+@pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_build_as_shipped(name, tmp_path):
     """As shipped: IR 3, opset 9, weights made by ConstantOfShape (folded by the frontend)."""
     build(light_model_path(name), tmp_path / name)
