@@ -143,6 +143,7 @@ def fit_key(key: str, samples: list[Sample], seed: int = 0) -> Regression:
     k = min(5, len(samples))
     folds = [order[i::k] for i in range(k)]
     best = None
+    best_linear = None
     for form, fs in candidates:
         errs = []
         for fi in range(k):
@@ -154,7 +155,13 @@ def fit_key(key: str, samples: list[Sample], seed: int = 0) -> Regression:
         err = float(np.sum(errs) / len(samples))
         if best is None or err < best[0] - 1e-9:
             best = (err, form, fs)
+        if form == "linear" and (best_linear is None or err < best_linear[0] - 1e-9):
+            best_linear = (err, form, fs)
     err, form, fs = best
+    if form == "loglog" and best_linear is not None and err > 0.8 * best_linear[0]:
+        # A power law extrapolates far worse than a linear law beyond the sweep (a
+        # model's layer bigger than any benchmark): take it only when clearly better.
+        err, form, fs = best_linear
     reg = fit(form, fs, samples)
     return Regression(reg.features, reg.transform, reg.coef, reg.intercept, err, len(samples))
 

@@ -130,6 +130,7 @@ def _sample_conv(rng, cap):
         k = int(rng.choice([3, 3, 5]))
     if kind == "grouped":
         k = int(rng.choice([1, 1, 3]))
+        spatial = int(rng.choice([7, 14, 28, 56]))
     stride = int(rng.choice([1, 1, 1, 2]))
     if k >= 7 and rng.random() < 0.5:
         stride = int(rng.choice([2, 4]))
@@ -140,9 +141,19 @@ def _sample_conv(rng, cap):
         c_in = c_out = int(rng.choice([16, 24, 32, 64, 96, 112, 128, 144, 192, 240, 256, 384, 512, 576, 960]))
         group = c_in
     elif kind == "grouped":
-        group = int(rng.choice([2, 3, 4, 8]))
-        c_in = group * int(rng.choice([6, 8, 16, 28, 32, 60, 64]))
-        c_out = group * int(rng.choice([6, 8, 16, 28, 32, 60, 64]))
+        r = rng.random()
+        if r < 0.25:  # ResNeXt-style: many narrow groups, 3x3
+            group, k = 32, 3
+            c_in = c_out = group * int(rng.choice([4, 8, 16]))
+        elif r < 0.45:  # AlexNet-style: two wide groups, 3x3 or 5x5
+            group, k = 2, int(rng.choice([3, 5]))
+            spatial = int(rng.choice([13, 27]))
+            c_in = group * int(rng.choice([48, 96, 128, 192]))
+            c_out = group * int(rng.choice([64, 128, 192]))
+        else:  # ShuffleNet-style: a few groups of 1x1
+            group = int(rng.choice([2, 3, 4, 8]))
+            c_in = group * int(rng.choice([6, 8, 16, 28, 32, 34, 60, 64, 68, 136]))
+            c_out = group * int(rng.choice([6, 8, 16, 28, 32, 34, 60, 64, 68, 136]))
     pad = k // 2 if rng.random() < 0.85 else 0
     ho = _conv_out(spatial, k, stride, pad)
     if ho < 1:
