@@ -190,6 +190,7 @@ def write_report(result, testbed: str) -> Path:
         ("device energy saving vs all-cloud (mean / max)", f"{s['mean_energy_saving_vs_cloud']:.1%} / {s['max_energy_saving_vs_cloud']:.1%} (paper: 59.5% / 94.7%)"),
         ("regret chosen/oracle (geomean)", f"{s['gmean_regret']:.3f}"),
     ]
+    by_profile = _by_profile(rows)
     misses = [r for r in rows if not r["within_10pct"]]
     parts = [
         "<!doctype html><meta charset='utf-8'><title>nscompile bench</title>",
@@ -201,6 +202,8 @@ def write_report(result, testbed: str) -> Path:
         "measured end-to-end requests; energy is estimated from the device profile's power model and the measured phases.</p>",
         "<table class='big'>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in headline) + "</table>",
     ]
+    if len(by_profile) > 1:
+        parts.append("<h3>Per device profile</h3>" + _table(by_profile, [(h, k) for h, k in _PROFILE_COLS]))
     if result.skipped:
         parts.append(f"<p>Skipped: {html.escape('; '.join(result.skipped))}</p>")
     for title, f in figs:
@@ -222,11 +225,64 @@ def write_report(result, testbed: str) -> Path:
     return page
 
 
+_PROFILE_COLS = [("device profile", "profile"), ("cases", "cases"), ("within 10%", "within_10pct"),
+                 ("within 10% or 1 ms", "within_10pct_or_1ms"), ("same cut", "same_cut_as_oracle"),
+                 ("x cloud (geomean)", "gmean_speedup_vs_cloud"), ("x device (geomean)", "gmean_speedup_vs_device"),
+                 ("energy saving vs cloud (mean)", "mean_energy_saving_vs_cloud")]
+
+
+def _by_profile(rows: list[dict]) -> list[dict]:
+    from nscompile.testbed.experiments import summary
+
+    return [{"profile": p, **summary([r for r in rows if r["device_profile"] == p])}
+            for p in dict.fromkeys(r["device_profile"] for r in rows)]
+
+
+def load_result(out_dir: Path):
+    """Read a finished run back from its CSVs (to redraw plots and the report without measuring again)."""
+    import csv
+    import json
+
+    from nscompile.testbed.experiments import BenchResult, summary
+
+    out_dir = Path(out_dir)
+
+    def read(name: str) -> list[dict]:
+        path = out_dir / name
+        if not path.is_file():
+            return []
+        rows = list(csv.DictReader(open(path)))
+        for r in rows:
+            for k, v in r.items():
+                if v in ("True", "False"):
+                    r[k] = v == "True"
+                elif k in ("clients", "phase", "n"):
+                    r[k] = int(float(v))
+                else:
+                    try:
+                        r[k] = float(v)
+                    except ValueError:
+                        pass
+        return rows
+
+    rows = read("results.csv")
+    meta = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else {}
+    result = BenchResult(out_dir, rows, read("cuts.csv"), read("trace.csv"), read("load.csv"), summary(rows),
+                         "kernel" if "kernel" in meta.get("testbed", "") else "user", meta.get("skipped", []), meta.get("seconds", 0.0))
+    return result, meta.get("testbed", "")
+
+
 def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[tuple[str, str]]) -> str:
     """The report as markdown: headline, decision tables, misses with reasons, load and trace tables."""
     rows = result.rows
     md = ["# nscompile bench", "", f"Testbed: {testbed}. {len(rows)} cases, {result.seconds / 60:.1f} min.", "",
           "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in headline] + [""]
+    by_profile = _by_profile(rows)
+    if len(by_profile) > 1:
+        md += ["| " + " | ".join(h for h, _ in _PROFILE_COLS) + " |", "|---" * len(_PROFILE_COLS) + "|"]
+        for b in by_profile:
+            md.append("| " + " | ".join(b["profile"] if k == "profile" else _fmt(b[k], 2) for _, k in _PROFILE_COLS) + " |")
+        md.append("")
     if result.skipped:
         md += [f"Skipped (time limit): {'; '.join(result.skipped)}", ""]
     for load in dict.fromkeys(r["load"] for r in rows):
