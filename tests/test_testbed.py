@@ -59,7 +59,7 @@ def test_userspace_link_adds_rtt_and_transfer_time(echo_url):
         shaped = time.perf_counter() - t
     assert r.content == b"x" * 1000
     expected = 0.050 + transfer_s(25_200, 2.0) + transfer_s(1_200, 4.0)  # ~0.153 s
-    assert expected - 0.005 <= shaped - min(base, 0.01) <= expected + 0.15
+    assert expected - 0.002 <= shaped <= expected + base + 0.2  # the sleeps are a floor; the machine may add to them
 
 
 def test_energy_model_uses_measured_phases():
