@@ -77,7 +77,8 @@ class BenchConfig:
         """Small zoo models, two networks, idle and loaded, short trace and load sweep (< 5 min)."""
         base = dict(models=["lenet", "alexnet"], size="small", networks=["3G", "WIFI"], loads={"idle": 0, "loaded": 3},
                     repeats=3, max_s=3.0, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
-                    load_levels=[0, 3], load_window_s=3.0, load_network="WIFI")
+                    load_levels=[0, 3], load_window_s=3.0, load_network="WIFI",
+                    device_profiles=[default_profile_path("device")])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
 
