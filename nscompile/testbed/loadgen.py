@@ -79,7 +79,7 @@ class LoadGen:
         """Run exactly ``n`` clients."""
         while len(self._stops) > n:
             self._stops.pop().set()
-            self._threads.pop().join(timeout=60)
+            self._threads.pop().join(timeout=5)  # a client stuck on a slow answer is a daemon thread: leave it
         while len(self._stops) < n:
             stop = threading.Event()
             th = threading.Thread(target=self._client, args=(stop,), daemon=True)

@@ -37,8 +37,9 @@ class Worker:
         log_dir: where its stderr goes (``NAME.log``).
     """
 
-    def __init__(self, cmd: list[str], name: str, log_dir: Path):
+    def __init__(self, cmd: list[str], name: str, log_dir: Path, quits: bool = True):
         self.name = name
+        self.quits = quits  # False: it does not read commands (the server); stop it with signals only
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
@@ -78,14 +79,14 @@ class Worker:
 
     def stop(self) -> None:
         """Ask it to quit, then terminate, then kill (its own process group only)."""
-        if self.proc.poll() is None:
+        if self.quits and self.proc.poll() is None:
             try:
                 self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
                 self.proc.stdin.flush()
                 self.proc.wait(timeout=3)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             if self.proc.poll() is not None:
                 break
             try:
@@ -228,7 +229,7 @@ class Testbed:
         workers: list[Worker] = []
         quota = None
         try:
-            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir)
+            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir, quits=False)
             workers.append(server)
             target = _load_target(plan)
             loadgen = Worker(self.link.wrap([py, "-m", "nscompile.testbed.loadgen", local, target], "server"),
