@@ -108,7 +108,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None, help="profile JSON (default: the shipped device profile)")
     ap.add_argument("--models", default=None, help="comma-separated light model names (default: all nine)")
-    ap.add_argument("--zoo", action="store_true", help="also evaluate the nscompile zoo models, if present")
+    ap.add_argument("--zoo", action="store_true", help="also evaluate every nscompile zoo model")
+    ap.add_argument("--zoo-size", choices=["small", "full"], default="full", help="zoo model size with --zoo")
     ap.add_argument("--repeats", type=int, default=7, help="timed batches per model (median)")
     ap.add_argument("--tolerance", type=float, default=0.15, help="max relative error per model")
     ap.add_argument("--breakdown", action="store_true", help="print predicted vs ORT-measured time per key")
@@ -130,10 +131,12 @@ def main(argv=None) -> int:
         names = [n.strip() for n in args.models.split(",") if n.strip()]
     models = [(n, lambda n=n: load_light_model(n)) for n in names]
     if args.zoo:
-        try:
-            from nscompile import zoo  # noqa: F401
-        except ImportError:
-            print("nscompile.zoo not available; skipping zoo models", file=sys.stderr)
+        import onnx
+
+        from nscompile import zoo
+
+        models += [(f"zoo:{m.name}", lambda m=m: onnx.shape_inference.infer_shapes(zoo.build_model(m.name, size=args.zoo_size)))
+                   for m in zoo.list_models()]
     # Measure on the clock the profile was measured with (thread CPU time for 1-thread CPU
     # profiles, so other processes on a shared machine do not inflate the latency).
     clock = args.clock or profile.meta.get("clock", "wall")

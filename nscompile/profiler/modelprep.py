@@ -36,10 +36,15 @@ def load_light_model(name: str, seed: int = 0) -> onnx.ModelProto:
 
 
 def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    """Seeded random float inputs for every graph input of a static-shape model."""
+    """Seeded random inputs for every graph input of a static-shape model.
+
+    Float inputs are standard normal; integer inputs (token or word indices) are zeros, a
+    valid index for any table and as fast to look up as any other.
+    """
     rng = np.random.default_rng(seed)
     feeds = {}
     for i in model.graph.input:
         shape = [d.dim_value for d in i.type.tensor_type.shape.dim]
-        feeds[i.name] = rng.standard_normal(shape).astype(np.float32)
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)
+        feeds[i.name] = rng.standard_normal(shape).astype(dtype) if dtype.kind == "f" else np.zeros(shape, dtype)
     return feeds
