@@ -248,6 +248,22 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "node"
 
 
+# Ops that only relabel or pass data on: a cut behind one is named after the layer before it,
+# as the paper calls the cut behind AlexNet's flatten "pool5".
+_PASS_THROUGH = {"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Dropout"}
+
+
+def _layer_of(model: LoadedModel, index: int) -> int:
+    """The node a cut behind node ``index`` is named after: skip pass-through ops upwards."""
+    node = model.nodes[index]
+    while node.op_type in _PASS_THROUGH:
+        data = model.tensors.get(node.input[0]) if node.input else None
+        if data is None or data.producer < 0:
+            break
+        index, node = data.producer, model.nodes[data.producer]
+    return index
+
+
 def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: list[str], wire: np.ndarray,
                    masks: list[np.ndarray]) -> list[CutChoice]:
     """Name each device set after the layer it cuts behind, as the paper names split points."""
@@ -262,7 +278,7 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
         elif mask.all():
             ident = _safe(nodes[max(model.tensors[o].producer for o in model.outputs)].name)
         elif producers:
-            ident = _safe(nodes[producers[-1]].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
+            ident = _safe(nodes[_layer_of(model, producers[-1])].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
         else:
             ident = "input_and_device"
         base, k = ident, 2

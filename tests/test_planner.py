@@ -100,3 +100,16 @@ def test_grid_parsing():
     assert GridSpec.parse("3G,LTE,wifi").bandwidth_mbps == (1.1, 5.85, 18.88)
     grid = GridSpec.parse("0.1:1000:5", "4,1")
     assert np.allclose(grid.bandwidth_mbps, [0.1, 1, 10, 100, 1000]) and grid.load == (1.0, 4.0)
+
+
+def test_cuts_are_named_after_layers_as_in_the_paper(tmp_path):
+    """A cut behind AlexNet's flatten is 'pool5', as the paper names it; other cuts keep their layer."""
+    from nscompile import zoo
+    from nscompile.planner import _layer_of
+
+    onnx.save(zoo.build_model("alexnet", size="small"), tmp_path / "alexnet.onnx")
+    model = load_model(tmp_path / "alexnet.onnx")
+    index = {n.name: i for i, n in enumerate(model.nodes)}
+    flatten = next(i for i, n in enumerate(model.nodes) if n.op_type == "Flatten")
+    assert model.nodes[_layer_of(model, flatten)].name == "pool5"
+    assert _layer_of(model, index["conv1"]) == index["conv1"]
