@@ -34,6 +34,7 @@ class BuildResult:
 
 def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objective: str = "latency",
           grid: GridSpec | None = None, input_shapes=None, verify: bool = True, report: bool = True,
+          include_all_cloud: bool = False,
           on_stage: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``model_path`` into split artifacts under ``out_dir``.
 
@@ -45,6 +46,7 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
         grid: buckets and conditions; default ``GridSpec.parse()`` (0.1..1000 Mbps x 32, loads 1,2,4,8).
         input_shapes: ``{input name: shape}`` pinning dynamic dimensions.
         verify: run every emitted pair against the whole model.
+        include_all_cloud: emit the all-cloud cut even if no bucket selects it.
         report: write ``report.html`` (``layers.json``, which ``inspect`` reads, is always written).
         on_stage: called with each stage's name as it starts (for progress display).
 
@@ -75,7 +77,7 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
     annotation = annotate(model, device, cloud)
     lap("annotate")
     stage("partition")
-    solved = plan(model, annotation, grid or GridSpec.parse(), objective)
+    solved = plan(model, annotation, grid or GridSpec.parse(), objective, include_all_cloud)
     lap("partition")
     stage("emit")
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -183,7 +183,8 @@ def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_byt
     return base, slope
 
 
-def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "latency") -> Plan:
+def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "latency",
+         include_all_cloud: bool = False) -> Plan:
     """Solve every load row of the grid for both objectives and name the chosen cuts.
 
     Args:
@@ -191,6 +192,8 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
         ann: its annotation.
         grid: bandwidth buckets, load levels and fixed conditions.
         objective: the objective whose table goes into ``plan.json``'s ``table``.
+        include_all_cloud: emit the all-cloud cut even where no bucket selects it (a
+            benchmark measuring "everything on the server" needs it; no table refers to it).
 
     Returns:
         The plan: distinct cuts (all-device always among them), tables and breakpoints.
@@ -207,6 +210,8 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
     sets: dict[bytes, np.ndarray] = {}
     full = np.ones(graph.n_nodes, dtype=bool)
     sets[full.tobytes()] = full
+    if include_all_cloud:
+        sets[(~full).tobytes()] = ~full
     raw_tables, raw_mixed, raw_breaks, solves = {}, {}, {}, 0
     for obj in OBJECTIVES:
         raw_tables[obj], raw_mixed[obj], raw_breaks[obj] = [], [], []

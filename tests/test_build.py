@@ -207,3 +207,16 @@ def test_split_matches_whole_model_on_fresh_inputs(tmp_path, random_light):
                 sess = ort.InferenceSession(str(out / cut[role]), providers=["CPUExecutionProvider"])
                 values.update(zip([o.name for o in sess.get_outputs()], sess.run(None, {i.name: values[i.name] for i in sess.get_inputs()})))
         np.testing.assert_allclose(values[plan["model"]["outputs"][0]["name"]], whole, rtol=1e-3, atol=1e-5)
+
+
+def test_all_cloud_cut_on_request(tmp_path):
+    """Benchmarks time "everything on the server" even where no bucket picks it."""
+    path = tmp_path / "block.onnx"
+    onnx.save(transformer_block(), path)
+    grid = GridSpec.parse("0.1:0.2:2", "8", rtt_ms=1000.0)  # slow link, busy server: all-device everywhere
+    plain = build(path, tmp_path / "plain", grid=grid).plan
+    assert [c["id"] for c in plain["cuts"]] == [plain["fallback"]]
+    forced = build(path, tmp_path / "forced", grid=grid, include_all_cloud=True)
+    plan = check_artifacts(tmp_path / "forced")
+    assert [c["id"] for c in plan["cuts"]] == ["input", plan["fallback"]]
+    assert "input" not in {c for row in plan["table"] for c in row} and set(forced.verification) == {"input", plan["fallback"]}

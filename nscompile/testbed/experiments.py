@@ -149,50 +149,23 @@ def _prepare_model(name: str, size: str, models_dir: Path) -> Path:
 
 
 def _build(model_path: Path, build_dir: Path, device: Path, cloud: Path) -> dict:
-    """Build once; a build with the same model and profiles is reused."""
+    """Build once; a build with the same model and profiles is reused.
+
+    The all-cloud cut is always emitted (the oracle must time "everything on the server"),
+    though only tables that select it make the runtime use it unforced.
+    """
     from nscompile.compiler import build
 
     plan_path = build_dir / "plan.json"
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
         want = {"device": load_profile(device).sha256, "cloud": load_profile(cloud).sha256}
-        if all(plan["profiles"][k]["sha256"] == v for k, v in want.items()) and plan["grid"]["rtt_ms"] == 0:
-            return ensure_all_cloud(model_path, build_dir, plan, device, cloud)
+        has_all_cloud = any(c.get("cloud_model") and not c.get("prefix") for c in plan["cuts"])
+        if has_all_cloud and all(plan["profiles"][k]["sha256"] == v for k, v in want.items()) and plan["grid"]["rtt_ms"] == 0:
+            return plan
     grid = GridSpec.parse(BUILD_BANDWIDTH, BUILD_LOAD)
-    plan = build(model_path, build_dir, device_profile=device, cloud_profile=cloud, grid=grid, report=False).plan
-    return ensure_all_cloud(model_path, build_dir, plan, device, cloud)
-
-
-def ensure_all_cloud(model_path: Path, build_dir: Path, plan: dict, device: Path, cloud: Path) -> dict:
-    """Emit the all-cloud cut too when no bucket selected it, so the oracle can measure it.
-
-    The compiler emits only the cuts some bucket selects; the benchmark must still time
-    "everything on the server". The cut is added to plan.json's ``cuts`` (never to a
-    table, so the runtime uses it only when forced) and to the server repository.
-    """
-    if any(c.get("cloud_model") and not c.get("prefix") for c in plan["cuts"]):
-        return plan
-    import numpy as np
-
-    from nscompile.annotate import annotate
-    from nscompile.backend import _emit_cut
-    from nscompile.frontend import load_model
-    from nscompile.planner import _describe_cuts, cut_graph, tensor_wire_bytes
-
-    model = load_model(model_path)
-    ann = annotate(model, load_profile(device), load_profile(cloud))
-    graph, names = cut_graph(model)
-    wire = tensor_wire_bytes(model, names, plan["grid"].get("input_bytes"))
-    cut = _describe_cuts(model, ann, graph, names, wire, [np.zeros(graph.n_nodes, dtype=bool)])[0]
-    taken = {c["id"] for c in plan["cuts"]}
-    while cut.id in taken:
-        cut.id += "_cloud"
-    plan["cuts"].insert(0, _emit_cut(model, cut, {}, build_dir / "device", build_dir / "cloud"))
-    plan["testbed_added_cuts"] = [cut.id]
-    text = json.dumps(plan, indent=1)
-    (build_dir / "plan.json").write_text(text)
-    (build_dir / "device" / "plan.json").write_text(text)
-    return plan
+    return build(model_path, build_dir, device_profile=device, cloud_profile=cloud, grid=grid, report=False,
+                 include_all_cloud=True).plan
 
 
 def _summarise(records: list[dict], profile: Profile, rates: Rates, radio: str) -> dict:
