@@ -408,13 +408,19 @@ def test_cut_follows_measured_bandwidth(build, server):
         assert 2 < rec.bandwidth_mbps < 16
         throttle.mbps = 0.5  # under 2 Mbps: all on the device; found by the probe once stale
         time.sleep(0.35)
+        _, rec = runner.run(inputs, with_record=True)
+        assert rec.probe_ms == 0, "a stale estimate is refreshed off the request path"
+        runner._probe_thread.join(timeout=30)
         out, rec = runner.run(inputs, with_record=True)
-        assert rec.probe_ms > 0 and rec.cut == "prob" and rec.bandwidth_mbps < 2, rec
+        assert rec.cut == "prob" and rec.bandwidth_mbps < 2, rec
         np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-5, atol=1e-6)
         throttle.mbps = None  # the link recovers: the stale estimate is re-probed
         time.sleep(0.35)
         _, rec = runner.run(inputs, with_record=True)
-        assert rec.probe_ms > 0 and rec.cut == "input", rec
+        assert rec.probe_ms == 0 and rec.cut == "prob", rec  # decided on the last estimate...
+        runner._probe_thread.join(timeout=30)
+        _, rec = runner.run(inputs, with_record=True)
+        assert rec.cut == "input" and rec.bandwidth_mbps > 16, rec  # ...until the probe's answer is in
 
 
 def test_cut_follows_server_load(build, server):
@@ -438,10 +444,13 @@ def test_cut_follows_server_load(build, server):
             for _ in range(8):
                 load.exit()
         # The load report comes back only with a transfer; all-device makes none, so
-        # the estimate is refreshed by the probe once stale.
+        # the estimate is refreshed by the probe once stale, off the request path.
         runner.net.stale_s = 0.0
         rec = runner.run(inputs, with_record=True)[1]
-        assert rec.probe_ms > 0 and rec.load < 1.4 and rec.cut == "input", rec
+        assert rec.probe_ms == 0 and rec.cut == "prob", rec
+        runner._probe_thread.join(timeout=30)
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.load < 1.4 and rec.cut == "input", rec
 
 
 def test_long_rtt_keeps_work_on_device(build, server):

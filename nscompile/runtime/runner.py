@@ -13,6 +13,7 @@ Needs numpy, onnxruntime and httpx only.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,8 @@ class SplitRunner:
         self.initial_bandwidth = initial_bandwidth_mbps
         self.probe_bytes = probe_bytes
         self.net = NetState(stale_s=stale_s, backoff_s=backoff_s)
+        self._probe_lock = threading.Lock()
+        self._probe_thread: threading.Thread | None = None
         self._providers = providers or ["CPUExecutionProvider"]
         self._session_options = session_options
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -231,7 +234,11 @@ class SplitRunner:
         if net.in_backoff(now):
             return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective)
         probe_ms = 0.0
-        if net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
+        if net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None) and self._has_estimates():
+            # Stale, not missing: refresh off the request path (a probe costs several RTTs,
+            # most of a second on 3G) and decide on the last estimates meanwhile.
+            self._probe_in_background()
+        elif net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
             t = time.perf_counter()
             ok = self._probe()
             probe_ms = (time.perf_counter() - t) * 1e3
@@ -398,13 +405,32 @@ class SplitRunner:
             if transfer_ms > 0.05:  # below that it is timer noise, not a measurement
                 self.net.bandwidth.add(rec.upload_bytes * 8e-3 / transfer_ms, now)
 
+    def _has_estimates(self) -> bool:
+        return self.fixed_bandwidth is not None or self.net.bandwidth.value is not None
+
+    def _probe_in_background(self) -> None:
+        with self._probe_lock:
+            if self._probe_thread is not None and self._probe_thread.is_alive():
+                return
+            self._probe_thread = threading.Thread(target=self._background_probe, name="nscompile-probe", daemon=True)
+            self._probe_thread.start()
+
+    def _background_probe(self) -> None:
+        if not self._probe():
+            self.net.failed(time.monotonic())
+
     def _probe(self) -> bool:
         """Measure RTT, load and (where the server allows) uplink bandwidth; False if unreachable."""
         now = time.monotonic()
-        # A stale estimate describes a link that may be gone: start over from the probe.
-        for est in (self.net.bandwidth, self.net.rtt):
-            if now - est.updated_at > self.net.stale_s:
+        # A stale estimate describes a link that may be gone: the probe's sample starts it
+        # over (replaced in one step, so a concurrent look-up never sees it empty).
+        stale = {id(est) for est in (self.net.bandwidth, self.net.rtt) if now - est.updated_at > self.net.stale_s}
+
+        def record(est, sample: float) -> None:
+            if id(est) in stale:
                 est.reset()
+            est.add(sample, now)
+
         try:
             rtts = []
             for _ in range(2):  # the first may pay for opening the connection
@@ -422,12 +448,12 @@ class SplitRunner:
                 rtts.append(r.elapsed.total_seconds() * 1e3)
                 self._probe_supported = False
             rtt = min(rtts)
-            self.net.rtt.add(max(rtt, 0.01), now)
+            record(self.net.rtt, max(rtt, 0.01))
             if self.fixed_bandwidth is not None:
                 return True
             if not self._probe_supported:
-                if self.net.bandwidth.value is None:
-                    self.net.bandwidth.add(self.initial_bandwidth, now)
+                if self.net.bandwidth.value is None or id(self.net.bandwidth) in stale:
+                    record(self.net.bandwidth, self.initial_bandwidth)
                 else:
                     self.net.bandwidth.updated_at = now
                 return True
@@ -446,7 +472,7 @@ class SplitRunner:
                 elif len(times) == 2:
                     break
             # Stalls only ever add time, so the faster of two equal transfers is the better sample.
-            self.net.bandwidth.add(size * 8e-3 / max(min(times) - rtt, 0.05), now)
+            record(self.net.bandwidth, size * 8e-3 / max(min(times) - rtt, 0.05))
             return True
         except _SERVER_ERRORS:
             return False
