@@ -231,6 +231,9 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
             macs = float(_numel(y[0]) * a[0][-1])
             v["macs"] = macs
             v["flops"] = 2 * macs
+            # Matrix products in a batched MatMul: each is its own GEMM call (attention
+            # heads, locally connected layers with one small product per position).
+            v["matmul_batch"] = float(_numel(y[0][:-2])) if len(y[0]) > 2 else 1.0
             _weight_hinges(v)
     elif op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _numel(tuple(attrs.get("kernel_shape", [1])))
@@ -257,6 +260,18 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
             v["flops"] = 2 * macs
             v["seq"] = float(seq)
             v["hidden"] = float(hidden)
+            # Every time step reads all the weights again.
+            v["weight_traffic"] = float(seq) * v.get("param_bytes", 0.0)
+            # ... and multiplies by the recurrent weights: once they outgrow the fast
+            # cache levels, every step streams them (a 1024-unit LSTM costs ~2.5x per MAC).
+            r_bytes = float(_numel(r[0]) * np.dtype(r[1]).itemsize)
+            v["recurrent_traffic_over_4mb"] = float(seq) * max(r_bytes - 4 * 2**20, 0.0)
+    elif op == "Gather":
+        # One copy per index: the index count and the bytes copied set the cost (an
+        # embedding lookup copies a few long rows, an im2col-style gather many scalars).
+        idx = ins[1] if len(ins) > 1 else None
+        if idx:
+            v["n_indices"] = float(_numel(idx[0]))
     elif op in ("Softmax", "LogSoftmax", "BatchNormalization", "InstanceNormalization",
                 "LayerNormalization", "Erf", "Exp", "Gelu", "Tanh", "Sigmoid"):
         v["flops"] = float(elems_in) * 4
@@ -372,7 +387,39 @@ def graph_features(
                 stage[i] = ("gemm", 0, False)
         result.append(NodeFeatures(key=key, values=values))
     _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const)
+    _cold_weights(nodes, result, shapes, constants)
     return result
+
+
+#: Last-level cache the weights of a whole model compete for (bytes). A model whose
+#: streamed weights exceed it re-reads them from DRAM on every run even where each layer
+#: alone would fit (a lone layer's microbenchmark keeps its weights cached between runs).
+CACHE_BYTES = 32 * 2**20
+_STREAMED = frozenset({"Gemm", "MatMul", "Conv", "FusedConv", "LSTM", "GRU", "RNN"})
+
+
+def _cold_weights(nodes, result, shapes, constants) -> None:
+    """Fill ``param_bytes_cold`` of Gemm / MatMul: the weight bytes that come from DRAM.
+
+    The cold share is 0 while the graph's streamed weights (those of Gemm, MatMul, Conv
+    and recurrent nodes; not embedding tables, read a few rows at a time) fit in the
+    cache and grows linearly to 1 at twice the cache size (an LRU cache streamed
+    cyclically through more than it holds keeps nothing).
+    """
+    total = 0.0
+    seen: set[str] = set()
+    for node in nodes:
+        if node.op_type not in _STREAMED:
+            continue
+        for x in node.input[1:]:
+            if x and x in constants and x in shapes and x not in seen:
+                seen.add(x)
+                shape, dtype = shapes[x]
+                total += float(_numel(shape) * np.dtype(dtype).itemsize)
+    share = min(max((total - CACHE_BYTES) / CACHE_BYTES, 0.0), 1.0)
+    for node, f in zip(nodes, result):
+        if f.key in ("Gemm", "MatMul"):
+            f.values["param_bytes_cold"] = f.values.get("param_bytes", 0.0) * share
 
 
 # onnxruntime's CPU provider runs convolutions in the blocked NCHWc layout (MLAS block of

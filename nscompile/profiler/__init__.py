@@ -166,7 +166,10 @@ def run_profile(
         ms = max(ms - overhead - copies, 0.1 * ms, 1e-4)
         kernels = [f for f in feats if ":" not in f.key]
         fused = [f for f in feats if f.key.startswith("fused:")]
-        if len(kernels) == 1 and case.group != "pattern":
+        if case.group == "stack" and kernels and len({f.key for f in kernels}) == 1:
+            # Identical layers in a row: one sample of the per-layer time.
+            singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms / len(kernels)))
+        elif len(kernels) == 1 and case.group != "pattern":
             singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms))
         elif len(kernels) == 1:
             patterns.append((Sample(kernels[0].key, dict(kernels[0].values), ms), fused))

@@ -93,7 +93,7 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, outs, **attrs))
         return outs
 
-    def model(self, outputs: list[str]) -> onnx.ModelProto | None:
+    def model(self, outputs: list[str], opset: int = OPSET) -> onnx.ModelProto | None:
         if self.dry:
             return None
         g = helper.make_graph(
@@ -103,7 +103,7 @@ class _Builder:
             [helper.make_tensor_value_info(o, TensorProto.UNDEFINED, None) for o in outputs],
             self.inits,
         )
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = 8
         # Fill in output types so onnxruntime accepts the model.
         m = onnx.shape_inference.infer_shapes(m)
@@ -236,14 +236,45 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
                 y = b.node("Add", [y, b.weight((nn,))])[0]
             group = "MatMul" if kind == "matmul" else "pattern"
         yield Case(f"{kind} {m}x{k}x{nn} #{made}", group, b.model([y]), b.feeds)
+    # Stacks of fully connected layers whose weights together exceed the caches, so each
+    # layer's weights come from DRAM on every run (a lone layer of a few MB stays cached
+    # between runs). One sample per stack: the per-layer time of identical layers.
+    for i in range(max(n // 8, 2)):
+        m = int(rng.choice([1, 1, 1, 4, 16]))
+        k = int(rng.choice([512, 1024, 1536, 2048, 3072]))
+        layers = int(np.ceil(float(rng.choice([48, 80, 128])) * 2**20 / (k * k * 4)))
+        b = _Builder(rng)
+        y = b.input((m, k))
+        act = rng.random() < 0.5
+        for _ in range(layers):
+            y = b.node("Gemm", [y, b.weight((k, k)), b.weight((k,))], transB=1)[0]
+            if act:
+                y = b.node("Sigmoid" if rng.random() < 0.5 else "Relu", [y])[0]
+        yield Case(f"fc-stack {layers}x{m}x{k} #{i}", "stack", b.model([y]), b.feeds)
+    # Batched MatMul with a constant batched weight (locally connected layers: one small
+    # matrix product per output position).
+    for i in range(max(n // 6, 2)):
+        pos = int(rng.choice([64, 256, 441, 625, 1024, 3025]))
+        kk = int(rng.choice([27, 144, 400, 784, 1296]))
+        nn = int(rng.choice([8, 16, 32, 64]))
+        if pos * kk * nn * 4 > 300e6:
+            continue
+        b = _Builder(rng)
+        x = b.input((pos, 1, kk))
+        y = b.node("MatMul", [x, b.weight((pos, kk, nn))])[0]
+        yield Case(f"matmul-local p{pos} k{kk} n{nn} #{i}", "MatMul", b.model([y]), b.feeds)
     # Batched MatMul of two activations (attention scores / context).
     for i in range(max(n // 3, 1)):
         heads = int(rng.choice([1, 4, 8, 12]))
         s = int(rng.choice([16, 64, 128, 256]))
         d = int(rng.choice([32, 64]))
         b = _Builder(rng)
-        q = b.input((1, heads, s, d))
-        kt = b.input((1, heads, d, s))
+        if i % 2:
+            q = b.input((1, heads, s, s))
+            kt = b.input((1, heads, s, d))
+        else:
+            q = b.input((1, heads, s, d))
+            kt = b.input((1, heads, d, s))
         y = b.node("MatMul", [q, kt])[0]
         yield Case(f"matmul-act h{heads} s{s} d{d} #{i}", "MatMul", b.model([y]), b.feeds)
 
@@ -271,7 +302,7 @@ def _unary_cases(rng, ops, n_each, max_elems) -> Iterator[Case]:
             if op == "LRN":
                 attrs = dict(size=5, alpha=1e-4, beta=0.75, bias=1.0)
             y = b.node(op, ins, **attrs)[0]
-            yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+            yield Case(f"{op} {shape} #{i}", op, b.model([y], opset=20 if op == "Gelu" else OPSET), b.feeds)
 
 
 def _binary_cases(rng, n_each, max_elems) -> Iterator[Case]:
@@ -370,6 +401,22 @@ def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
             y = b.node("Transpose", [x], perm=[0, 2, 3, 1])[0]
             op = "Transpose"
         yield Case(f"{op} {shape} #{i}", op, b.model([y]), b.feeds)
+    # Flatten and Reshape of tensors from a few hundred elements to full feature maps
+    # (both are a copy or an alias; a handful of samples per op fits them badly).
+    for op in ("Flatten", "Reshape"):
+        for i in range(n_each):
+            b = _Builder(rng)
+            if i % 3 == 0:
+                shape = (1, int(rng.choice([16, 50, 64, 256])), int(rng.choice([1, 4, 5, 7])),
+                         int(rng.choice([1, 4, 5, 7])))
+            else:
+                shape = _act_shape(rng, max_elems)
+            x = b.input(shape)
+            if op == "Flatten":
+                y = b.node("Flatten", [x], axis=1)[0]
+            else:
+                y = b.node("Reshape", [x, b.weight((2,), dtype=np.int64, values=[shape[0] * shape[1], -1])])[0]
+            yield Case(f"{op} {shape} small#{i}", op, b.model([y]), b.feeds)
     for i in range(max(n_each // 2, 1)):
         b = _Builder(rng)
         v = int(rng.choice([1000, 8000, 30522]))
@@ -378,6 +425,20 @@ def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
         idx = b.input((1, s), dtype=np.int64, low=0, high=v)
         y = b.node("Gather", [b.weight((v, d)), idx], axis=0)[0]
         yield Case(f"Gather {v}x{d} s{s} #{i}", "Gather", b.model([y]), b.feeds)
+    # Element-wise gathers of an activation by constant indices (im2col of a locally
+    # connected layer, written as Reshape + Gather): one scalar copied per index.
+    for i in range(max(n_each // 2, 1)):
+        b = _Builder(rng)
+        size = int(rng.choice([4096, 10000, 48400, 63504]))
+        pos = int(rng.choice([64, 441, 625, 3025]))
+        kk = int(rng.choice([27, 144, 400, 1296]))
+        if pos * kk > 4e6:
+            kk = int(4e6 // pos)
+        x = b.input((size,))
+        idx = b.weight((pos, 1, kk), dtype=np.int64,
+                       values=None if b.dry else b.rng.integers(0, size, size=(pos, 1, kk)))
+        y = b.node("Gather", [x, idx], axis=0)[0]
+        yield Case(f"Gather-elem {size} idx{pos}x{kk} #{i}", "Gather", b.model([y]), b.feeds)
 
 
 def _rnn_cases(rng, n_each) -> Iterator[Case]:
@@ -385,8 +446,11 @@ def _rnn_cases(rng, n_each) -> Iterator[Case]:
         for i in range(n_each):
             b = _Builder(rng)
             seq = int(rng.choice([1, 8, 32, 100]))
-            inp = int(rng.choice([32, 128, 256, 440]))
-            hid = int(rng.choice([64, 128, 256, 512]))
+            inp = int(rng.choice([32, 80, 128, 256, 440, 1024]))
+            # Half the cases large (speech models: 512-1024 units, weights of 8-32 MB).
+            hid = int(rng.choice([64, 128, 256, 512] if i % 2 else [512, 768, 1024]))
+            if seq * gates * hid * (inp + hid) > 1e9:
+                seq = max(seq // 4, 1)
             x = b.input((seq, 1, inp))
             w = b.weight((1, gates * hid, inp))
             r = b.weight((1, gates * hid, hid))
@@ -426,12 +490,13 @@ def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
         lambda: _conv_cases(rng, n_conv, cap),
         lambda: _conv_cases(rng, n_pat, cap, pattern_share=1.0),
         lambda: _gemm_cases(rng, n_gemm, cap),
-        lambda: _unary_cases(rng, ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "LRN"], n_each, max_elems),
+        lambda: _unary_cases(rng, ["Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "LRN", "Gelu", "Erf"], n_each,
+                             max_elems),
         lambda: _binary_cases(rng, n_each, max_elems),
         lambda: _pool_cases(rng, n_each, max_elems),
         lambda: _norm_cases(rng, n_each, max_elems),
         lambda: _shape_cases(rng, n_each, max_elems),
-        lambda: _rnn_cases(rng, max(n_each // 2, 1)),
+        lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else n_each),
     ]
     for g in gens:
         yield from g()
