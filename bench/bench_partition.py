@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from nscompile.partition import CutGraph, Weights, evaluate, lower_envelope, solve
+from nscompile.partition import CutGraph, Weights, lower_envelope, solve
 
 
 def layered_dag(rng: np.random.Generator, n_nodes: int, width: int = 8) -> CutGraph:

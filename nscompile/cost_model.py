@@ -383,12 +383,7 @@ class Profile:
         radio_d = d.get("radio", {})
         if not isinstance(radio_d, dict):
             raise NscompileError("field 'radio' must be an object of network -> radio model")
-        radio = {}
-        for k, v in radio_d.items():
-            try:
-                radio[k.lower()] = RadioModel.from_json(v)
-            except NscompileError as exc:
-                raise NscompileError(f"radio['{k}']: {exc}") from None
+        radio = _radio_models(radio_d, "radio['{}']")
         reorder = d.get("reorder_ms_per_byte", 0.0)
         if not _finite(reorder) or reorder < 0:
             raise NscompileError("field 'reorder_ms_per_byte' must be a non-negative number")
@@ -505,10 +500,15 @@ def load_radio_overrides(path) -> dict[str, RadioModel]:
         raise NscompileError(f"radio file {p} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(d, dict) or not d:
         raise NscompileError(f"radio file {p} must map network names to radio models")
+    return _radio_models(d, f"radio file {p}, network '{{}}'")
+
+
+def _radio_models(raw: dict, where: str) -> dict[str, RadioModel]:
+    """Network name (lower-cased) -> radio model; ``where`` names an entry in errors ("{}" = its key)."""
     out = {}
-    for k, v in d.items():
+    for k, v in raw.items():
         try:
             out[k.lower()] = RadioModel.from_json(v)
         except NscompileError as exc:
-            raise NscompileError(f"radio file {p}, network '{k}': {exc}") from None
+            raise NscompileError(f"{where.format(k)}: {exc}") from None
     return out

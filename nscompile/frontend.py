@@ -138,10 +138,10 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise NscompileError(f"'{path}' has an empty graph (no nodes); export the model again or pass another file")
     weights = _take_weights(model, path.parent)  # first: it names a missing external data file best
-    _check(model, path)
+    _check(path)
     _normalise_ir(model)
-    _pin_input_shapes(model, dict(input_shapes or {}), path)
-    _refuse_control_flow(model, path)
+    _pin_input_shapes(model, dict(input_shapes or {}))
+    _refuse_control_flow(model)
     _name_nodes(model)
     _fold_constants(model, weights)
     model = _infer_shapes(model, path)
@@ -150,7 +150,7 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
         _fold_constants(model, weights)
         model = _infer_shapes(model, path)
     _drop_dead_nodes(model, weights)
-    tensors = _tensor_table(model, weights, path)
+    tensors = _tensor_table(model)
     inputs = [i.name for i in model.graph.input]
     outputs = [o.name for o in model.graph.output]
     name = model.graph.name if re.fullmatch(r"[A-Za-z0-9_.-]+", model.graph.name or "") else ""
@@ -162,7 +162,7 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")
 
 
-def _check(model: onnx.ModelProto, path: Path) -> None:
+def _check(path: Path) -> None:
     try:
         # From the path: the C++ checker parses the file itself (no 2 GB serialisation of
         # our proto) and resolves external data next to the model.
@@ -236,7 +236,7 @@ def _normalise_ir(model: onnx.ModelProto) -> None:
     model.ir_version = max(model.ir_version, 4)
 
 
-def _pin_input_shapes(model: onnx.ModelProto, pinned: dict[str, tuple[int, ...]], path: Path) -> None:
+def _pin_input_shapes(model: onnx.ModelProto, pinned: dict[str, tuple[int, ...]]) -> None:
     names = [i.name for i in model.graph.input]
     for name in pinned:
         if name not in names:
@@ -268,7 +268,7 @@ def _pin_input_shapes(model: onnx.ModelProto, pinned: dict[str, tuple[int, ...]]
         out.type.tensor_type.ClearField("shape")
 
 
-def _refuse_control_flow(model: onnx.ModelProto, path: Path) -> None:
+def _refuse_control_flow(model: onnx.ModelProto) -> None:
     for node in model.graph.node:
         if node.op_type in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
             raise NscompileError(f"node '{node.name or node.output[0]}' is a {node.op_type} (control flow), which nscompile cannot split; "
@@ -417,7 +417,7 @@ def _drop_dead_nodes(model: onnx.ModelProto, weights: WeightStore) -> None:
     model.graph.initializer.extend(used)
 
 
-def _tensor_table(model: onnx.ModelProto, weights: WeightStore, path: Path) -> dict[str, TensorInfo]:
+def _tensor_table(model: onnx.ModelProto) -> dict[str, TensorInfo]:
     shapes = _value_shapes(model)
     constants = {t.name for t in model.graph.initializer}
     inputs = {i.name for i in model.graph.input}

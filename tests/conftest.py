@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -34,3 +35,14 @@ def random_light(light_models_dir):
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run ``python -m nscompile ARGS`` in a fresh process, as a user's shell would."""
     return subprocess.run([sys.executable, "-m", "nscompile", *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+class SlowSession:
+    """Wraps an onnxruntime session so every run takes ``delay`` seconds longer (a slow server)."""
+
+    def __init__(self, inner, delay: float):
+        self.inner, self.delay = inner, delay
+
+    def run(self, *a, **kw):
+        time.sleep(self.delay)
+        return self.inner.run(*a, **kw)

@@ -9,7 +9,6 @@ import pytest
 from nscompile.cost_model import load_profile
 from nscompile.errors import NscompileError
 from nscompile.features import NodeFeatures
-from nscompile.profiler import fit as fitmod
 from nscompile.profiler import microbench
 from nscompile.profiler.fit import Sample, fit_key
 

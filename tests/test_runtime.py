@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import SlowSession
 from nscompile.errors import NscompileError
 
 # ---------------------------------------------------------------------------------------
@@ -468,15 +468,6 @@ def test_long_rtt_keeps_work_on_device(build, server):
         runner.net.rtt.add(400.0)
         rec = runner.run(inputs, with_record=True)[1]
         assert rec.cut == "input" and rec.reason == "table", rec
-
-
-class SlowSession:
-    def __init__(self, inner, delay):
-        self.inner, self.delay = inner, delay
-
-    def run(self, *a, **kw):
-        time.sleep(self.delay)
-        return self.inner.run(*a, **kw)
 
 
 def test_deadline_falls_back_and_backs_off(build, server):

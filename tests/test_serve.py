@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from conftest import SlowSession
 from nscompile.errors import NscompileError
 from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
@@ -199,15 +200,6 @@ def test_oversized_requests_are_refused_before_reading(server, client, build):
     r = client.post(f"{server.url}/v2/models/{MODEL}/infer", content=chunks(), headers={HEADER_LENGTH: "2"})
     assert r.status_code == 413
     assert_still_serving(client, server, build)
-
-
-class SlowSession:
-    def __init__(self, inner, delay):
-        self.inner, self.delay = inner, delay
-
-    def run(self, *a, **kw):
-        time.sleep(self.delay)
-        return self.inner.run(*a, **kw)
 
 
 def test_load_report_and_isolation_under_concurrency(server, client, build):

@@ -51,7 +51,7 @@ def _overhead_ms(threads: int, provider: str, clock: str, **timing) -> float:
     import numpy as np
     from onnx import TensorProto, helper
 
-    from nscompile.profiler.timing import pick_clock, time_model
+    from nscompile.profiler.timing import time_model
 
     g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
                           [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],

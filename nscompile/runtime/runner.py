@@ -234,11 +234,13 @@ class SplitRunner:
         if net.in_backoff(now):
             return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective)
         probe_ms = 0.0
-        if net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None) and self._has_estimates():
+        if not net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
+            pass
+        elif self._has_estimates():
             # Stale, not missing: refresh off the request path (a probe costs several RTTs,
             # most of a second on 3G) and decide on the last estimates meanwhile.
             self._probe_in_background()
-        elif net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
+        else:
             t = time.perf_counter()
             ok = self._probe()
             probe_ms = (time.perf_counter() - t) * 1e3
