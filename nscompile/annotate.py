@@ -3,7 +3,9 @@
 Like Neurosurgeon, nothing here runs the model: every node's latency on the device and on
 the server comes from the profiles' per-op regressions evaluated on the node's features
 (MACs, bytes in and out, parameter bytes, ...). Unknown op types use a profile's
-fallback model, so annotation never fails on an op it has not seen.
+fallback model, so annotation never fails on an op it has not seen. Where a profile
+was calibrated on this very model (``nscompile profile --model``), its measured per-node
+times take precedence.
 """
 
 from __future__ import annotations
@@ -41,8 +43,21 @@ def annotate(model: LoadedModel, device: Profile, cloud: Profile) -> Annotation:
         The per-node predictions.
     """
     features = graph_features(model.model.graph, model.shapes(), model.constants)
-    device_ms = np.array([device.predict_ms(f) for f in features], dtype=np.float64)
-    cloud_ms = np.array([cloud.predict_ms(f) for f in features], dtype=np.float64)
+    device_ms = _node_ms(model, features, device)
+    cloud_ms = _node_ms(model, features, cloud)
     power = np.full(len(features), device.compute_power_w, dtype=np.float64)
     return Annotation(features=features, device_ms=device_ms, cloud_ms=cloud_ms,
                       device_power_w=power, device=device, cloud=cloud)
+
+
+def _node_ms(model: LoadedModel, features: list[NodeFeatures], profile: Profile) -> np.ndarray:
+    """Per-node milliseconds on one side: calibrated times where the profile has them, else predicted."""
+    measured = calibration(model, profile) or {}
+    return np.array([measured[node.name] if node.name in measured else profile.predict_ms(f)
+                     for node, f in zip(model.nodes, features)], dtype=np.float64)
+
+
+def calibration(model: LoadedModel, profile: Profile) -> dict[str, float] | None:
+    """The measured per-node times ``profile`` carries for this model and its input shapes, if any."""
+    shapes = {name: list(model.tensors[name].shape) for name in model.inputs}
+    return profile.calibration_for(model.sha256, shapes)

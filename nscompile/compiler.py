@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscompile.annotate import annotate
+from nscompile.annotate import annotate, calibration
 from nscompile.backend import emit
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.errors import NscompileError
@@ -83,7 +83,8 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        profiles = {"device": {"name": device.name, "sha256": device.sha256}, "cloud": {"name": cloud.name, "sha256": cloud.sha256}}
+        profiles = {side: {"name": prof.name, "sha256": prof.sha256, "calibrated": calibration(model, prof) is not None}
+                    for side, prof in (("device", device), ("cloud", cloud))}
         doc = emit(model, solved, staging, profiles)
         lap("emit")
         verification = None

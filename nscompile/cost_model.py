@@ -238,6 +238,13 @@ class Profile:
         reorder_ms_per_byte: Cost of onnxruntime's NCHWc layout copies, charged on a
             node's ``reorder_bytes`` feature on top of its regression (0 where the
             provider has no such layout).
+        run_overhead_ms: Fixed cost of one session run (binding, launch), paid once per
+            model run, not per node: see :meth:`run_ms`.
+        node_overhead_ms: Dispatch cost of one kernel (each node that runs as its own
+            kernel, and each layout copy). The regressions are fitted net of both.
+        calibrations: Model SHA-256 -> per-node times measured on this device by
+            ``nscompile profile --model`` (``{"model", "input_shapes", "nodes": {node
+            name: ms}, ...}``); the compiler prefers them to the regressions.
     """
 
     name: str
@@ -251,6 +258,20 @@ class Profile:
     radio_models: dict[str, RadioModel] = field(default_factory=lambda: dict(RADIO_PRESETS))
     meta: dict[str, Any] = field(default_factory=dict)
     reorder_ms_per_byte: float = 0.0
+    run_overhead_ms: float = 0.0
+    node_overhead_ms: float = 0.0
+    calibrations: dict[str, dict] = field(default_factory=dict)
+
+    def calibration_for(self, sha256: str, input_shapes: dict[str, list[int]]) -> dict[str, float] | None:
+        """Measured per-node milliseconds for the model with this hash and these input shapes, if calibrated."""
+        entry = self.calibrations.get(sha256)
+        if entry is None or entry.get("input_shapes") != input_shapes:
+            return None
+        return entry["nodes"]
+
+    def with_calibrations(self, calibrations: dict[str, dict]) -> "Profile":
+        """A copy with ``calibrations`` replaced."""
+        return replace(self, calibrations=dict(calibrations))
 
     def predict_ms(self, f) -> float:
         """Predicted latency of one node in milliseconds (always finite and >= 0).
@@ -260,24 +281,35 @@ class Profile:
 
         Returns:
             Milliseconds. Unknown op keys use the fallback regression; ``folded:*`` keys
-            are free; ``fused:*`` keys cost what the profile measured, or 0.
+            are free; ``fused:*`` keys cost what the profile measured, or 0. The per-run
+            overhead is not included (see :meth:`run_ms`).
         """
         key = f.key
+        if key.startswith("folded:"):
+            return 0.0
         extra = 0.0
         rb = f.values.get("reorder_bytes", 0.0)
         if rb and self.reorder_ms_per_byte and math.isfinite(rb):
             extra = max(rb, 0.0) * self.reorder_ms_per_byte
+        # Dispatch: one per kernel (a fused node has none of its own) and one per layout copy.
+        kernels = f.values.get("reorder_copies", 0.0) + (0.0 if ":" in key else 1.0)
+        extra += self.node_overhead_ms * kernels
         model = self.models.get(key)
         if model is None and "." in key and ":" not in key:
             model = self.models.get(key.split(".", 1)[0])  # kernel family unseen: the op's model
         if model is not None:
             return model.predict(f.values) + extra
-        if key.startswith("folded:"):
-            return 0.0
         if key.startswith("fused:"):
             generic = self.models.get("fused:*")
             return (generic.predict(f.values) if generic is not None else 0.0) + extra
         return self.fallback.predict(f.values) + extra
+
+    def run_ms(self, node_ms: float) -> float:
+        """Latency of one run of a (sub)model whose nodes are predicted to take ``node_ms`` in all.
+
+        A run that has no node to execute (an empty prefix or suffix) costs nothing.
+        """
+        return node_ms + self.run_overhead_ms if node_ms > 0 else 0.0
 
     def radio(self, network: str) -> RadioModel:
         """The radio power model of a network preset.
@@ -345,6 +377,9 @@ class Profile:
                 "models": {k: v.to_json() for k, v in sorted(self.models.items())},
                 "fallback": self.fallback.to_json(),
                 "reorder_ms_per_byte": float(self.reorder_ms_per_byte),
+                "run_overhead_ms": float(self.run_overhead_ms),
+                "node_overhead_ms": float(self.node_overhead_ms),
+                "calibrations": self.calibrations,
             }
         )
         d.pop("power_source", None)
@@ -384,11 +419,14 @@ class Profile:
         if not isinstance(radio_d, dict):
             raise NscompileError("field 'radio' must be an object of network -> radio model")
         radio = _radio_models(radio_d, "radio['{}']")
-        reorder = d.get("reorder_ms_per_byte", 0.0)
-        if not _finite(reorder) or reorder < 0:
-            raise NscompileError("field 'reorder_ms_per_byte' must be a non-negative number")
+        fixed = {}
+        for k in ("reorder_ms_per_byte", "run_overhead_ms", "node_overhead_ms"):  # optional: 0 in older profiles
+            fixed[k] = d.get(k, 0.0)
+            if not _finite(fixed[k]) or fixed[k] < 0:
+                raise NscompileError(f"field '{k}' must be a non-negative number")
+        calibrations = _calibrations(d.get("calibrations", {}))
         known = {"schema", "name", "kind", "provider", "threads", "power", "radio", "models", "fallback",
-                 "reorder_ms_per_byte"}
+                 "calibrations", *fixed}
         meta = {k: v for k, v in d.items() if k not in known}
         meta["power_source"] = power.get("power_source", "assumed")
         return cls(
@@ -402,7 +440,8 @@ class Profile:
             fallback=fallback,
             radio_models=radio or dict(RADIO_PRESETS),
             meta=meta,
-            reorder_ms_per_byte=float(reorder),
+            **{k: float(v) for k, v in fixed.items()},
+            calibrations=calibrations,
         )
 
     def canonical_json(self) -> str:
@@ -501,6 +540,23 @@ def load_radio_overrides(path) -> dict[str, RadioModel]:
     if not isinstance(d, dict) or not d:
         raise NscompileError(f"radio file {p} must map network names to radio models")
     return _radio_models(d, f"radio file {p}, network '{{}}'")
+
+
+def _calibrations(raw) -> dict[str, dict]:
+    """Validate a profile's ``calibrations`` (model SHA-256 -> entry with per-node times)."""
+    if not isinstance(raw, dict):
+        raise NscompileError("field 'calibrations' must be an object of model sha256 -> calibration")
+    for sha, entry in raw.items():
+        where = f"calibrations['{sha[:12]}']"
+        if not isinstance(entry, dict) or not isinstance(entry.get("nodes"), dict):
+            raise NscompileError(f"{where} must be an object with 'nodes' (node name -> ms)")
+        if not all(isinstance(k, str) and _finite(v) and v >= 0 for k, v in entry["nodes"].items()):
+            raise NscompileError(f"{where}.nodes must map node names to non-negative milliseconds")
+        shapes = entry.get("input_shapes")
+        if not isinstance(shapes, dict) or not all(
+                isinstance(v, list) and all(isinstance(x, int) for x in v) for v in shapes.values()):
+            raise NscompileError(f"{where}.input_shapes must map input names to lists of integers")
+    return dict(raw)
 
 
 def _radio_models(raw: dict, where: str) -> dict[str, RadioModel]:

@@ -257,6 +257,11 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
             hidden = r[0][2]
             macs = float(seq * batch * dirs * gates_h * (in_size + hidden))
             v["macs"] = macs
+            # onnxruntime projects the inputs of all steps in one GEMM (compute-bound),
+            # then runs one matrix-vector product per step on the recurrent weights
+            # (bound by reading them): two terms with very different speeds.
+            v["macs_input"] = float(seq * batch * dirs * gates_h * in_size)
+            v["macs_recurrent"] = float(seq * batch * dirs * gates_h * hidden)
             v["flops"] = 2 * macs
             v["seq"] = float(seq)
             v["hidden"] = float(hidden)
@@ -378,7 +383,7 @@ def graph_features(
                 key = f"fused:{op}"
                 stage[i] = fused
             elif op in _CONV_LIKE:
-                stage[i] = ("conv", 0, _nchwc_eligible(op, values))
+                stage[i] = ("conv", 0, _nchwc_eligible(op, values) and _nchwc_output_kept(op, values))
                 if values.get("is_dw"):
                     key = f"{op}.depthwise"
                 elif values.get("is_grouped"):
@@ -386,6 +391,7 @@ def graph_features(
             elif op in _GEMM_LIKE:
                 stage[i] = ("gemm", 0, False)
         result.append(NodeFeatures(key=key, values=values))
+    _skip_layer_norms(nodes, result, producer, consumers, graph_outputs, shapes, const)
     _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const)
     _cold_weights(nodes, result, shapes, constants)
     return result
@@ -433,21 +439,35 @@ _NCHWC_POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "Global
 
 
 def _nchwc_eligible(op: str, v: dict[str, float]) -> bool:
+    """Whether onnxruntime runs this node in the NCHWc layout.
+
+    Checked against onnxruntime 1.32's optimised graphs: a plain or depthwise conv always
+    qualifies (channels are padded up to the block), a grouped conv only with
+    block-aligned channels per group.
+    """
     if op == "BatchNormalization":
         return v.get("elems_in", 0) > 0 and v.get("param_bytes", 0) > 0 and \
             (v["param_bytes"] / 16) % NCHWC_BLOCK == 0  # 4 float vectors of C channels
     if op not in ("Conv", "FusedConv") or "group" not in v:
         return False
     g, cin, cout = int(v["group"]), int(v["c_in"]), int(v["c_out"])
-    if g == 1:
-        return cout % NCHWC_BLOCK == 0 and (cin % NCHWC_BLOCK == 0 or cin < NCHWC_BLOCK)
-    if g == cin == cout:
-        return cin % NCHWC_BLOCK == 0
+    if g == 1 or g == cin == cout:
+        return True
     return (cin // g) % NCHWC_BLOCK == 0 and (cout // g) % NCHWC_BLOCK == 0
 
 
+def _nchwc_output_kept(op: str, v: dict[str, float]) -> bool:
+    """Whether an NCHWc node's output stays blocked for its consumers.
+
+    A padded output (channels not a multiple of the block) is copied back to NCHW at once.
+    """
+    if op not in ("Conv", "FusedConv"):
+        return True
+    return int(v.get("c_out", 0)) % NCHWC_BLOCK == 0
+
+
 def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const) -> None:
-    """Fill ``reorder_bytes``: NCHWc<->NCHW copies onnxruntime adds around each node."""
+    """Fill ``reorder_bytes`` and ``reorder_copies``: the NCHWc<->NCHW copies onnxruntime adds around each node."""
     nchwc = [False] * len(nodes)
     resident: set[str] = set()
     for i, (node, f) in enumerate(zip(nodes, result)):
@@ -459,6 +479,8 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
             on = False
         elif op in _NCHWC_POOLS:
             on = bool(dyn) and dyn[0] in resident
+        elif op in ACTIVATIONS and len(dyn) == 1 and dyn[0] in resident:
+            on = True  # element-wise: runs on the blocked tensor as it is
         elif op == "Mul" and len(dyn) == 1 and dyn[0] in resident:
             # A per-channel scale of an NCHWc tensor becomes a depthwise NCHWc conv.
             on = True
@@ -470,7 +492,7 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
         else:
             on = _nchwc_eligible(op, f.values)
         nchwc[i] = on
-        if on:
+        if on and _nchwc_output_kept(op, f.values):
             resident.update(o for o in node.output if o)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -487,7 +509,7 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
     for i, (node, f) in enumerate(zip(nodes, result)):
         if not nchwc[i]:
             continue
-        rb = 0.0
+        rb, copies = 0.0, 0
         dyn = [x for x in node.input if x and x not in const]
         for j, x in enumerate(dyn):
             if x in resident:
@@ -495,10 +517,32 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
             if j == 0 and node.op_type in _CONV_LIKE and f.values.get("c_in", NCHWC_BLOCK) < NCHWC_BLOCK:
                 continue  # narrow-input convs read NCHW directly
             rb += nbytes(x)
+            copies += 1
         for o in node.output:
-            if o and (o in graph_outputs or any(not nchwc[c] for c in consumers.get(o, []))):
+            if o and (o not in resident or o in graph_outputs or any(not nchwc[c] for c in consumers.get(o, []))):
                 rb += nbytes(o)
+                copies += 1
         f.values["reorder_bytes"] = rb
+        f.values["reorder_copies"] = float(copies)
+
+
+def _skip_layer_norms(nodes, result, producer, consumers, graph_outputs, shapes, const) -> None:
+    """Residual Add + LayerNormalization: onnxruntime runs both as one SkipLayerNormalization.
+
+    That kernel costs far more than a LayerNormalization (about 8x on onnxruntime 1.32's
+    CPU provider, 1 thread), so it is an op key of its own, and the Add is absorbed.
+    """
+    for i, node in enumerate(nodes):
+        if node.op_type != "LayerNormalization" or not node.input or result[i].key != "LayerNormalization":
+            continue
+        x = node.input[0]
+        p = producer.get(x)
+        if p is None or result[p].key != "Add" or x in graph_outputs or consumers.get(x, 0) != 1:
+            continue
+        dyn = [t for t in nodes[p].input if t and t not in const]
+        if len(dyn) == 2 and all(shapes.get(t, (None,))[0] == shapes.get(x, (None,))[0] for t in dyn):
+            result[i] = NodeFeatures(key="SkipLayerNormalization", values=result[i].values)
+            result[p] = NodeFeatures(key="fused:Add", values=result[p].values)
 
 
 def _fusion(node, op, dyn_inputs, nodes, producer, consumers, graph_outputs, stage, shapes):

@@ -292,10 +292,15 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
         taken.add(ident)
         device_outputs = [o for o in model.outputs if model.tensors[o].producer >= 0 and mask[model.tensors[o].producer]]
         download = [o for o in model.outputs if o not in device_outputs]
+        # Each side that runs anything pays its session's fixed per-run cost once. The
+        # solver leaves these microseconds out (a constant per non-empty side is not a
+        # cut cost); the predictions reported here include them.
+        device_ms = ann.device.run_ms(float(ann.device_ms[mask].sum()))
+        run_mj = (device_ms - float(ann.device_ms[mask].sum())) * ann.device.compute_power_w
         cuts.append(CutChoice(
             id=ident, device=mask, upload=up_names, device_outputs=device_outputs, download=download,
-            device_ms=float(ann.device_ms[mask].sum()), cloud_ms=float(ann.cloud_ms[~mask].sum()),
-            device_compute_mj=float((ann.device_ms * ann.device_power_w)[mask].sum()),
+            device_ms=device_ms, cloud_ms=ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum())),
+            device_compute_mj=float((ann.device_ms * ann.device_power_w)[mask].sum()) + run_mj,
             upload_bytes=int(wire[up].sum()) if up else 0,
             download_bytes=int(sum(model.tensors[o].nbytes for o in download)),
         ))

@@ -115,6 +115,8 @@ def test_lstm_macs():
     }
     """)
     assert f[0].values["macs"] == 5 * 1 * 128 * (16 + 32)
+    # The input projection (one GEMM) and the recurrent steps run at different speeds.
+    assert f[0].values["macs_input"] == 5 * 128 * 16 and f[0].values["macs_recurrent"] == 5 * 128 * 32
 
 
 def test_unknown_op_and_missing_shapes_never_raise():
@@ -148,3 +150,35 @@ def test_bn_fuses_into_grouped_and_depthwise_convs():
     """)
     assert [x.key for x in f] == ["Conv.grouped", "fused:BatchNormalization", "Conv.depthwise",
                                   "fused:BatchNormalization"]
+
+
+def test_residual_add_and_layer_norm_are_one_skip_layer_norm():
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,16,64] x, float[1,16,64] r) => (float[1,16,64] y, float[1,16,64] z) <float[64] s, float[64] b> {
+      a = Add (x, r)
+      y = LayerNormalization <axis=-1> (a, s, b)
+      c = Add (x, b)
+      z = LayerNormalization <axis=-1> (c, s, b)
+    }
+    """)
+    # A residual sum of two activations fuses; a bias add (broadcast) does not.
+    assert [x.key for x in f] == ["fused:Add", "SkipLayerNormalization", "Add", "LayerNormalization"]
+
+
+def test_layout_copies_follow_onnxruntime_padding():
+    # onnxruntime 1.32 (checked on its optimised graphs): LeNet's 1->20 and 20->50 convs run
+    # blocked with padded channels; an unaligned output is copied back at once.
+    f = _feats("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,1,28,28] x) => (float[1,50,8,8] y) <float[20,1,5,5] w1, float[50,20,5,5] w2> {
+      c = Conv <kernel_shape=[5,5]> (x, w1)
+      p = MaxPool <kernel_shape=[2,2], strides=[2,2]> (c)
+      y = Conv <kernel_shape=[5,5]> (p, w2)
+    }
+    """)
+    conv1, pool, conv2 = f
+    assert conv1.values["reorder_copies"] == 1 and conv1.values["reorder_bytes"] == 20 * 24 * 24 * 4
+    assert "reorder_copies" not in pool.values  # plain NCHW MaxPool
+    assert conv2.values["reorder_copies"] == 2  # ReorderInput of p, ReorderOutput of y
+    assert conv2.values["reorder_bytes"] == (20 * 12 * 12 + 50 * 8 * 8) * 4

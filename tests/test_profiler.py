@@ -85,7 +85,7 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     assert sum(r.n_samples for k, r in prof.models.items() if k.startswith("Conv")) == 8
     assert prof.reorder_ms_per_byte > 0  # NCHWc copies measured on the CPU provider
     assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"
-    assert prof.meta["overhead_ms"] > 0
+    assert prof.run_overhead_ms > 0 and prof.node_overhead_ms >= 0
     # every prediction finite and >= 0, unknown ops too
     for key in list(prof.models) + ["TotallyUnknownOp"]:
         ms = prof.predict_ms(NodeFeatures(key, {"macs": 1e7, "bytes_total": 1e6, "elems_out": 1e5}))

@@ -9,11 +9,12 @@ from typing import Optional
 import typer
 
 from nscompile.cli import app
+from nscompile.errors import NscompileError
 
 
 @app.command()
 def profile(
-    name: str = typer.Option(..., "--name", help="Profile name, e.g. pixel7-ort-cpu-1thread."),
+    name: Optional[str] = typer.Option(None, "--name", help="Profile name, e.g. pixel7-ort-cpu-1thread (required unless --model)."),
     out: Path = typer.Option(..., "-o", "--out", help="Where to write the profile JSON."),
     kind: str = typer.Option("device", "--kind", help="device (runs the prefix) or server (runs the suffix)."),
     threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads, as deployed (0 = all cores)."),
@@ -31,11 +32,19 @@ def profile(
     ),
     notes: Optional[str] = typer.Option(None, "--notes", help="Free text stored in the profile."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    model: Optional[list[Path]] = typer.Option(
+        None, "--model",
+        help="Calibrate instead: time this model per node on this device and add the times to --base (repeatable).",
+    ),
+    base: Optional[Path] = typer.Option(None, "--base", help="With --model: this device's profile (default: the shipped device profile)."),
+    input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="With --model: pin an input's shape, NAME=1x3x224x224."),
 ) -> None:
     """Time single-op and fused-pattern microbenchmarks with onnxruntime and fit per-op regressions.
 
     Run it on the device itself (phone, Jetson, Raspberry Pi) and on the server, with the
     threads and provider they will use in deployment; pass the results to `nscompile build`.
+    With --model, calibrate an existing profile on given models instead (per-node times the
+    compiler then prefers for those models).
     """
     from contextlib import nullcontext
 
@@ -46,6 +55,11 @@ def profile(
     from nscompile.profiler import run_profile
     from nscompile.profiler.quota import cpu_quota as quota_ctx
 
+    if model:
+        _calibrate(model, base, out, input_shape, as_json)
+        return
+    if not name:
+        raise NscompileError("--name is required to profile a device (e.g. --name pixel7-ort-cpu-1thread)")
     radio = load_radio_overrides(radio_json) if radio_json else None
     console = Console(stderr=True)
     ctx = quota_ctx(cpu_quota) if cpu_quota is not None else nullcontext()
@@ -87,4 +101,31 @@ def profile(
         err = "-" if r.heldout_error is None else f"{100 * r.heldout_error:.0f}%"
         table.add_row(k, r.transform, ", ".join(r.features) or "-", err, str(r.n_samples))
     Console().print(table)
+    typer.echo(f"wrote {out}")
+
+
+def _calibrate(models: list[Path], base: Optional[Path], out: Path, input_shape: Optional[list[str]], as_json: bool) -> None:
+    """``nscompile profile --model``: per-node times of ``models`` added to the base profile."""
+    from contextlib import nullcontext
+
+    from nscompile.cost_model import default_profile_path, load_profile
+    from nscompile.frontend import parse_input_shapes
+    from nscompile.profiler.calibrate import calibrate
+    from nscompile.profiler.quota import cpu_quota as quota_ctx
+
+    prof = load_profile(base or default_profile_path("device"))
+    shapes = parse_input_shapes(input_shape)
+    quota = prof.meta.get("cpu_quota_cores")
+    calibrations = dict(prof.calibrations)
+    # A profile measured under a CPU quota is calibrated under the same quota.
+    with quota_ctx(float(quota)) if quota else nullcontext():
+        for path in models:
+            sha, entry = calibrate(path, prof, shapes)
+            calibrations[sha] = entry
+            line = {"model": str(path), "measured_ms": entry["measured_ms"], "predicted_ms": entry["predicted_ms"],
+                    "nodes": len(entry["nodes"])}
+            typer.echo(json.dumps(line) if as_json else
+                       f"{path}: measured {entry['measured_ms']:.3f} ms, regressions predicted "
+                       f"{entry['predicted_ms']:.3f} ms; {len(entry['nodes'])} nodes calibrated")
+    prof.with_calibrations(calibrations).save(out)
     typer.echo(f"wrote {out}")

@@ -30,7 +30,8 @@ FUSION_NOTE = (
     "after Gemm, bias Add after MatMul, Dropout/Identity removed), costed by the 'fused:*' "
     "regression fitted on fused-pattern time beyond the base kernel; 'folded:<op>' for nodes "
     "with only constant inputs (constant-folded, free). Times are net of the fixed per-run "
-    "session overhead ('overhead_ms')."
+    "session overhead ('run_overhead_ms') and the per-kernel dispatch cost ('node_overhead_ms'), "
+    "which the compiler adds back once per run and once per kernel or layout copy."
 )
 
 
@@ -46,20 +47,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _overhead_ms(threads: int, provider: str, clock: str, **timing) -> float:
-    """Fixed per-run cost of a session (the time of a 1-element Relu)."""
+def _dispatch_overheads(threads: int, provider: str, clock: str, **timing) -> tuple[float, float]:
+    """Fixed cost of one session run and dispatch cost of one kernel (ms).
+
+    Times chains of 1 to 32 Relu nodes on a 16-element tensor (nothing to compute) and
+    fits ``t = run + k * node`` (Theil-Sen, robust to a disturbed point).
+    """
     import numpy as np
     from onnx import TensorProto, helper
+    from scipy.stats import theilslopes
 
     from nscompile.profiler.timing import time_model
 
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "overhead",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    feeds = {"x": np.ones(1, np.float32)}
-    return min(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1, **timing) for _ in range(3))
+    ks, ts = [], []
+    feeds = {"t0": np.ones((1, 16), np.float32)}
+    for k in (1, 2, 4, 8, 16, 32):
+        nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)]
+        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16]) for n in ("t0", f"t{k}")]
+        m = helper.make_model(helper.make_graph(nodes, "dispatch", [vi[0]], [vi[1]]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        for _ in range(3):
+            ks.append(k)
+            ts.append(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.05, **timing))
+    slope, intercept, _, _ = theilslopes(ts, ks)
+    return max(float(intercept), 0.0), max(float(slope), 0.0)
 
 
 def _reorder_ms_per_byte(threads: int, provider: str, clock: str, **timing) -> float:
@@ -150,7 +162,7 @@ def run_profile(
     # batch, of batches long enough (~12 CFS periods) for the throttling to average out.
     stat = "median" if under_quota else None
     timing = {"stat": stat, "min_batch_s": 0.05} if under_quota else {}
-    overhead = _overhead_ms(threads, provider, clock, **timing)
+    run_overhead, node_overhead = _dispatch_overheads(threads, provider, clock, **timing)
     # NCHWc layout copies exist only on the CPU provider.
     reorder = _reorder_ms_per_byte(threads, provider, clock, **timing) if provider == "cpu" else 0.0
     singles: list[Sample] = []
@@ -160,11 +172,13 @@ def run_profile(
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
         ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget, **timing)
-        # Net of the session overhead and of the layout copies a lone op pays (costed
-        # separately, where a model has them, through the reorder_bytes feature).
-        copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
-        ms = max(ms - overhead - copies, 0.1 * ms, 1e-4)
         kernels = [f for f in feats if ":" not in f.key]
+        # Net of the session's run and dispatch overheads and of the layout copies a lone
+        # op pays (all costed separately: the profile's fixed costs, reorder_bytes).
+        n_copies = sum(f.values.get("reorder_copies", 0.0) for f in feats)
+        fixed = run_overhead + node_overhead * (len(kernels) + n_copies)
+        copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
+        ms = max(ms - fixed - copies, 0.1 * ms, 1e-4)
         fused = [f for f in feats if f.key.startswith("fused:")]
         if case.group == "stack" and kernels and len({f.key for f in kernels}) == 1:
             # Identical layers in a row: one sample of the per-layer time.
@@ -203,7 +217,6 @@ def run_profile(
         "onnxruntime_version": ort.__version__,
         "cpu_model": cpu_model(),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "overhead_ms": round(overhead, 6),
         "clock": clock,
         "statistic": stat or ("median" if clock == "cpu" else "min"),
         "n_benchmarks": i + 1,
@@ -231,4 +244,6 @@ def run_profile(
         radio_models=radios,
         meta=meta,
         reorder_ms_per_byte=reorder,
+        run_overhead_ms=run_overhead,
+        node_overhead_ms=node_overhead,
     )

@@ -356,6 +356,13 @@ def _norm_cases(rng, n_each, max_elems) -> Iterator[Case]:
         y = b.node("LayerNormalization", [b.input((1, s, d)), b.weight((d,), positive=True), b.weight((d,))],
                    axis=-1)[0]
         yield Case(f"LayerNormalization 1x{s}x{d} #{i}", "LayerNormalization", b.model([y]), b.feeds)
+    for i in range(n_each):  # residual Add + LayerNormalization: one SkipLayerNormalization kernel
+        b = _Builder(rng)
+        s = int(rng.choice([1, 16, 64, 128, 256]))
+        d = int(rng.choice([128, 256, 512, 768, 1024]))
+        x = b.node("Add", [b.input((1, s, d)), b.input((1, s, d))])[0]
+        y = b.node("LayerNormalization", [x, b.weight((d,), positive=True), b.weight((d,))], axis=-1)[0]
+        yield Case(f"SkipLayerNormalization 1x{s}x{d} #{i}", "SkipLayerNormalization", b.model([y]), b.feeds)
     for i in range(n_each):
         b = _Builder(rng)
         if i % 2 == 0:
@@ -442,13 +449,17 @@ def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
 
 
 def _rnn_cases(rng, n_each) -> Iterator[Case]:
+    # A grid over hidden size (where the recurrent weights sit in the cache hierarchy
+    # decides the per-step speed) and sequence length, inputs drawn at random; speech
+    # models run 512-1024 units over 100+ frames, keyword spotters 64-128 units.
+    hiddens = [64, 128, 256, 512, 768, 1024]
+    seqs = [1, 10, 50, 100]
     for op, gates in (("LSTM", 4), ("GRU", 3)):
         for i in range(n_each):
             b = _Builder(rng)
-            seq = int(rng.choice([1, 8, 32, 100]))
+            hid = hiddens[i % len(hiddens)]
+            seq = seqs[(i // len(hiddens)) % len(seqs)] if n_each > len(hiddens) else int(rng.choice(seqs))
             inp = int(rng.choice([32, 80, 128, 256, 440, 1024]))
-            # Half the cases large (speech models: 512-1024 units, weights of 8-32 MB).
-            hid = int(rng.choice([64, 128, 256, 512] if i % 2 else [512, 768, 1024]))
             if seq * gates * hid * (inp + hid) > 1e9:
                 seq = max(seq // 4, 1)
             x = b.input((seq, 1, inp))
@@ -496,7 +507,7 @@ def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
         lambda: _pool_cases(rng, n_each, max_elems),
         lambda: _norm_cases(rng, n_each, max_elems),
         lambda: _shape_cases(rng, n_each, max_elems),
-        lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else n_each),
+        lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else 24),
     ]
     for g in gens:
         yield from g()
