@@ -1,4 +1,5 @@
-"""The testbed: user-space link emulation, energy, cleanup, and `nscompile bench --quick` end to end."""
+"""The testbed: user-space link emulation, energy, cleanup, CPU pinning, the device's rounds, and
+`nscompile bench --quick` end to end."""
 
 from __future__ import annotations
 
@@ -15,8 +16,13 @@ import pytest
 
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.testbed import cleanup
+from nscompile.testbed.device import _out_of_the_running
 from nscompile.testbed.energy import request_energy_mj
+from nscompile.testbed.link import Rates, parse_cpus
 from nscompile.testbed.shaping import LinkState, make_client, transfer_s
+from nscompile.testbed.testbed import (
+    Testbed as Bed,  # not Test*: pytest would try to collect it
+)
 
 
 class _Echo(BaseHTTPRequestHandler):
@@ -88,33 +94,141 @@ def _leftovers(pid: int) -> list[str]:
         found += [line.split()[0] for line in out.splitlines() if line.startswith(f"{cleanup.PREFIX}-{pid}-")]
     except OSError:
         pass
-    if cleanup.CGROUP_CPU.is_dir():
-        found += [p.name for p in cleanup.CGROUP_CPU.glob(f"{cleanup.PREFIX}-{pid}-*")]
+    for hierarchy in (cleanup.CGROUP_CPU, cleanup.CGROUP_CPUSET):
+        if hierarchy.is_dir():
+            found += [str(p) for p in hierarchy.glob(f"{cleanup.PREFIX}-{pid}-*")]
     return found
 
 
 def test_interrupted_testbed_leaves_nothing_behind(tmp_path):
-    """SIGTERM while the link is up: namespaces and cgroups are gone afterwards."""
+    """SIGTERM while the link is up: namespaces, the CPU quota group and the cpusets are gone afterwards."""
     script = (
         "import time, sys\n"
         "from nscompile.testbed import Testbed\n"
         "from nscompile.testbed.link import CpuQuota\n"
         f"tb = Testbed({str(tmp_path)!r})\n"
         "if tb.link.kernel: CpuQuota('dev', 0.5)\n"
-        "print(tb.mode, flush=True)\n"
+        "print(tb.mode, bool(tb.cpusets), flush=True)\n"
         "time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
-        mode = proc.stdout.readline().strip()
+        mode, pinned = proc.stdout.readline().split()
+        made = _leftovers(proc.pid)
         if mode == "kernel":
-            assert _leftovers(proc.pid), "kernel mode should have made a namespace"
+            assert any("/cpu/" in p for p in made), made
+        if pinned == "True":
+            assert len([p for p in made if "/cpuset/" in p]) == 2, made
         proc.terminate()
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert _leftovers(proc.pid) == []
+
+
+def test_stale_cpuset_of_a_dead_run_is_swept():
+    """A cpuset left by a run killed with SIGKILL (its pid in the name) is removed by the next testbed."""
+    if not os.access(cleanup.CGROUP_CPUSET, os.W_OK):
+        pytest.skip(f"{cleanup.CGROUP_CPUSET} not writable")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    group = cleanup.CGROUP_CPUSET / f"{cleanup.PREFIX}-{dead.pid}-dev"
+    group.mkdir()
+    try:
+        assert f"cgroup {group}" in cleanup.sweep_stale()
+        assert not group.exists()
+    finally:
+        if group.exists():
+            group.rmdir()
+
+
+def test_pruning_drops_only_forced_cuts_far_slower_than_the_best():
+    cuts = [None, "fast", "close", "hopeless"]
+    recs = [[{"total_ms": ms} for ms in row] for row in ([1.0, 50.0], [10.0, 12.0], [20.0, 30.0], [25.0, 40.0])]
+    assert _out_of_the_running(cuts, recs, 2.0) == {3}  # 25 > 2 x 12; nscompile's own (None) never drops out
+    assert _out_of_the_running(cuts, recs, 0.0) == set()
+
+
+def test_forced_requests_neither_start_nor_end_nscompiles_backoff():
+    """Among the rounds, a forced request that fails (or succeeds) leaves the back-off of nscompile's own alone."""
+    from types import SimpleNamespace
+
+    from nscompile.runtime.netstate import NetState
+    from nscompile.testbed.device import Device
+
+    class Runner:
+        def __init__(self):
+            self.net, self.force_cut, self._probe_thread = NetState(), None, None
+
+        def run(self, feeds, with_record):  # every request fails on the server
+            self.net.failed(time.monotonic())
+            return None, SimpleNamespace(as_dict=lambda: {"cut": self.force_cut})
+
+    dev = Device.__new__(Device)
+    dev.runner, dev.feeds = Runner(), {}
+    dev.one_of_many("some_cut")
+    assert dev.runner.net.failures == 0 and not dev.runner.net.in_backoff(time.monotonic())
+    dev.one_of_many(None)
+    assert dev.runner.net.failures == 1 and dev.runner.net.in_backoff(time.monotonic())
+
+
+def test_userspace_testbed_pins_nothing_and_says_so(tmp_path):
+    with Bed(tmp_path, userspace=True) as tb:
+        assert tb.cpusets == {} and tb.server_cpus is None and tb.server_threads is None
+        assert "no CPU pinning" in tb.describe()
+
+
+@pytest.fixture(scope="module")
+def lenet_build(tmp_path_factory):
+    """A build of the small LeNet (device profile and this CPU's one-thread profile as the server's)."""
+    from nscompile.testbed.experiments import (
+        SINGLE_CORE_CLOUD_PROFILE,
+        _build,
+        _prepare_model,
+    )
+
+    if not default_profile_path("device").is_file() or not SINGLE_CORE_CLOUD_PROFILE.is_file():
+        pytest.skip("shipped profiles not there yet")
+    root = tmp_path_factory.mktemp("lenet")
+    _build(_prepare_model("lenet", "small", root / "models"), root / "build", default_profile_path("device"),
+           SINGLE_CORE_CLOUD_PROFILE)
+    return root / "build"
+
+
+def _cpus_allowed(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/status") as f:
+        return parse_cpus(next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list:")))
+
+
+def test_rounds_measure_every_mode_side_by_side_in_rotating_order(tmp_path, lenet_build):
+    """The device's rounds op: per-mode records, one per round, the order rotating; pinned processes."""
+    with Bed(tmp_path / "logs") as tb, tb.session(lenet_build, tag="rounds") as s:
+        if tb.cpusets:  # kernel mode on a machine with two CPUs or more
+            assert _cpus_allowed(s.device.proc.pid) == tb.cpusets["device"].cpus
+            for w in (s.server, s.loadgen):
+                assert _cpus_allowed(w.proc.pid) == tb.server_cpus
+            assert "cpuset" in tb.describe()
+        s.set_network(Rates(18.88, 54.0, 1.0))
+        modes = [None, *s.cuts]
+        got = s.rounds(modes, 4, warmup=1, max_s=60.0, fresh=True)
+        assert list(got) == modes
+        firsts = set()
+        for r in range(4):
+            slots = {m: next(rec["slot"] for rec in got[m] if rec["round"] == r) for m in modes}
+            assert sorted(slots.values()) == list(range(len(modes)))  # each mode once per round
+            firsts.add(min(slots, key=slots.get))
+        assert len(firsts) == min(4, len(modes))  # a different mode goes first each round
+        for m, recs in got.items():
+            assert [rec["round"] for rec in recs] == [0, 1, 2, 3]
+            if m is None:
+                assert all(rec["reason"] != "forced" for rec in recs)
+            else:
+                assert all(rec["reason"] == "forced" and rec["cut"] == m for rec in recs)
+        # The time limit ends the rounds early, but never before the third.
+        short = s.rounds(modes, 9, warmup=0, max_s=0.0)
+        assert all(len(recs) == 3 for recs in short.values())
+    assert _leftovers(os.getpid()) == []
 
 
 def test_bench_quick_end_to_end(tmp_path):
@@ -129,6 +243,8 @@ def test_bench_quick_end_to_end(tmp_path):
                        capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "testbed:" in r.stdout and ("kernel" in r.stdout or "fallback" in r.stdout)
+    testbed = (out / "testbed.txt").read_text()
+    assert "cpuset" in testbed or "no CPU pinning" in testbed  # what ran where, or why nothing was pinned
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 2  # two models x two networks x idle/loaded (one device profile)
@@ -139,11 +255,15 @@ def test_bench_quick_end_to_end(tmp_path):
             assert row[col] not in ("", "nan"), (col, row)
         assert float(row["oracle_ms"]) <= min(float(row["all_device_ms"]), float(row["all_cloud_ms"])) + 1e-9
         assert float(row["all_cloud_ms"]) > 0 and float(row["chosen_mj"]) > 0
+        assert int(row["n"]) >= 3  # nscompile's own requests: at least three rounds
+        assert float(row["chosen_q1_ms"]) <= float(row["chosen_ms"]) <= float(row["chosen_q3_ms"])
+        assert row["iqr_overlap"] in ("True", "False")
     loaded = [r for r in rows if r["load"] == "loaded"]
     assert all(float(r["server_load_k"]) > 1.0 for r in loaded)  # the load is measured, not assumed
     for name in ("report.html", "trace.csv", "load.csv", "trace.png", "load.png", "cuts.csv", "summary.json"):
         assert (out / name).is_file(), name
-    assert json.loads((out / "summary.json").read_text())["cases"] == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == 8 and 0.0 <= summary["within_10pct_or_iqr"] <= 1.0
     out_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if _has_ip() else ""
     assert not [n for n in out_ns.split() if n.startswith(f"{cleanup.PREFIX}-{r.args and ''}")
                 and cleanup._owner(n) is not None and not cleanup._alive(cleanup._owner(n))]

@@ -20,6 +20,7 @@ from pathlib import Path
 #: Prefix of every namespace, interface and cgroup the testbed creates.
 PREFIX = "nscb"
 CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
+CGROUP_CPUSET = Path("/sys/fs/cgroup/cpuset")
 
 _lock = threading.Lock()
 _actions: list[tuple[int, str, Callable[[], None]]] = []
@@ -121,8 +122,10 @@ def sweep_stale() -> list[str]:
             kill_netns_processes(name)
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
             removed.append(f"netns {name}")
-    if CGROUP_CPU.is_dir():
-        for group in CGROUP_CPU.glob(f"{PREFIX}-*"):
+    for hierarchy in (CGROUP_CPU, CGROUP_CPUSET):
+        if not hierarchy.is_dir():
+            continue
+        for group in hierarchy.glob(f"{PREFIX}-*"):
             pid = _owner(group.name)
             if pid is not None and pid != os.getpid() and not _alive(pid):
                 remove_cgroup(group)
@@ -145,7 +148,7 @@ def kill_netns_processes(name: str) -> None:
 
 
 def remove_cgroup(group: Path) -> None:
-    """Move any task left in ``group`` to the root group, then delete it."""
+    """Move any task left in ``group`` to its parent (the hierarchy's root group), then delete it."""
     import time
 
     for _ in range(20):  # bounded: tasks of a killed process vanish within milliseconds
@@ -155,7 +158,7 @@ def remove_cgroup(group: Path) -> None:
             tasks = []
         for t in tasks:
             try:
-                (CGROUP_CPU / "cgroup.procs").write_text(t)
+                (group.parent / "cgroup.procs").write_text(t)
             except OSError:
                 pass
         try:

@@ -10,6 +10,18 @@ library chatter on stdout is ignored) per command:
   measured requests (``cut`` null: nscompile chooses; else that cut is forced), after
   ``warmup`` unmeasured ones, stopping early after ``max_s`` seconds (at least 3 kept);
   ``fresh`` forgets the bandwidth/RTT/load estimates first (a new network);
+- ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "fresh": bool, "prune"}``:
+  the modes measured side by side: each round runs one request per mode (null:
+  nscompile chooses; an id: that cut forced), the order rotating by one mode per round
+  so that no mode always goes first; stops after ``rounds`` rounds, or earlier once
+  ``max_s`` seconds have passed and at least 3 rounds are done. ``warmup`` unmeasured
+  requests of nscompile's own mode come first (after ``fresh`` its first request pays
+  for probing the new network; the forced cuts are warm from the session's start).
+  After the first round, a forced cut whose fastest request took over ``prune`` times
+  the slowest request of the forced cut with the lowest median sits the rounds out
+  (it cannot be the fastest; ``prune`` 0: never). Answers ``"records"``: one list per
+  mode, in the order of ``cuts``, each record with its ``round`` and its ``slot``
+  (position in the round);
 - ``{"op": "trace", "cut", "t0", "phases": [{"until_s", "rtt_ms", "up_mbps", "down_mbps"}]}``:
   requests back to back until the last phase ends, switching the transport's conditions
   at each phase's end (times relative to ``t0`` on the shared monotonic clock);
@@ -22,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
@@ -33,6 +46,8 @@ from nscompile.runtime.netstate import NetState
 from nscompile.testbed.shaping import LinkState, make_client
 
 MARK = "@@"
+#: The rounds op stops early on its time limit only after this many rounds.
+MIN_ROUNDS = 3
 
 
 def _inputs(runner: SplitRunner, seed: int = 0) -> dict[str, np.ndarray]:
@@ -61,17 +76,39 @@ class Device:
         self.feeds = _inputs(self.runner)
 
     def one(self, cut: str | None) -> dict:
+        """One request (``cut`` None: nscompile chooses); its RunRecord as a dict, with ``t``."""
         self.runner.force_cut = cut
         _, rec = self.runner.run(self.feeds, with_record=True)
         d = rec.as_dict()
         d["t"] = time.monotonic()
         return d
 
+    def one_of_many(self, cut: str | None) -> dict:
+        """:meth:`one` when the modes take turns on one runner (the ``rounds`` op).
+
+        Forced requests measure the same link and server as nscompile's own, so the
+        runner may learn bandwidth, RTT and load from them; but a real device never
+        makes them, so their success or failure must not start or end a back-off.
+        """
+        net = self.runner.net
+        backoff = None if cut is None else (net.retry_at, net.failures, net._backoff)
+        d = self.one(cut)
+        if backoff is not None:
+            net.retry_at, net.failures, net._backoff = backoff
+        # A background probe this request started must not overlap the next mode's
+        # request: on the shared link and CPU it would slow a forced request down
+        # (flattering nscompile), and the forced traffic would spoil the probe's sample.
+        probe = self.runner._probe_thread
+        if probe is not None:
+            probe.join()
+        return d
+
     def fresh(self, stale_s: float | None = None) -> None:
-        # A new network: what the runner learnt about the old one must not carry over.
+        """Forget the estimates: on a new network what the runner learnt about the old one must not carry over."""
         self.runner.net = NetState(stale_s=stale_s or self.stale_s, backoff_s=(0.5, 5.0))
 
     def run(self, cut: str | None, n: int, warmup: int, max_s: float, fresh: bool, stale_s: float | None = None) -> list[dict]:
+        """Requests of one mode back to back (see the ``run`` op)."""
         if fresh:
             self.fresh(stale_s)
         for _ in range(warmup):
@@ -83,7 +120,32 @@ class Device:
                 break
         return records
 
+    def rounds(self, cuts: list[str | None], rounds: int, warmup: int, max_s: float, fresh: bool,
+               stale_s: float | None = None, prune: float = 0.0) -> list[list[dict]]:
+        """Measure every mode of ``cuts`` side by side (see the ``rounds`` op); records per mode."""
+        if fresh:
+            self.fresh(stale_s)
+        if None in cuts:
+            for _ in range(warmup):
+                self.one_of_many(None)
+        records: list[list[dict]] = [[] for _ in cuts]
+        start = time.monotonic()
+        for r in range(max(rounds, 1)):
+            out = _out_of_the_running(cuts, records, prune) if r else set()
+            # Rotate by one mode per round: whatever the previous request leaves behind
+            # (a busy server queue, cold caches) falls on every mode in turn.
+            k = r % len(cuts)
+            order = [i for i in [*range(k, len(cuts)), *range(k)] if i not in out]
+            for slot, i in enumerate(order):
+                rec = self.one_of_many(cuts[i])
+                rec["round"], rec["slot"] = r, slot
+                records[i].append(rec)
+            if r + 1 >= MIN_ROUNDS and time.monotonic() - start > max_s:
+                break
+        return records
+
     def trace(self, cut: str | None, t0: float, phases: list[dict], stale_s: float | None = None) -> list[dict]:
+        """Requests back to back while the link follows ``phases`` (see the ``trace`` op)."""
         self.fresh(stale_s)
         time.sleep(max(0.0, t0 - time.monotonic()))  # start with the testbed's switch of the link
         records, end = [], t0 + phases[-1]["until_s"]
@@ -100,6 +162,21 @@ class Device:
             rec["phase"] = i
             records.append(rec)
         return records
+
+
+def _out_of_the_running(cuts: list[str | None], records: list[list[dict]], prune: float) -> set[int]:
+    """Indices of the forced cuts too slow to be the fastest: skip them for the rest of the rounds.
+
+    A cut whose fastest request took over ``prune`` times the slowest request of the
+    forced cut with the lowest median cannot reach that median (a cut meant for a
+    gigabit link uploads megabytes: minutes on 3G, every round).
+    """
+    forced = [i for i, c in enumerate(cuts) if c is not None and records[i]]
+    if not prune or not forced:
+        return set()
+    ms = [[rec["total_ms"] for rec in recs] for recs in records]
+    best = min(forced, key=lambda i: statistics.median(ms[i]))
+    return {i for i in forced if min(ms[i]) > prune * max(ms[best])}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,6 +211,10 @@ def main(argv: list[str] | None = None) -> None:
                 answer = {"ok": True, "records": dev.run(cmd.get("cut"), int(cmd.get("n", 5)), int(cmd.get("warmup", 1)),
                                                          float(cmd.get("max_s", 60.0)), bool(cmd.get("fresh", False)),
                                                          cmd.get("stale_s"))}
+            elif op == "rounds":
+                answer = {"ok": True, "records": dev.rounds(list(cmd["cuts"]), int(cmd.get("rounds", 5)), int(cmd.get("warmup", 1)),
+                                                            float(cmd.get("max_s", 60.0)), bool(cmd.get("fresh", False)),
+                                                            cmd.get("stale_s"), float(cmd.get("prune") or 0.0))}
             elif op == "trace":
                 answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"))}
             else:

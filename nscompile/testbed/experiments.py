@@ -10,6 +10,11 @@ session, and for every server load and network preset measures
 - every emitted cut forced, all-device and all-cloud among them: the oracle is the
   fastest of these medians.
 
+Both are measured side by side, in rounds of one request per mode in rotating order
+(the device's ``rounds`` op), so that a slow minute of the shared machine falls on
+every mode alike instead of on whichever was measured then. A forced cut far slower
+than the best one after the first round sits the later rounds out (see ``PRUNE``).
+
 Then it varies the network over time and the server load, and writes CSVs, PNGs and a
 report (:mod:`nscompile.testbed.report`).
 """
@@ -40,6 +45,12 @@ BUILD_LOAD = "1,2,4,8"
 WITHIN = 1.10  # "within 10% of the oracle"
 #: Below this difference two medians are timer and scheduling jitter on a shared machine, not a choice.
 NOISE_FLOOR_MS = 1.0
+#: A forced cut whose fastest request takes over this many times the slowest of the best
+#: forced cut is measured in the first round only: it cannot be the oracle, and a cut
+#: meant for gigabit links would spend minutes per round uploading megabytes over 3G.
+PRUNE = 2.0
+#: The server profile when the testbed pins the server to one CPU: this machine's CPU, one thread.
+SINGLE_CORE_CLOUD_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"
 
 RESULT_COLUMNS = [
     "model", "network", "device_profile", "load", "clients", "server_load_k",
@@ -47,7 +58,8 @@ RESULT_COLUMNS = [
     "chosen_mj", "oracle_mj", "all_device_mj", "all_cloud_mj",
     "speedup_vs_cloud", "speedup_vs_device", "energy_saving_vs_cloud", "regret", "within_10pct", "within_tolerance",
     "predicted_cut", "predicted_chosen_ms", "predicted_oracle_ms", "forced_chosen_ms",
-    "measured_uplink_mbps", "uplink_mbps", "rtt_ms", "cuts", "n", "miss_reason", "testbed",
+    "measured_uplink_mbps", "uplink_mbps", "rtt_ms", "cuts", "n",
+    "chosen_q1_ms", "chosen_q3_ms", "oracle_q1_ms", "oracle_q3_ms", "iqr_overlap", "miss_reason", "testbed",
 ]
 
 
@@ -61,8 +73,11 @@ class BenchConfig:
     device_profiles: list[Path] = field(default_factory=list)
     cloud_profile: Path | None = None
     loads: dict[str, int] = field(default_factory=lambda: {"idle": 0, "loaded": 4})
-    repeats: int = 5
-    max_s: float = 15.0  # per measurement; at least 3 requests are kept whatever it takes
+    #: Rounds per case at most: one request of nscompile's own and of every cut forced per round.
+    repeats: int = 9
+    #: No new round after this many seconds of a case, once 3 rounds are done: fast models
+    #: get all ``repeats`` rounds, slow ones 3.
+    max_s: float = 12.0
     trace_model: str | None = "alexnet"
     trace_phase_s: float = 20.0
     load_model: str | None = "alexnet"
@@ -76,7 +91,7 @@ class BenchConfig:
     def quick(**kw) -> BenchConfig:
         """Small zoo models, two networks, idle and loaded, short trace and load sweep (< 5 min)."""
         base = dict(models=["lenet", "alexnet"], size="small", networks=["3G", "WIFI"], loads={"idle": 0, "loaded": 3},
-                    repeats=3, max_s=3.0, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
+                    repeats=5, max_s=3.0, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
                     load_levels=[0, 3], load_window_s=3.0, load_network="WIFI",
                     device_profiles=[default_profile_path("device")])
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -108,6 +123,18 @@ def device_profiles_default() -> list[Path]:
     if not paths:
         raise NscompileError(f"no device profile in {COST_MODELS_DIR}; run `nscompile profile` or pass --device-profile")
     return paths
+
+
+def cloud_profile_default(testbed: Testbed) -> Path:
+    """The server profile to build with when the user gives none.
+
+    A server pinned to a single CPU runs one onnxruntime thread: the one-thread profile
+    of this CPU describes it (a profile of kind "device" serves as the cloud side too);
+    otherwise the shipped server profile.
+    """
+    if testbed.server_cpus and len(testbed.server_cpus) == 1:
+        return SINGLE_CORE_CLOUD_PROFILE
+    return default_profile_path("server")
 
 
 def rates_of(network: str) -> Rates:
@@ -168,10 +195,22 @@ def _build(model_path: Path, build_dir: Path, device: Path, cloud: Path) -> dict
                  include_all_cloud=True).plan
 
 
+def _quartiles(xs: list[float]) -> tuple[float, float]:
+    """(first, third) quartile; with one sample both are that sample."""
+    if len(xs) < 2:
+        return (xs[0], xs[0]) if xs else (math.nan, math.nan)
+    q1, _, q3 = statistics.quantiles(xs, n=4, method="inclusive")
+    return q1, q3
+
+
 def _summarise(records: list[dict], profile: Profile, rates: Rates, radio: str) -> dict:
     cuts = Counter(r["cut"] for r in records)
+    q1, q3 = _quartiles([r["total_ms"] for r in records])
     return {
         "ms": _median(r["total_ms"] for r in records),
+        "q1": q1,
+        "q3": q3,
+        "probe_ms": _median(r.get("probe_ms") for r in records),
         "mj": _median(request_energy_mj(r, profile, rates.up_mbps, rates.down_mbps, radio) for r in records),
         "cut": cuts.most_common(1)[0][0],
         "cuts": dict(cuts),
@@ -184,13 +223,18 @@ def _summarise(records: list[dict], profile: Profile, rates: Rates, radio: str) 
 
 def measure_case(session: Session, plan: dict, profile: Profile, profile_name: str, model: str, network: str,
                  load_name: str, clients: int, cfg: BenchConfig, mode: str) -> tuple[dict, list[dict]]:
-    """One case: nscompile's choice and every cut forced; the result row and per-cut rows."""
+    """One case: nscompile's choice and every cut forced, side by side; the result row and per-cut rows.
+
+    ``chosen_ms`` is the median of nscompile's own requests, ``oracle_ms`` the fastest
+    median of the forced cuts (every emitted cut, all-device and all-cloud included).
+    """
     rates = rates_of(network)
     radio = RADIO_OF_PRESET[network]
     before = session.load_stats()
-    auto = _summarise(session.run(None, cfg.repeats, warmup=1, max_s=cfg.max_s, fresh=True), profile, rates, radio)
-    forced = {c: _summarise(session.run(c, cfg.repeats, max_s=cfg.max_s), profile, rates, radio) for c in session.cuts}
+    modes = session.rounds([None, *session.cuts], cfg.repeats, warmup=1, max_s=cfg.max_s, fresh=True, prune=PRUNE)
     after = session.load_stats()
+    auto = _summarise(modes[None], profile, rates, radio)
+    forced = {c: _summarise(modes[c], profile, rates, radio) for c in session.cuts}
     ks = [s.get("server", {}).get("load") for s in (before, after)] + [auto["load"]]
     k = _median(ks) if clients else 1.0
     cuts_by_id = {c["id"]: c for c in plan["cuts"]}
@@ -211,6 +255,10 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
         "predicted_oracle_ms": pred[oracle], "forced_chosen_ms": forced.get(chosen, {}).get("ms", math.nan),
         "measured_uplink_mbps": auto["bw"], "uplink_mbps": rates.up_mbps, "rtt_ms": rates.rtt_ms,
         "cuts": ";".join(f"{c}={forced[c]['ms']:.1f}" for c in forced), "n": auto["n"], "testbed": mode,
+        "chosen_q1_ms": auto["q1"], "chosen_q3_ms": auto["q3"],
+        "oracle_q1_ms": forced[oracle]["q1"], "oracle_q3_ms": forced[oracle]["q3"],
+        # Interquartile boxes that overlap: the two medians differ by less than the requests' own spread.
+        "iqr_overlap": bool(auto["q1"] <= forced[oracle]["q3"] and forced[oracle]["q1"] <= auto["q3"]),
     }
     row["speedup_vs_cloud"] = row["all_cloud_ms"] / row["chosen_ms"]
     row["speedup_vs_device"] = row["all_device_ms"] / row["chosen_ms"]
@@ -220,26 +268,33 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
     row["within_tolerance"] = bool(row["within_10pct"] or row["chosen_ms"] - row["oracle_ms"] <= NOISE_FLOOR_MS)
     row["miss_reason"] = "" if row["within_10pct"] else miss_reason(row, auto)
     per_cut = [{"model": model, "network": network, "device_profile": profile_name, "load": load_name, "cut": c,
-                "measured_ms": s["ms"], "measured_mj": s["mj"], "predicted_ms": pred[c], "n": s["n"],
-                "fell_back": s["fell_back"]} for c, s in forced.items()]
+                "measured_ms": s["ms"], "q1_ms": s["q1"], "q3_ms": s["q3"], "measured_mj": s["mj"], "predicted_ms": pred[c],
+                "n": s["n"], "fell_back": s["fell_back"]} for c, s in forced.items()]
     return row, per_cut
 
 
 def miss_reason(row: dict, auto: dict) -> str:
-    """Why nscompile's measured latency is over 110% of the oracle's, with the numbers."""
+    """Why nscompile's measured latency is over 110% of the oracle's, with the numbers.
+
+    Every reason ends with the spread of the requests (interquartile ranges of nscompile's
+    and the oracle cut's), so that a miss inside the noise can be told from a real one.
+    """
     chosen, oracle = row["chosen_cut"], row["oracle_cut"]
+    spread = (f"IQR chosen {row['chosen_q1_ms']:.1f}-{row['chosen_q3_ms']:.1f} ms, oracle "
+              f"{row['oracle_q1_ms']:.1f}-{row['oracle_q3_ms']:.1f} ms ({'' if row['iqr_overlap'] else 'no '}overlap)")
     if chosen == oracle:
-        return (f"noise/overhead: same cut as the oracle, {row['chosen_ms']:.1f} ms chosen vs {row['oracle_ms']:.1f} ms forced "
-                f"(probes and jitter; cuts used {auto['cuts']})")
+        kind = "noise" if row["iqr_overlap"] else "overhead"
+        return (f"{kind}: same cut as the oracle, {row['chosen_ms']:.1f} ms chosen vs {row['oracle_ms']:.1f} ms forced "
+                f"side by side; {spread}; probe {auto['probe_ms']:.1f} ms median, cuts used {auto['cuts']}")
     if chosen != row["predicted_cut"]:
         return (f"estimate: the runner measured {row['measured_uplink_mbps']:.2f} Mbps / K={auto['load']:.2f} "
                 f"(true {row['uplink_mbps']} Mbps, K={row['server_load_k']}) and chose {chosen}; with the true "
-                f"conditions the plan picks {row['predicted_cut']}")
+                f"conditions the plan picks {row['predicted_cut']}; {spread}")
     pc, po = row["predicted_chosen_ms"], row["predicted_oracle_ms"]
     if pc > 0 and abs(po - pc) / pc <= 0.10:
-        return f"close candidates: predicted {chosen} {pc:.1f} ms vs {oracle} {po:.1f} ms (within 10%)"
+        return f"close candidates: predicted {chosen} {pc:.1f} ms vs {oracle} {po:.1f} ms (within 10%); {spread}"
     return (f"prediction error: {chosen} predicted {pc:.1f} ms, measured {row['forced_chosen_ms']:.1f} ms; "
-            f"{oracle} predicted {po:.1f} ms, measured {row['oracle_ms']:.1f} ms")
+            f"{oracle} predicted {po:.1f} ms, measured {row['oracle_ms']:.1f} ms; {spread}")
 
 
 def run_trace(session: Session, cfg: BenchConfig, cuts: dict) -> list[dict]:
@@ -294,7 +349,8 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
 
 
 def summary(rows: list[dict]) -> dict:
-    """The headline numbers: share within 10% of the oracle, geometric-mean speedups, energy saving."""
+    """The headline numbers: share within 10% of the oracle (also counting misses inside the
+    requests' spread), geometric-mean speedups, energy saving."""
     def gmean(xs):
         xs = [x for x in xs if x and math.isfinite(x) and x > 0]
         return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
@@ -305,6 +361,7 @@ def summary(rows: list[dict]) -> dict:
         "cases": n,
         "within_10pct": sum(r["within_10pct"] for r in rows) / n if n else math.nan,
         "within_10pct_or_1ms": sum(r["within_tolerance"] for r in rows) / n if n else math.nan,
+        "within_10pct_or_iqr": sum(r["within_10pct"] or r.get("iqr_overlap", False) for r in rows) / n if n else math.nan,
         "same_cut_as_oracle": sum(r["chosen_cut"] == r["oracle_cut"] for r in rows) / n if n else math.nan,
         "gmean_speedup_vs_cloud": gmean(r["speedup_vs_cloud"] for r in rows),
         "max_speedup_vs_cloud": max((r["speedup_vs_cloud"] for r in rows if math.isfinite(r["speedup_vs_cloud"])), default=math.nan),
@@ -358,11 +415,13 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
         if n not in NETWORK_PRESETS:
             raise NscompileError(f"unknown network '{n}'; use one of {', '.join(NETWORK_PRESETS)}")
     profiles = [Path(p) for p in (cfg.device_profiles or device_profiles_default())]
-    cloud = Path(cfg.cloud_profile or default_profile_path("server"))
-    server_threads = load_profile(cloud).threads or None
     rows, cut_rows, trace_rows, load_rows, skipped = [], [], [], [], []
     with Testbed(out_dir / "logs", userspace=cfg.userspace) as tb:
+        cloud = Path(cfg.cloud_profile or cloud_profile_default(tb))
+        # Pinned, the server gets one onnxruntime thread per CPU it has, whatever the profile says.
+        server_threads = tb.server_threads or load_profile(cloud).threads or None
         progress.stage(f"testbed: {tb.describe()}")
+        progress.stage(f"cloud profile: {cloud.name}")
         (out_dir / "testbed.txt").write_text(tb.describe() + "\n")
         for mi, model in enumerate(cfg.models):
             for pi, ppath in enumerate(profiles):
@@ -408,8 +467,8 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
         write_csv(out_dir / "load.csv", load_rows)
     result = BenchResult(out_dir, rows, cut_rows, trace_rows, load_rows, summary(rows), tb.mode, skipped,
                          time.monotonic() - t_start)
-    (out_dir / "summary.json").write_text(json.dumps({**result.summary, "testbed": tb.describe(), "skipped": skipped,
-                                                       "seconds": round(result.seconds, 1)}, indent=1) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps({**result.summary, "testbed": tb.describe(), "cloud_profile": cloud.name,
+                                                       "skipped": skipped, "seconds": round(result.seconds, 1)}, indent=1) + "\n")
     from nscompile.testbed.report import write_report
 
     progress.stage("plots and report")

@@ -6,6 +6,9 @@ load generator), joined by one veth pair. The device's egress (the uplink) and t
 server's egress towards it (the downlink) are each shaped by a token bucket filter. The
 RTT is added in user space (:mod:`nscompile.testbed.shaping`), as this kernel has no
 netem. The device process runs in a cgroup ``nscb-<pid>-dev`` with a CFS quota.
+Where the machine has two CPUs or more, cgroup-v1 cpusets keep the device on one CPU
+(``cpuset/nscb-<pid>-dev``) and the server and the load generator on the others
+(``cpuset/nscb-<pid>-srv``), so the server's work does not inflate the device's.
 
 User mode (any of those missing): everything on 127.0.0.1, bandwidth shaped in user
 space by the device's HTTP transport, the device limited only by its thread count.
@@ -184,6 +187,76 @@ class CpuQuota:
     def close(self) -> None:
         """Delete the group (its tasks go back to the root group)."""
         cleanup.run_one(self._handle)
+
+
+class CpuSet:
+    """A cgroup-v1 cpuset confining its processes to ``cpus``; processes are added by pid.
+
+    Args:
+        name: the group's suffix (``nscb-<pid>-NAME``).
+        cpus: CPU numbers.
+
+    Raises:
+        NscompileError: the group cannot be made.
+    """
+
+    def __init__(self, name: str, cpus: list[int]):
+        root = cleanup.CGROUP_CPUSET
+        self.path = root / f"{cleanup.PREFIX}-{os.getpid()}-{name}"
+        self.cpus = list(cpus)
+        try:
+            self.path.mkdir(exist_ok=True)
+            self._handle = cleanup.register(f"cgroup {self.path}", lambda: cleanup.remove_cgroup(self.path))
+            (self.path / "cpuset.cpus").write_text(format_cpus(self.cpus))
+            # A new cpuset starts with no memory nodes, and a group without any takes no tasks.
+            (self.path / "cpuset.mems").write_text((root / "cpuset.mems").read_text().strip())
+        except OSError as exc:
+            cleanup.remove_cgroup(self.path)
+            raise NscompileError(f"cannot make cpuset {self.path} ({exc.strerror}); run as root or use --userspace") from None
+
+    def add(self, pid: int) -> None:
+        """Confine process ``pid`` (all its threads) to the set's CPUs."""
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def close(self) -> None:
+        """Delete the group (its tasks go back to the root cpuset, every CPU)."""
+        cleanup.run_one(self._handle)
+
+
+def parse_cpus(text: str) -> list[int]:
+    """CPU numbers of a cpuset list such as ``"0-3,6"``."""
+    cpus: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+def format_cpus(cpus: list[int]) -> str:
+    """The cpuset list form of CPU numbers (``[0, 1, 2]`` -> ``"0,1,2"``)."""
+    return ",".join(str(c) for c in sorted(cpus))
+
+
+def cpu_split() -> tuple[list[int], list[int]] | str:
+    """(device CPUs, server CPUs) for pinning, or why this machine cannot pin.
+
+    The device gets the lowest CPU this process may use, the server and the load
+    generator all the others.
+    """
+    root = cleanup.CGROUP_CPUSET
+    if not (root / "cpuset.cpus").exists():
+        return f"no cgroup-v1 cpuset controller at {root}"
+    if not os.access(root, os.W_OK):
+        return f"{root} is not writable"
+    try:
+        allowed = sorted(set(os.sched_getaffinity(0)) & set(parse_cpus((root / "cpuset.effective_cpus").read_text())))
+    except (OSError, ValueError) as exc:
+        return f"cannot read the CPUs of {root} ({exc})"
+    if len(allowed) < 2:
+        return f"only {len(allowed)} CPU available"
+    return allowed[:1], allowed[1:]
 
 
 def make_link(userspace: bool = False):

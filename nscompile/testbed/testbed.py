@@ -1,10 +1,11 @@
 """Orchestration: start the server, the load generator and the device, and talk to them.
 
-One :class:`Testbed` owns the link (namespaces or loopback) for a whole benchmark run;
-:meth:`Testbed.session` starts, for one build and one device profile, the server
-(``nscompile serve`` on the build's ``cloud/``, the whole machine), the load generator
-next to it and the device worker (under the profile's CPU quota), and stops all three
-on exit. Children run in their own sessions and are stopped by pid.
+One :class:`Testbed` owns the link (namespaces or loopback) and, in kernel mode, the
+cpusets that pin the device to one CPU and the server side to the others, for a whole
+benchmark run; :meth:`Testbed.session` starts, for one build and one device profile,
+the server (``nscompile serve`` on the build's ``cloud/``), the load generator next to
+it and the device worker (under the profile's CPU quota), and stops all three on exit.
+Children run in their own sessions and are stopped by pid.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from pathlib import Path
 
 from nscompile.errors import NscompileError
 from nscompile.testbed import cleanup
-from nscompile.testbed.link import CpuQuota, Rates, make_link
+from nscompile.testbed.link import (
+    CpuQuota,
+    CpuSet,
+    Rates,
+    cpu_split,
+    format_cpus,
+    make_link,
+)
 
 MARK = "@@"
 
@@ -35,11 +43,16 @@ class Worker:
         cmd: the command line.
         name: for messages and the log file.
         log_dir: where its stderr goes (``NAME.log``).
+        quits: whether it reads commands; False (the server): stop it with signals only.
+        groups: cgroups (:class:`CpuSet`, :class:`CpuQuota`) to put it in as soon as it starts.
+
+    Raises:
+        NscompileError: it cannot be put in one of ``groups`` (it is stopped then).
     """
 
-    def __init__(self, cmd: list[str], name: str, log_dir: Path, quits: bool = True):
+    def __init__(self, cmd: list[str], name: str, log_dir: Path, quits: bool = True, groups: tuple = ()):
         self.name = name
-        self.quits = quits  # False: it does not read commands (the server); stop it with signals only
+        self.quits = quits
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
@@ -47,6 +60,14 @@ class Worker:
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True, start_new_session=True, env=env)
         self._handle = cleanup.register(f"process {name} ({self.proc.pid})", self.stop)
+        try:
+            # Right after the fork: the interpreter has not started any thread or child yet,
+            # and cgroup.procs moves every thread of the process anyway.
+            for group in groups:
+                group.add(self.proc.pid)
+        except OSError as exc:
+            self.close()
+            raise NscompileError(f"cannot put {name} into {group.path} ({exc.strerror})") from None
         self._answers: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -143,6 +164,28 @@ class Session:
         return self.device.ask(timeout_s=timeout_s, op="run", cut=cut, n=n, warmup=warmup, max_s=max_s,
                                fresh=fresh, stale_s=stale_s)["records"]
 
+    def rounds(self, cuts: list[str | None], rounds: int, warmup: int = 1, max_s: float = 60.0, fresh: bool = False,
+               stale_s: float = 10.0, prune: float = 0.0, timeout_s: float = 1800.0) -> dict[str | None, list[dict]]:
+        """Measure several modes side by side, one request of each per round in rotating order.
+
+        Args:
+            cuts: the modes: None (nscompile chooses) and/or cut ids (forced).
+            rounds: at most this many rounds.
+            warmup: unmeasured requests of nscompile's own mode first.
+            max_s: no new round after this many seconds, once 3 rounds are done.
+            fresh: forget the estimates first (a new network).
+            stale_s: the runner's staleness limit from now on.
+            prune: after the first round, skip a forced cut whose fastest request took over
+                this many times the slowest of the forced cut with the lowest median (0: never).
+            timeout_s: how long to wait for the answer.
+
+        Returns:
+            mode -> its RunRecords as dicts (each with ``round`` and ``slot``).
+        """
+        answer = self.device.ask(timeout_s=timeout_s, op="rounds", cuts=list(cuts), rounds=rounds, warmup=warmup,
+                                 max_s=max_s, fresh=fresh, stale_s=stale_s, prune=prune)
+        return dict(zip(cuts, answer["records"]))
+
     def trace(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float = 3.0) -> list[dict]:
         """Requests back to back while the link follows ``phases`` ((seconds, rates) each).
 
@@ -179,6 +222,9 @@ class Testbed:
     Attributes:
         link: the link (KernelLink or UserLink).
         fallback_reason: why kernel mode is not used (None when it is).
+        cpusets: kernel mode on two CPUs or more: "device" and "server" :class:`CpuSet`;
+            else empty.
+        pinning_problem: why nothing is pinned (None when it is).
     """
 
     def __init__(self, log_dir: Path, userspace: bool = False):
@@ -186,6 +232,36 @@ class Testbed:
         self.link, self.fallback_reason = make_link(userspace)
         self._closed = False
         self._handle = cleanup.register("testbed link", self.link.close)
+        self.cpusets: dict[str, CpuSet] = {}
+        self.pinning_problem: str | None = "user-space fallback"
+        if self.link.kernel:
+            self.pinning_problem = self._pin()
+
+    def _pin(self) -> str | None:
+        """Make the device's and the server's cpusets; why not, if they cannot be made."""
+        split = cpu_split()
+        if isinstance(split, str):
+            return split
+        try:
+            self.cpusets["device"] = CpuSet("dev", split[0])
+            self.cpusets["server"] = CpuSet("srv", split[1])
+        except NscompileError as exc:
+            for cs in self.cpusets.values():
+                cs.close()
+            self.cpusets.clear()
+            return str(exc)
+        return None
+
+    @property
+    def server_cpus(self) -> list[int] | None:
+        """The CPUs the server and the load generator are pinned to (None: not pinned)."""
+        cs = self.cpusets.get("server")
+        return cs.cpus if cs else None
+
+    @property
+    def server_threads(self) -> int | None:
+        """onnxruntime threads per server model that fit the pinned server (None: not pinned)."""
+        return len(self.server_cpus) if self.server_cpus else None
 
     @property
     def mode(self) -> str:
@@ -193,10 +269,18 @@ class Testbed:
         return "kernel" if self.link.kernel else "user"
 
     def describe(self) -> str:
-        """One line on how the link and the device's CPU are emulated."""
-        if self.link.kernel:
-            return self.link.describe() + "; device CPU: cgroup-v1 CFS quota from the device profile"
-        return self.link.describe() + f"; device CPU: thread limit only (fallback: {self.fallback_reason})"
+        """One line on how the link and the device's CPU are emulated, and what runs on which CPUs."""
+        if not self.link.kernel:
+            return (self.link.describe() + f"; device CPU: thread limit only (fallback: {self.fallback_reason}); "
+                    "no CPU pinning in the fallback: device, server and load generator share every CPU")
+        text = self.link.describe() + "; device CPU: cgroup-v1 CFS quota from the device profile"
+        if self.pinning_problem:
+            return text + f"; no CPU pinning ({self.pinning_problem}): device, server and load generator share every CPU"
+        dev, srv = self.cpusets["device"], self.cpusets["server"]
+        n = len(srv.cpus)
+        return (text + f", on CPU {format_cpus(dev.cpus)} (cpuset {dev.path.name}); server and load generator on "
+                f"CPU {format_cpus(srv.cpus)} (cpuset {srv.path.name}), the server with {n} onnxruntime thread(s) "
+                f"per model and {n} inference slot(s)")
 
     @contextmanager
     def session(self, build_dir: Path, *, device_threads: int = 1, device_cores: float | None = None,
@@ -207,7 +291,8 @@ class Testbed:
             build_dir: a build (plan.json, device/, cloud/).
             device_threads: onnxruntime threads of the device (the profile's).
             device_cores: CPU quota of the device in cores (kernel mode only); None: no quota.
-            server_threads: onnxruntime threads per server model.
+            server_threads: onnxruntime threads per server model (default: one per pinned
+                server CPU, else onnxruntime's).
             tag: names the log files.
 
         Yields:
@@ -224,24 +309,31 @@ class Testbed:
             host, port = "127.0.0.1", _free_port()
             url = local = f"http://127.0.0.1:{port}"
         server_cmd = [py, "-m", "nscompile", "serve", str(build_dir / "cloud"), "--host", host, "--port", str(port)]
+        server_threads = server_threads or self.server_threads
         if server_threads:
             server_cmd += ["--threads", str(server_threads)]
+        if self.server_cpus:
+            # The server's default is one inference slot per CPU of the machine; pinned,
+            # more slots than its own CPUs would only time-share them.
+            server_cmd += ["--concurrency", str(len(self.server_cpus))]
+        server_side = (self.cpusets["server"],) if self.cpusets else ()
         workers: list[Worker] = []
         quota = None
         try:
-            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir, quits=False)
+            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir, quits=False, groups=server_side)
             workers.append(server)
             target = _load_target(plan)
             loadgen = Worker(self.link.wrap([py, "-m", "nscompile.testbed.loadgen", local, target], "server"),
-                             f"{tag}-loadgen", self.log_dir)
+                             f"{tag}-loadgen", self.log_dir, groups=server_side)
             workers.append(loadgen)
             loadgen.answer(timeout_s=300)  # answers once the server is ready
-            device_cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
-            device = Worker(self.link.wrap(device_cmd, "device"), f"{tag}-device", self.log_dir)
-            workers.append(device)
+            device_groups: tuple = (self.cpusets["device"],) if self.cpusets else ()
             if self.link.kernel and device_cores:
                 quota = CpuQuota("dev", device_cores)
-                quota.add(device.proc.pid)
+                device_groups += (quota,)
+            device_cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
+            device = Worker(self.link.wrap(device_cmd, "device"), f"{tag}-device", self.log_dir, groups=device_groups)
+            workers.append(device)
             cuts = device.answer(timeout_s=600)["cuts"]
             session = Session(self, server, loadgen, device, cuts, quota)
             yield session
@@ -252,9 +344,11 @@ class Testbed:
                 quota.close()
 
     def close(self) -> None:
-        """Remove the link (namespaces, qdiscs)."""
+        """Remove the cpusets and the link (namespaces, qdiscs)."""
         if not self._closed:
             self._closed = True
+            for cs in self.cpusets.values():
+                cs.close()
             cleanup.run_one(self._handle)
 
     def __enter__(self) -> Testbed:
