@@ -242,6 +242,11 @@ class Profile:
             model run, not per node: see :meth:`run_ms`.
         node_overhead_ms: Dispatch cost of one kernel (each node that runs as its own
             kernel, and each layout copy). The regressions are fitted net of both.
+        time_scale: Factor from the regressions' unit to latency: 1 where they were fitted
+            on latency; for a CPU under a bandwidth quota they are fitted on the thread's
+            CPU time (steady, whatever the throttling) and this is the measured ratio of
+            wall time to CPU time under the quota (about 1/quota, plus the cost of
+            throttling).
         calibrations: Model SHA-256 -> per-node times measured on this device by
             ``nscompile profile --model`` (``{"model", "input_shapes", "nodes": {node
             name: ms}, ...}``); the compiler prefers them to the regressions.
@@ -260,7 +265,13 @@ class Profile:
     reorder_ms_per_byte: float = 0.0
     run_overhead_ms: float = 0.0
     node_overhead_ms: float = 0.0
+    time_scale: float = 1.0
     calibrations: dict[str, dict] = field(default_factory=dict)
+
+    @property
+    def fixed_run_ms(self) -> float:
+        """The fixed latency of one session run, in latency units (see :meth:`run_ms`)."""
+        return self.run_overhead_ms * self.time_scale
 
     def calibration_for(self, sha256: str, input_shapes: dict[str, list[int]]) -> dict[str, float] | None:
         """Measured per-node milliseconds for the model with this hash and these input shapes, if calibrated."""
@@ -298,18 +309,18 @@ class Profile:
         if model is None and "." in key and ":" not in key:
             model = self.models.get(key.split(".", 1)[0])  # kernel family unseen: the op's model
         if model is not None:
-            return model.predict(f.values) + extra
+            return (model.predict(f.values) + extra) * self.time_scale
         if key.startswith("fused:"):
             generic = self.models.get("fused:*")
-            return (generic.predict(f.values) if generic is not None else 0.0) + extra
-        return self.fallback.predict(f.values) + extra
+            return ((generic.predict(f.values) if generic is not None else 0.0) + extra) * self.time_scale
+        return (self.fallback.predict(f.values) + extra) * self.time_scale
 
     def run_ms(self, node_ms: float) -> float:
         """Latency of one run of a (sub)model whose nodes are predicted to take ``node_ms`` in all.
 
         A run that has no node to execute (an empty prefix or suffix) costs nothing.
         """
-        return node_ms + self.run_overhead_ms if node_ms > 0 else 0.0
+        return node_ms + self.fixed_run_ms if node_ms > 0 else 0.0
 
     def radio(self, network: str) -> RadioModel:
         """The radio power model of a network preset.
@@ -379,6 +390,7 @@ class Profile:
                 "reorder_ms_per_byte": float(self.reorder_ms_per_byte),
                 "run_overhead_ms": float(self.run_overhead_ms),
                 "node_overhead_ms": float(self.node_overhead_ms),
+                "time_scale": float(self.time_scale),
                 "calibrations": self.calibrations,
             }
         )
@@ -420,8 +432,8 @@ class Profile:
             raise NscompileError("field 'radio' must be an object of network -> radio model")
         radio = _radio_models(radio_d, "radio['{}']")
         fixed = {}
-        for k in ("reorder_ms_per_byte", "run_overhead_ms", "node_overhead_ms"):  # optional: 0 in older profiles
-            fixed[k] = d.get(k, 0.0)
+        for k in ("reorder_ms_per_byte", "run_overhead_ms", "node_overhead_ms", "time_scale"):  # optional in older profiles
+            fixed[k] = d.get(k, 1.0 if k == "time_scale" else 0.0)
             if not _finite(fixed[k]) or fixed[k] < 0:
                 raise NscompileError(f"field '{k}' must be a non-negative number")
         calibrations = _calibrations(d.get("calibrations", {}))

@@ -161,3 +161,20 @@ def test_shipped_profiles_predict_every_light_model(kind):
         ms = [p.predict_ms(f) for f in feats]
         assert all(np.isfinite(ms)) and min(ms) >= 0
         assert 0.1 < sum(ms) < 10_000
+
+
+def test_fixed_costs_and_time_scale():
+    from dataclasses import replace
+
+    p = replace(_profile(), run_overhead_ms=0.004, node_overhead_ms=0.001)
+    conv = NodeFeatures("Conv", {"macs": 2e6, "reorder_copies": 2.0})
+    # a kernel pays one dispatch, plus one per layout copy; a fused node only its copies
+    assert p.predict_ms(conv) == pytest.approx(2.01 + 3 * 0.001)
+    assert p.predict_ms(NodeFeatures("fused:Relu", {"elems_out": 1e6})) == pytest.approx(0.1)
+    assert p.run_ms(2.0) == pytest.approx(2.004) and p.run_ms(0.0) == 0.0  # an empty side runs nothing
+    # Under a CPU quota the CPU-time regressions are scaled by the measured slowdown.
+    q = replace(p, time_scale=4.5)
+    assert q.predict_ms(conv) == pytest.approx(4.5 * p.predict_ms(conv))
+    assert q.run_ms(2.0) == pytest.approx(2.0 + 4.5 * 0.004)
+    again = Profile.from_json(json.loads(q.canonical_json()))
+    assert again.time_scale == 4.5 and again.node_overhead_ms == 0.001 and again.sha256 == q.sha256

@@ -410,7 +410,7 @@ def test_cut_follows_measured_bandwidth(build, server):
         time.sleep(0.35)
         _, rec = runner.run(inputs, with_record=True)
         assert rec.probe_ms == 0, "a stale estimate is refreshed off the request path"
-        runner._probe_thread.join(timeout=30)
+        runner.wait_for_probe(timeout_s=30)
         out, rec = runner.run(inputs, with_record=True)
         assert rec.cut == "prob" and rec.bandwidth_mbps < 2, rec
         np.testing.assert_allclose(out["prob"], want["prob"], rtol=1e-5, atol=1e-6)
@@ -418,7 +418,7 @@ def test_cut_follows_measured_bandwidth(build, server):
         time.sleep(0.35)
         _, rec = runner.run(inputs, with_record=True)
         assert rec.probe_ms == 0 and rec.cut == "prob", rec  # decided on the last estimate...
-        runner._probe_thread.join(timeout=30)
+        runner.wait_for_probe(timeout_s=30)
         _, rec = runner.run(inputs, with_record=True)
         assert rec.cut == "input" and rec.bandwidth_mbps > 16, rec  # ...until the probe's answer is in
 
@@ -448,7 +448,7 @@ def test_cut_follows_server_load(build, server):
         runner.net.stale_s = 0.0
         rec = runner.run(inputs, with_record=True)[1]
         assert rec.probe_ms == 0 and rec.cut == "prob", rec
-        runner._probe_thread.join(timeout=30)
+        runner.wait_for_probe(timeout_s=30)
         rec = runner.run(inputs, with_record=True)[1]
         assert rec.load < 1.4 and rec.cut == "input", rec
 
@@ -602,7 +602,9 @@ def real_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("real")
     onnx.save(make_model(), root / "tiny.onnx")
     # Until a server profile ships, the device's stands in: the cuts differ, the checks do not.
-    compiler.build(root / "tiny.onnx", root / "b", report=False, cloud_profile=server if server.is_file() else device)
+    # All-cloud emitted too: at least two cuts, whatever the profiles make of this tiny model.
+    compiler.build(root / "tiny.onnx", root / "b", report=False, cloud_profile=server if server.is_file() else device,
+                   include_all_cloud=True)
     return root
 
 
@@ -625,7 +627,29 @@ def test_real_build_every_cut(real_build):
                 np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=f"cut {cut['id']}")
         with runner_for(real_build / "b", srv.url) as runner:  # looked up, not forced
             got, rec = runner.run(inputs, with_record=True)
-        assert rec.reason in ("table", "rtt") and rec.cut in {c["id"] for c in plan["cuts"]}
+        assert rec.reason in ("table", "rtt", "plan") and rec.cut in {c["id"] for c in plan["cuts"]}
         np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
     finally:
         srv.stop()
+
+
+def test_device_only_plan_never_calls_the_server(build, tmp_path):
+    """A plan that runs everything on the device at every bandwidth and load neither probes nor backs off."""
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(build, copy)
+    plan = json.loads((copy / "device" / "plan.json").read_text())
+    plan["breakpoints"]["latency"] = [[{"from_mbps": 0.0, "cut": "prob"}] for _ in LOADS]
+    plan["tables"]["latency"] = plan["table"] = [["prob"] * len(row) for row in plan["table"]]
+    (copy / "device" / "plan.json").write_text(json.dumps(plan))
+    inputs = sample_inputs()
+    want = reference(build.parent / "tiny.onnx", inputs)
+    with runner_for(copy, f"http://127.0.0.1:{free_port()}", deadline_ms=500) as runner:
+        for _ in range(3):
+            got, rec = runner.run(inputs, with_record=True)
+            np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+            assert rec.cut == "prob" and rec.reason == "plan"
+        assert runner.net.failures == 0 and runner._probe_thread is None
+        runner.objective = "energy"  # that table does offload: the server is tried (and found down)
+        assert runner.run(inputs, with_record=True)[1].reason == "backoff"

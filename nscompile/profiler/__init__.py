@@ -74,6 +74,41 @@ def _dispatch_overheads(threads: int, provider: str, clock: str, **timing) -> tu
     return max(float(intercept), 0.0), max(float(slope), 0.0)
 
 
+def _quota_slowdown(threads: int, provider: str) -> float:
+    """Wall time over CPU time of onnxruntime runs under the current CPU quota (>= 1).
+
+    Convolutions and fully connected layers of about 1 to 20 ms of work, run back to back
+    in batches of at least 0.2 s (50 periods of the 4 ms quota period); the median ratio.
+    """
+    import statistics
+
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from nscompile.profiler.timing import make_session
+
+    rng = np.random.default_rng(11)
+    ratios = []
+    for cin, cout, hw, k in ((64, 64, 56, 3), (256, 128, 28, 1), (128, 128, 28, 3), (512, 512, 7, 3), (3, 32, 112, 3)):
+        w = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.05).astype(np.float32), "w")
+        node = helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[k, k], pads=[k // 2] * 4)
+        vi = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, hw, hw]),
+              helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, hw, hw])]
+        m = helper.make_model(helper.make_graph([node], "quota", vi[:1], vi[1:], [w]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        sess = make_session(m.SerializeToString(), threads, provider)
+        feeds = {"x": rng.standard_normal((1, cin, hw, hw)).astype(np.float32)}
+        sess.run(None, feeds)
+        for _ in range(3):
+            w0, c0, n = time.perf_counter(), time.thread_time(), 0
+            while time.perf_counter() - w0 < 0.2 or n < 3:
+                sess.run(None, feeds)
+                n += 1
+            ratios.append((time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9))
+    return max(statistics.median(ratios), 1.0)
+
+
 def _reorder_ms_per_byte(threads: int, provider: str, clock: str, **timing) -> float:
     """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
 
@@ -135,7 +170,7 @@ def run_profile(
         idle_power_w: Measured idle power (W); None keeps the assumed figure.
         radio: Radio models overriding the Huang et al. presets.
         notes: Free text stored in the profile (e.g. how the device was set up).
-        under_quota: The process runs under a CPU quota (time with the wall clock).
+        under_quota: The process runs under a CPU quota: measure its slowdown (``time_scale``).
 
     Returns:
         The fitted profile.
@@ -157,21 +192,20 @@ def run_profile(
     started = time.time()
     n_cases = count_cases(quick, seed)
     budget = 0.12 if quick else 0.35
-    clock = pick_clock(threads, provider, under_quota)
-    # Under a quota the throttling is part of the latency: take the median, not the best
-    # batch, of batches long enough (~12 CFS periods) for the throttling to average out.
-    stat = "median" if under_quota else None
-    timing = {"stat": stat, "min_batch_s": 0.05} if under_quota else {}
-    run_overhead, node_overhead = _dispatch_overheads(threads, provider, clock, **timing)
+    clock = pick_clock(threads, provider)
+    # Under a quota the regressions are fitted on the work (CPU time, see pick_clock) and
+    # the quota's slowdown is measured once, on models long enough to average it.
+    time_scale = _quota_slowdown(threads, provider) if under_quota else 1.0
+    run_overhead, node_overhead = _dispatch_overheads(threads, provider, clock)
     # NCHWc layout copies exist only on the CPU provider.
-    reorder = _reorder_ms_per_byte(threads, provider, clock, **timing) if provider == "cpu" else 0.0
+    reorder = _reorder_ms_per_byte(threads, provider, clock) if provider == "cpu" else 0.0
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
     for i, case in enumerate(generate_cases(quick, seed)):
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
-        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget, **timing)
+        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget)
         kernels = [f for f in feats if ":" not in f.key]
         # Net of the session's run and dispatch overheads and of the layout copies a lone
         # op pays (all costed separately: the profile's fixed costs, reorder_bytes).
@@ -218,7 +252,9 @@ def run_profile(
         "cpu_model": cpu_model(),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "clock": clock,
-        "statistic": stat or ("median" if clock == "cpu" else "min"),
+        "statistic": "median" if clock == "cpu" else "min",
+        "time_scale_source": ("wall/CPU time of onnxruntime runs under the quota (median)" if under_quota
+                              else "regressions fitted on latency"),
         "n_benchmarks": i + 1,
         "quick": bool(quick),
         "seed": int(seed),
@@ -246,4 +282,5 @@ def run_profile(
         reorder_ms_per_byte=reorder,
         run_overhead_ms=run_overhead,
         node_overhead_ms=node_overhead,
+        time_scale=time_scale,
     )

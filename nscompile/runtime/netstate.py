@@ -94,3 +94,11 @@ class NetState:
         """Note a successful server call: the back-off starts over."""
         self._backoff = 0.0
         self.retry_at = 0.0
+
+    def backoff_state(self) -> tuple[float, int, float]:
+        """The back-off bookkeeping (retry time, failures, current back-off), to restore later."""
+        return self.retry_at, self.failures, self._backoff
+
+    def restore_backoff(self, state: tuple[float, int, float]) -> None:
+        """Undo what calls since :meth:`backoff_state` did to the back-off (e.g. a benchmark's forced requests)."""
+        self.retry_at, self.failures, self._backoff = state

@@ -162,6 +162,11 @@ class Plan:
         """The objectives this plan has tables for."""
         return sorted(self._tables)
 
+    def only_cut(self, objective: str = "latency") -> str | None:
+        """The cut every bandwidth and load of ``objective``'s table selects, if there is one such cut."""
+        ids = {cid for _, row in self._tables.get(objective, []) for cid in row}
+        return ids.pop() if len(ids) == 1 else None
+
     def load_row(self, load: float) -> int:
         """Index of the grid row nearest `load` (nearest on a log scale: loads are geometric)."""
         x = math.log(max(load, 1e-9))

@@ -40,9 +40,10 @@ _SERVER_ERRORS = (httpx.HTTPError, ProtocolError, OSError, ValueError, KeyError,
 class RunRecord:
     """What one :meth:`SplitRunner.run` call did, with each phase's time.
 
-    ``reason`` says why the cut was chosen: "table" (looked up), "forced", "rtt" (the
-    measured RTT made all-device faster than the table's cut), "backoff" (server failed
-    recently) or "fallback" (the server failed during this call; ``error`` says how).
+    ``reason`` says why the cut was chosen: "table" (looked up), "forced", "plan" (the
+    plan runs everything on the device whatever the conditions), "rtt" (the measured
+    RTT made all-device faster than the table's cut), "backoff" (server failed recently)
+    or "fallback" (the server failed during this call; ``error`` says how).
     """
 
     cut: str
@@ -148,6 +149,7 @@ class SplitRunner:
         self.net = NetState(stale_s=stale_s, backoff_s=backoff_s)
         self._probe_lock = threading.Lock()
         self._probe_thread: threading.Thread | None = None
+        self._probe_due = False  # stale estimates: refresh once this request is answered
         self._providers = providers or ["CPUExecutionProvider"]
         self._session_options = session_options
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -162,6 +164,10 @@ class SplitRunner:
         }
         self._io: dict[str, tuple[list[str], list[str]]] = {}  # cut id -> session input, output names
         self._output_names = [t.name for t in self.plan.outputs]
+        # Objectives whose every table entry is all-device: no condition can change that
+        # (RTT only ever favours the device), so such a runner never probes or calls out.
+        fallback = self.plan.fallback
+        self._device_only = {o: self.plan.only_cut(o) == fallback for o in self.plan.objectives}
         # The fallback must always work, so load it now and fail early if it cannot.
         self._session(self.plan.cuts[self.plan.fallback])
 
@@ -196,9 +202,30 @@ class SplitRunner:
             else:
                 rec.prefix_ms = dt
         rec.total_ms = (time.perf_counter() - t0) * 1e3
+        if self._probe_due:
+            # After the answer, not beside the request: on a CPU-limited device a probe
+            # (about 9 ms of CPU for the HTTP calls) would otherwise slow this run down.
+            self._probe_due = False
+            self._probe_in_background()
         self.last_record = rec
         result = {name: outputs[name] for name in self._output_names}
         return (result, rec) if with_record else result
+
+    def reset_estimates(self, stale_s: float | None = None, backoff_s: tuple[float, float] | None = None) -> None:
+        """Forget bandwidth, RTT, load and back-off: the device moved to another network.
+
+        Args:
+            stale_s: New staleness limit of the estimates (default: keep).
+            backoff_s: New (first, max) back-off after failures (default: keep).
+        """
+        old = self.net
+        self.net = NetState(old.bandwidth.alpha, stale_s or old.stale_s, backoff_s or (old.backoff_first, old.backoff_max))
+
+    def wait_for_probe(self, timeout_s: float | None = None) -> None:
+        """Wait until a background probe in progress (if any) has finished."""
+        thread = self._probe_thread
+        if thread is not None:
+            thread.join(timeout_s)
 
     def check_server(self) -> None:
         """Check now that the server serves this build's suffixes (same model hash).
@@ -231,6 +258,8 @@ class SplitRunner:
         if self.force_cut is not None:
             rec = RunRecord(self.force_cut, "forced", self.objective)
             return plan.cuts[self.force_cut], rec
+        if self._device_only.get(self.objective):
+            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "plan", self.objective)
         if net.in_backoff(now):
             return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective)
         probe_ms = 0.0
@@ -239,7 +268,7 @@ class SplitRunner:
         elif self._has_estimates():
             # Stale, not missing: refresh off the request path (a probe costs several RTTs,
             # most of a second on 3G) and decide on the last estimates meanwhile.
-            self._probe_in_background()
+            self._probe_due = True
         else:
             t = time.perf_counter()
             ok = self._probe()

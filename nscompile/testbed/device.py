@@ -42,7 +42,6 @@ import numpy as np
 import onnxruntime as ort
 
 from nscompile.runtime import SplitRunner
-from nscompile.runtime.netstate import NetState
 from nscompile.testbed.shaping import LinkState, make_client
 
 MARK = "@@"
@@ -91,21 +90,19 @@ class Device:
         makes them, so their success or failure must not start or end a back-off.
         """
         net = self.runner.net
-        backoff = None if cut is None else (net.retry_at, net.failures, net._backoff)
+        backoff = None if cut is None else net.backoff_state()
         d = self.one(cut)
         if backoff is not None:
-            net.retry_at, net.failures, net._backoff = backoff
+            net.restore_backoff(backoff)
         # A background probe this request started must not overlap the next mode's
         # request: on the shared link and CPU it would slow a forced request down
         # (flattering nscompile), and the forced traffic would spoil the probe's sample.
-        probe = self.runner._probe_thread
-        if probe is not None:
-            probe.join()
+        self.runner.wait_for_probe()
         return d
 
     def fresh(self, stale_s: float | None = None) -> None:
         """Forget the estimates: on a new network what the runner learnt about the old one must not carry over."""
-        self.runner.net = NetState(stale_s=stale_s or self.stale_s, backoff_s=(0.5, 5.0))
+        self.runner.reset_estimates(stale_s or self.stale_s, (0.5, 5.0))
 
     def run(self, cut: str | None, n: int, warmup: int, max_s: float, fresh: bool, stale_s: float | None = None) -> list[dict]:
         """Requests of one mode back to back (see the ``run`` op)."""

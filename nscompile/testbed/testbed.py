@@ -273,7 +273,7 @@ class Testbed:
         if not self.link.kernel:
             return (self.link.describe() + f"; device CPU: thread limit only (fallback: {self.fallback_reason}); "
                     "no CPU pinning in the fallback: device, server and load generator share every CPU")
-        text = self.link.describe() + "; device CPU: cgroup-v1 CFS quota from the device profile"
+        text = self.link.describe() + "; device CPU: a cgroup-v1 CFS quota where the device profile has one"
         if self.pinning_problem:
             return text + f"; no CPU pinning ({self.pinning_problem}): device, server and load generator share every CPU"
         dev, srv = self.cpusets["device"], self.cpusets["server"]
