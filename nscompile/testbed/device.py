@@ -12,8 +12,8 @@ library chatter on stdout is ignored) per command:
   ``fresh`` forgets the bandwidth/RTT/load estimates first (a new network);
 - ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "fresh": bool, "prune"}``:
   the modes measured side by side: each round runs one request per mode (null:
-  nscompile chooses; an id: that cut forced), the order rotating by one mode per round
-  so that no mode always goes first; stops after ``rounds`` rounds, or earlier once
+  nscompile chooses; an id: that cut forced), in a fresh seeded random order each round
+  so that no mode always goes first or always follows the same mode; stops after ``rounds`` rounds, or earlier once
   ``max_s`` seconds have passed and at least 3 rounds are done. ``warmup`` unmeasured
   requests of nscompile's own mode come first (after ``fresh`` its first request pays
   for probing the new network; the forced cuts are warm from the session's start).
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -47,6 +48,8 @@ from nscompile.testbed.shaping import LinkState, make_client
 MARK = "@@"
 #: The rounds op stops early on its time limit only after this many rounds.
 MIN_ROUNDS = 3
+#: Seed of the rounds' request orders (reproducible runs).
+ROUNDS_SEED = 20170408
 
 
 def _inputs(runner: SplitRunner, seed: int = 0) -> dict[str, np.ndarray]:
@@ -126,13 +129,15 @@ class Device:
             for _ in range(warmup):
                 self.one_of_many(None)
         records: list[list[dict]] = [[] for _ in cuts]
+        shuffler = random.Random(ROUNDS_SEED)
         start = time.monotonic()
         for r in range(max(rounds, 1)):
             out = _out_of_the_running(cuts, records, prune) if r else set()
-            # Rotate by one mode per round: whatever the previous request leaves behind
-            # (a busy server queue, cold caches) falls on every mode in turn.
-            k = r % len(cuts)
-            order = [i for i in [*range(k, len(cuts)), *range(k)] if i not in out]
+            # A fresh random order each round: whatever the previous request leaves behind
+            # (cold caches after a network wait, a busy server queue) falls on a random
+            # mode. (Rotating one fixed order would not do: it keeps every mode's
+            # predecessor, so nscompile's own requests always followed the same cut.)
+            order = [i for i in shuffler.sample(range(len(cuts)), len(cuts)) if i not in out]
             for slot, i in enumerate(order):
                 rec = self.one_of_many(cuts[i])
                 rec["round"], rec["slot"] = r, slot

@@ -10,7 +10,7 @@ session, and for every server load and network preset measures
 - every emitted cut forced, all-device and all-cloud among them: the oracle is the
   fastest of these medians.
 
-Both are measured side by side, in rounds of one request per mode in rotating order
+Both are measured side by side, in rounds of one request per mode in random order
 (the device's ``rounds`` op), so that a slow minute of the shared machine falls on
 every mode alike instead of on whichever was measured then. A forced cut far slower
 than the best one after the first round sits the later rounds out (see ``PRUNE``).
