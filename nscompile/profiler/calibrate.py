@@ -14,9 +14,10 @@ optimisation, and maps every kernel's time back onto the model's nodes:
 
 The per-node times are then made to add up to the model's median latency measured
 without the profiler (minus the profile's per-run overhead): the profiler's own cost,
-a few microseconds per kernel, is taken off evenly, and what remains is scaled. The result is stored under the model's SHA-256
-in the profile's ``calibrations``; :func:`nscompile.annotate.annotate` prefers these times
-for that model over the regressions.
+a few microseconds per kernel, is taken off evenly, and what remains is scaled. The
+result is stored under the model's SHA-256 in the profile's ``calibrations``;
+:func:`nscompile.annotate.annotate` prefers these times for that model (and those input
+shapes) over the regressions.
 """
 
 from __future__ import annotations
