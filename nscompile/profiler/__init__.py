@@ -47,7 +47,7 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _dispatch_overheads(threads: int, provider: str, clock: str, **timing) -> tuple[float, float]:
+def _dispatch_overheads(threads: int, provider: str, clock: str) -> tuple[float, float]:
     """Fixed cost of one session run and dispatch cost of one kernel (ms).
 
     Times chains of 1 to 32 Relu nodes on a 16-element tensor (nothing to compute) and
@@ -69,7 +69,7 @@ def _dispatch_overheads(threads: int, provider: str, clock: str, **timing) -> tu
         m.ir_version = 8
         for _ in range(3):
             ks.append(k)
-            ts.append(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.05, **timing))
+            ts.append(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.05))
     slope, intercept, _, _ = theilslopes(ts, ks)
     return max(float(intercept), 0.0), max(float(slope), 0.0)
 
@@ -109,7 +109,7 @@ def _quota_slowdown(threads: int, provider: str) -> float:
     return max(statistics.median(ratios), 1.0)
 
 
-def _reorder_ms_per_byte(threads: int, provider: str, clock: str, **timing) -> float:
+def _reorder_ms_per_byte(threads: int, provider: str, clock: str) -> float:
     """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
 
     A lone 1x1 conv pays a ReorderInput and a ReorderOutput (2 copies of B bytes), a
@@ -136,8 +136,8 @@ def _reorder_ms_per_byte(threads: int, provider: str, clock: str, **timing) -> f
             m.ir_version = 8
             return m
         feeds = {"x": rng.standard_normal((1, c, hw, hw)).astype(np.float32)}
-        t1 = time_model(chain(1), feeds, threads, provider, clock=clock, budget_s=0.15, **timing)
-        t3 = time_model(chain(3), feeds, threads, provider, clock=clock, budget_s=0.15, **timing)
+        t1 = time_model(chain(1), feeds, threads, provider, clock=clock, budget_s=0.15)
+        t3 = time_model(chain(3), feeds, threads, provider, clock=clock, budget_s=0.15)
         estimates.append((3 * t1 - t3) / (4 * c * hw * hw * 4))
     return max(statistics.median(estimates), 0.0)
 
