@@ -295,8 +295,9 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
         # Each side that runs anything pays its session's fixed per-run cost once. The
         # solver leaves these microseconds out (a constant per non-empty side is not a
         # cut cost); the predictions reported here include them.
-        device_ms = ann.device.run_ms(float(ann.device_ms[mask].sum()))
-        run_mj = (device_ms - float(ann.device_ms[mask].sum())) * ann.device.compute_power_w
+        nodes_ms = float(ann.device_ms[mask].sum())
+        device_ms = ann.device.run_ms(nodes_ms)
+        run_mj = (device_ms - nodes_ms) * ann.device.compute_power_w
         cuts.append(CutChoice(
             id=ident, device=mask, upload=up_names, device_outputs=device_outputs, download=download,
             device_ms=device_ms, cloud_ms=ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum())),
