@@ -470,6 +470,20 @@ def test_long_rtt_keeps_work_on_device(build, server):
         assert rec.cut == "input" and rec.reason == "table", rec
 
 
+
+def test_reused_decision_follows_every_estimate(build, server):
+    """The runner reuses its last decision while bandwidth, load and RTT stand still; a change of any must show."""
+    inputs = sample_inputs()
+    with runner_for(build, server.url, bandwidth_mbps=1.0, load=1.0) as runner:
+        assert [runner.run(inputs, with_record=True)[1].cut for _ in range(2)] == ["prob", "prob"]
+        runner.fixed_bandwidth = 60.0
+        assert runner.run(inputs, with_record=True)[1].cut == "input"
+        runner.objective = "energy"  # same estimates, other table
+        assert runner.run(inputs, with_record=True)[1].cut == "relu1"
+        runner.objective = "latency"
+        runner.fixed_load = 100.0
+        assert runner.run(inputs, with_record=True)[1].cut == "prob"
+
 def test_deadline_falls_back_and_backs_off(build, server):
     entry = server.app.state.models["tiny_suffix_input"]
     inputs = sample_inputs()

@@ -168,6 +168,11 @@ class SplitRunner:
         # (RTT only ever favours the device), so such a runner never probes or calls out.
         fallback = self.plan.fallback
         self._device_only = {o: self.plan.only_cut(o) == fallback for o in self.plan.objectives}
+        # The last decision and the (objective, bandwidth, load, RTT) it was made for. A
+        # device running its prefix alone learns nothing new, so most requests repeat the
+        # previous decision; reusing it keeps the look-up (~5 us of Python) off a model
+        # that may itself take only tens of microseconds.
+        self._decision: tuple[tuple, str, str] = ((), "", "")
         # The fallback must always work, so load it now and fail early if it cannot.
         self._session(self.plan.cuts[self.plan.fallback])
 
@@ -280,15 +285,17 @@ class SplitRunner:
                 return plan.cuts[plan.fallback], rec
         bw = self.fixed_bandwidth if self.fixed_bandwidth is not None else (net.bandwidth.value or self.initial_bandwidth)
         load = self.fixed_load if self.fixed_load is not None else net.load
+        rtt = net.rtt.value
         t = time.perf_counter()
-        cut_id = plan.lookup(bw, load, self.objective)
+        key = (self.objective, bw, load, rtt)
+        if key != self._decision[0]:
+            cut_id, reason = plan.lookup(bw, load, self.objective), "table"
+            if self._rtt_says_device(plan.cuts[cut_id], bw, load):
+                cut_id, reason = plan.fallback, "rtt"
+            self._decision = (key, cut_id, reason)
+        _, cut_id, reason = self._decision
         lookup_us = (time.perf_counter() - t) * 1e6
-        rec = RunRecord(cut_id, "table", self.objective, bw, load, net.rtt.value, lookup_us, probe_ms)
-        cut = plan.cuts[cut_id]
-        if self._rtt_says_device(cut, bw, load):
-            rec.cut, rec.reason = plan.fallback, "rtt"
-            cut = plan.cuts[plan.fallback]
-        return cut, rec
+        return plan.cuts[cut_id], RunRecord(cut_id, reason, self.objective, bw, load, rtt, lookup_us, probe_ms)
 
     def _rtt_says_device(self, cut: Cut, bw: float, load: float) -> bool:
         """True when the measured RTT, above what the plan assumed, makes all-device faster.
