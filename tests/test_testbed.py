@@ -235,6 +235,10 @@ def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_
         # The time limit ends the rounds early, but never before the third.
         short = s.rounds(modes, 9, warmup=0, max_s=0.0)
         assert all(len(recs) == 3 for recs in short.values())
+        # While under min_s, the rounds go on past the number asked for (sharper medians of fast models).
+        t = time.monotonic()
+        longer = s.rounds([None], 3, warmup=0, max_s=60.0, min_s=0.3)[None]
+        assert len(longer) > 3 and time.monotonic() - t >= 0.3
     assert _leftovers(os.getpid()) == []
 
 

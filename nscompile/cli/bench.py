@@ -25,10 +25,12 @@ def bench(
     cloud_profile: Path | None = typer.Option(None, "--cloud-profile", help="Server profile JSON (default: this CPU's 1-thread profile "
                                                  "when the testbed pins the server to one CPU, else the shipped server profile)."),
     loaded_clients: int | None = typer.Option(None, help="Load-generator clients for the 'loaded' server (default 4; --quick 3)."),
-    repeats: int | None = typer.Option(None, help="Rounds per case at most; a round is one request of nscompile's own and of "
-                                          "every cut forced, in rotating order (default 9; --quick 5; medians taken)."),
+    repeats: int | None = typer.Option(None, help="Rounds per case (more while under --min-s); a round is one request of nscompile's own and of "
+                                          "every cut forced, in random order (default 9; --quick 5; medians taken)."),
     max_s: float | None = typer.Option(None, "--max-s", help="Seconds per case after which no new round starts once 3 are done "
                                           "(default 12; --quick 3)."),
+    min_s: float | None = typer.Option(None, "--min-s", help="Seconds per case during which rounds go on past --repeats "
+                                          "(fast models: sharper medians; default 2; --quick 0.5)."),
     trace_model: str | None = typer.Option(None, help="Model for the network-variation trace ('' to skip)."),
     load_model: str | None = typer.Option(None, help="Model for the server-load sweep ('' to skip)."),
     max_minutes: float | None = typer.Option(None, help="Start no new model after this many minutes (partial results are kept)."),
@@ -53,9 +55,11 @@ def bench(
         raise NscompileError("--repeats must be >= 1")
     if max_s is not None and max_s < 0:
         raise NscompileError("--max-s must be >= 0")
+    if min_s is not None and min_s < 0:
+        raise NscompileError("--min-s must be >= 0")
     kw = dict(models=_list(models), size=size, networks=[n.upper().replace("-", "") for n in _list(networks)] if networks else None,
               device_profiles=list(device_profile) if device_profile else None, cloud_profile=cloud_profile,
-              repeats=repeats, max_s=max_s, userspace=userspace, deadline_min=max_minutes)
+              repeats=repeats, max_s=max_s, min_s=min_s, userspace=userspace, deadline_min=max_minutes)
     if trace_model is not None:
         kw["trace_model"] = trace_model or "-"
     if load_model is not None:

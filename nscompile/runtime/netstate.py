@@ -19,6 +19,9 @@ class LogEwma:
             raise ValueError("alpha must be in (0, 1]")
         self.alpha = alpha
         self._log: float | None = None
+        #: The current estimate, or None before the first sample. Kept as a plain
+        #: attribute: every request reads it, only transfers and probes change it.
+        self.value: float | None = None
         self.updated_at = 0.0
         self.samples = 0
 
@@ -26,17 +29,13 @@ class LogEwma:
         """Fold in one positive sample."""
         lx = math.log(max(x, 1e-12))
         self._log = lx if self._log is None else (1 - self.alpha) * self._log + self.alpha * lx
+        self.value = math.exp(self._log)
         self.updated_at = time.monotonic() if now is None else now
         self.samples += 1
 
-    @property
-    def value(self) -> float | None:
-        """The current estimate, or None before the first sample."""
-        return None if self._log is None else math.exp(self._log)
-
     def reset(self) -> None:
         """Forget everything."""
-        self._log = None
+        self._log = self.value = None
         self.samples = 0
 
 

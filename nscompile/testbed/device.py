@@ -10,11 +10,12 @@ library chatter on stdout is ignored) per command:
   measured requests (``cut`` null: nscompile chooses; else that cut is forced), after
   ``warmup`` unmeasured ones, stopping early after ``max_s`` seconds (at least 3 kept);
   ``fresh`` forgets the bandwidth/RTT/load estimates first (a new network);
-- ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "fresh": bool, "prune"}``:
+- ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "min_s", "fresh": bool, "prune"}``:
   the modes measured side by side: each round runs one request per mode (null:
   nscompile chooses; an id: that cut forced), in a fresh seeded random order each round
   so that no mode always goes first or always follows the same mode; stops after ``rounds`` rounds, or earlier once
-  ``max_s`` seconds have passed and at least 3 rounds are done. ``warmup`` unmeasured
+  ``max_s`` seconds have passed and at least 3 rounds are done, or later while under
+  ``min_s`` seconds (up to ``MAX_ROUNDS``: fast models get sharper medians for free). ``warmup`` unmeasured
   requests of nscompile's own mode come first (after ``fresh`` its first request pays
   for probing the new network; the forced cuts are warm from the session's start).
   After the first round, a forced cut whose fastest request took over ``prune`` times
@@ -48,6 +49,8 @@ from nscompile.testbed.shaping import LinkState, make_client
 MARK = "@@"
 #: The rounds op stops early on its time limit only after this many rounds.
 MIN_ROUNDS = 3
+#: The rounds op runs no more rounds than this, however fast they are.
+MAX_ROUNDS = 2000
 #: Seed of the rounds' request orders (reproducible runs).
 ROUNDS_SEED = 20170408
 
@@ -121,7 +124,7 @@ class Device:
         return records
 
     def rounds(self, cuts: list[str | None], rounds: int, warmup: int, max_s: float, fresh: bool,
-               stale_s: float | None = None, prune: float = 0.0) -> list[list[dict]]:
+               stale_s: float | None = None, prune: float = 0.0, min_s: float = 0.0) -> list[list[dict]]:
         """Measure every mode of ``cuts`` side by side (see the ``rounds`` op); records per mode."""
         if fresh:
             self.fresh(stale_s)
@@ -131,7 +134,7 @@ class Device:
         records: list[list[dict]] = [[] for _ in cuts]
         shuffler = random.Random(ROUNDS_SEED)
         start = time.monotonic()
-        for r in range(max(rounds, 1)):
+        for r in range(MAX_ROUNDS):
             out = _out_of_the_running(cuts, records, prune) if r else set()
             # A fresh random order each round: whatever the previous request leaves behind
             # (cold caches after a network wait, a busy server queue) falls on a random
@@ -142,7 +145,8 @@ class Device:
                 rec = self.one_of_many(cuts[i])
                 rec["round"], rec["slot"] = r, slot
                 records[i].append(rec)
-            if r + 1 >= MIN_ROUNDS and time.monotonic() - start > max_s:
+            elapsed = time.monotonic() - start
+            if (r + 1 >= rounds and elapsed >= min_s) or (r + 1 >= MIN_ROUNDS and elapsed > max_s):
                 break
         return records
 
@@ -216,7 +220,8 @@ def main(argv: list[str] | None = None) -> None:
             elif op == "rounds":
                 answer = {"ok": True, "records": dev.rounds(list(cmd["cuts"]), int(cmd.get("rounds", 5)), int(cmd.get("warmup", 1)),
                                                             float(cmd.get("max_s", 60.0)), bool(cmd.get("fresh", False)),
-                                                            cmd.get("stale_s"), float(cmd.get("prune") or 0.0))}
+                                                            cmd.get("stale_s"), float(cmd.get("prune") or 0.0),
+                                                            float(cmd.get("min_s") or 0.0))}
             elif op == "trace":
                 answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"))}
             else:

@@ -78,6 +78,10 @@ class BenchConfig:
     #: No new round after this many seconds of a case, once 3 rounds are done: fast models
     #: get all ``repeats`` rounds, slow ones 3.
     max_s: float = 12.0
+    #: More rounds than ``repeats`` while a case has run under this many seconds: a model
+    #: of 0.1 ms gets thousands of rounds, so that a 10% criterion is not decided by the
+    #: spread of nine samples.
+    min_s: float = 2.0
     trace_model: str | None = "alexnet"
     trace_phase_s: float = 20.0
     load_model: str | None = "alexnet"
@@ -91,7 +95,7 @@ class BenchConfig:
     def quick(**kw) -> BenchConfig:
         """Small zoo models, two networks, idle and loaded, short trace and load sweep (< 5 min)."""
         base = dict(models=["lenet", "alexnet"], size="small", networks=["3G", "WIFI"], loads={"idle": 0, "loaded": 3},
-                    repeats=5, max_s=3.0, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
+                    repeats=5, max_s=3.0, min_s=0.5, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
                     load_levels=[0, 3], load_window_s=3.0, load_network="WIFI",
                     device_profiles=[default_profile_path("device")])
         base.update({k: v for k, v in kw.items() if v is not None})
@@ -231,7 +235,8 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
     rates = rates_of(network)
     radio = RADIO_OF_PRESET[network]
     before = session.load_stats()
-    modes = session.rounds([None, *session.cuts], cfg.repeats, warmup=1, max_s=cfg.max_s, fresh=True, prune=PRUNE)
+    modes = session.rounds([None, *session.cuts], cfg.repeats, warmup=1, max_s=cfg.max_s, min_s=cfg.min_s,
+                           fresh=True, prune=PRUNE)
     after = session.load_stats()
     auto = _summarise(modes[None], profile, rates, radio)
     forced = {c: _summarise(modes[c], profile, rates, radio) for c in session.cuts}

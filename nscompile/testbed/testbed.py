@@ -165,14 +165,17 @@ class Session:
                                fresh=fresh, stale_s=stale_s)["records"]
 
     def rounds(self, cuts: list[str | None], rounds: int, warmup: int = 1, max_s: float = 60.0, fresh: bool = False,
-               stale_s: float = 10.0, prune: float = 0.0, timeout_s: float = 1800.0) -> dict[str | None, list[dict]]:
-        """Measure several modes side by side, one request of each per round in rotating order.
+               stale_s: float = 10.0, prune: float = 0.0, min_s: float = 0.0,
+               timeout_s: float = 1800.0) -> dict[str | None, list[dict]]:
+        """Measure several modes side by side, one request of each per round in random order.
 
         Args:
             cuts: the modes: None (nscompile chooses) and/or cut ids (forced).
             rounds: at most this many rounds.
             warmup: unmeasured requests of nscompile's own mode first.
             max_s: no new round after this many seconds, once 3 rounds are done.
+            min_s: more rounds than ``rounds`` while under this many seconds (at most
+                the device's ``MAX_ROUNDS``).
             fresh: forget the estimates first (a new network).
             stale_s: the runner's staleness limit from now on.
             prune: after the first round, skip a forced cut whose fastest request took over
@@ -183,7 +186,7 @@ class Session:
             mode -> its RunRecords as dicts (each with ``round`` and ``slot``).
         """
         answer = self.device.ask(timeout_s=timeout_s, op="rounds", cuts=list(cuts), rounds=rounds, warmup=warmup,
-                                 max_s=max_s, fresh=fresh, stale_s=stale_s, prune=prune)
+                                 max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=prune)
         return dict(zip(cuts, answer["records"]))
 
     def trace(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float = 3.0) -> list[dict]:
