@@ -45,9 +45,9 @@ BUILD_LOAD = "1,2,4,8"
 WITHIN = 1.10  # "within 10% of the oracle"
 #: Below this difference two medians are timer and scheduling jitter on a shared machine, not a choice.
 NOISE_FLOOR_MS = 1.0
-#: A forced cut whose fastest request takes over this many times the slowest of the best
-#: forced cut is measured in the first round only: it cannot be the oracle, and a cut
-#: meant for gigabit links would spend minutes per round uploading megabytes over 3G.
+#: A forced cut whose fastest request takes over this many times the best forced cut's
+#: median sits the later rounds out: it cannot be the oracle, and a cut meant for gigabit
+#: links would spend minutes per round uploading megabytes over 3G.
 PRUNE = 2.0
 #: The server profile when the testbed pins the server to one CPU: this machine's CPU, one thread.
 SINGLE_CORE_CLOUD_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"

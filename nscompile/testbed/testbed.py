@@ -179,7 +179,7 @@ class Session:
             fresh: forget the estimates first (a new network).
             stale_s: the runner's staleness limit from now on.
             prune: after the first round, skip a forced cut whose fastest request took over
-                this many times the slowest of the forced cut with the lowest median (0: never).
+                this many times the lowest median of the forced cuts (0: never).
             timeout_s: how long to wait for the answer.
 
         Returns:
