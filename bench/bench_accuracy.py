@@ -5,12 +5,13 @@ the zoo's models when ``nscompile.zoo`` is available and ``--zoo`` is given) the
 prediction ``plan.json`` reports for the all-device cut (the profile's per-node
 predictions summed, plus its fixed per-run cost) is compared with the median latency
 measured with onnxruntime under the profile's threads and provider (full graph
-optimisation).
+optimisation), in ``--passes`` passes over all models (each model's median of passes).
 
     python bench/bench_accuracy.py                       # default device profile
     python bench/bench_accuracy.py --profile cost_models/epyc-ort-cpu-2threads.json
     python bench/bench_accuracy.py --models resnet50,vgg19 --breakdown --json out.json
     python bench/bench_accuracy.py --cuts 4       # also prefix/suffix latencies at 4 cuts
+    python bench/bench_accuracy.py --zoo --models zoo:lenet,zoo:senna_pos   # zoo models by name
 
 Exit status 1 if any model is off by more than --tolerance (default 15%).
 """
@@ -21,7 +22,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections import defaultdict
 
 import numpy as np
@@ -113,10 +113,12 @@ def prefix_suffix_errors(model, profile, n_cuts, repeats, clock, stat, seed=0):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=None, help="profile JSON (default: the shipped device profile)")
-    ap.add_argument("--models", default=None, help="comma-separated light model names (default: all nine)")
+    ap.add_argument("--models", default=None, help="comma-separated light model names, zoo ones as zoo:NAME (default: all nine light models)")
     ap.add_argument("--zoo", action="store_true", help="also evaluate every nscompile zoo model")
     ap.add_argument("--zoo-size", choices=["small", "full"], default="full", help="zoo model size with --zoo")
     ap.add_argument("--repeats", type=int, default=7, help="timed batches per model (median)")
+    ap.add_argument("--passes", type=int, default=3,
+                    help="whole-model measurements per model, in passes over all models (median)")
     ap.add_argument("--tolerance", type=float, default=0.15, help="max relative error per model")
     ap.add_argument("--breakdown", action="store_true", help="print predicted vs ORT-measured time per key")
     ap.add_argument("--json", default=None, help="write the results table here")
@@ -132,17 +134,16 @@ def main(argv=None) -> int:
     from nscompile.profiler.modelprep import light_model_paths, load_light_model, random_feeds
 
     profile = load_profile(args.profile or default_profile_path("device"))
-    names = list(light_model_paths())
-    if args.models:
-        names = [n.strip() for n in args.models.split(",") if n.strip()]
+    wanted = [n.strip() for n in (args.models or "").split(",") if n.strip()]
+    names = [n for n in wanted if not n.startswith("zoo:")] if wanted else list(light_model_paths())
     models = [(n, lambda n=n: load_light_model(n)) for n in names]
-    if args.zoo:
+    if args.zoo or any(n.startswith("zoo:") for n in wanted):
         import onnx
 
         from nscompile import zoo
 
         models += [(f"zoo:{m.name}", lambda m=m: onnx.shape_inference.infer_shapes(zoo.build_model(m.name, size=args.zoo_size)))
-                   for m in zoo.list_models()]
+                   for m in zoo.list_models() if args.zoo or f"zoo:{m.name}" in wanted]
     # Measure on the clock the profile was measured with (thread CPU time for 1-thread CPU
     # profiles, so other processes on a shared machine do not inflate the latency).
     clock = args.clock or profile.meta.get("clock", "wall")
@@ -150,7 +151,6 @@ def main(argv=None) -> int:
     if quota and not args.clock:
         clock = "wall"  # under a quota the latency is wall time: the throttling is part of it
     print(f"profile {profile.name} ({profile.provider}, {profile.threads} thread(s), {clock} clock)")
-    print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
     rows = []
     if quota:
         # A phone-class profile measured under a CPU quota is checked under the same quota.
@@ -161,16 +161,26 @@ def main(argv=None) -> int:
         stack = ExitStack()
         stack.enter_context(cpu_quota(float(quota)))
         print(f"(measuring under a CPU quota of {quota} core(s), like the profile)")
-    for name, load in models:
-        model = load()
-        feeds = random_feeds(model)
+    # Each model is measured once per pass and the passes' median kept: a slow minute of
+    # this shared machine then falls on one pass of every model, not on a few models.
+    loaded = [(name, load()) for name, load in models]
+    feeds_of = {name: random_feeds(model) for name, model in loaded}
+    passes: dict[str, list[float]] = defaultdict(list)
+    for p in range(args.passes):
+        for name, model in loaded:
+            passes[name].append(measure_model(model, feeds_of[name], profile.threads, profile.provider,
+                                              args.repeats, clock, args.stat))
+        print(f"(pass {p + 1} of {args.passes} done)", flush=True)
+    print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
+    for name, model in loaded:
+        feeds = feeds_of[name]
         preds = predict_model(model, profile)
         pred = profile.run_ms(sum(ms for _, ms in preds))
-        t0 = time.time()
-        meas = measure_model(model, feeds, profile.threads, profile.provider, args.repeats, clock, args.stat)
+        meas = statistics.median(passes[name])
         err = (pred - meas) / meas
-        rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err})
-        print(f"{name:<14}{pred:>14.2f}{meas:>14.2f}{100 * err:>8.1f}%  ({time.time() - t0:.0f}s)", flush=True)
+        rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err, "passes_ms": passes[name]})
+        spread = max(passes[name]) / min(passes[name]) - 1
+        print(f"{name:<14}{pred:>14.3f}{meas:>14.3f}{100 * err:>8.1f}%  (passes spread {100 * spread:.0f}%)", flush=True)
         if args.cuts:
             cut_errs = prefix_suffix_errors(model, profile, args.cuts, args.repeats, clock, args.stat)
             rows[-1]["cuts"] = [{"side": a, "after_node": b, "predicted_ms": c, "measured_ms": d, "rel_error": e}

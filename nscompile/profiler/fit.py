@@ -2,7 +2,8 @@
 
 For every op key the profiler tries a few model forms (non-negative linear on the key's
 features, linear on its main work term alone, log-log power law), scores each by k-fold
-held-out mean absolute relative error, and keeps the best. Fitted models become plain
+held-out mean absolute relative error (relative to the time plus ``ABS_FLOOR_MS``), and
+keeps the best. Fitted models become plain
 :class:`~nscompile.cost_model.Regression` records: no estimator object is ever stored.
 """
 
@@ -78,13 +79,20 @@ def _design(samples, feats):
     return np.array([[float(s.values.get(f, 0.0)) for f in feats] for s in samples], dtype=np.float64)
 
 
+#: Errors are relative to the measured time plus this (ms). A sample's time is net of
+#: the per-run and per-kernel overheads (~4 us here), and what is left of a sub-
+#: microsecond op is mostly the error of that subtraction: judged by pure relative error,
+#: a 0.3 us sample would outweigh a 10 us one 1000 times and bend the fit of every size.
+ABS_FLOOR_MS = 0.002
+
+
 def _fit_linear(X, y, feats):
-    """Non-negative least squares on relative error, with a non-negative intercept."""
+    """Non-negative least squares on relative error (floored), with a non-negative intercept."""
     from sklearn.linear_model import LinearRegression
 
     scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
     A = np.hstack([X / scale, np.ones((len(y), 1))])
-    w = 1.0 / np.maximum(y, 1e-4) ** 2
+    w = 1.0 / (np.maximum(y, 0.0) + ABS_FLOOR_MS) ** 2
     lr = LinearRegression(positive=True, fit_intercept=False).fit(A, y, sample_weight=w)
     coef = lr.coef_[:-1] / scale
     return Regression(tuple(feats), "linear", tuple(float(c) for c in coef), float(lr.coef_[-1]))
@@ -94,12 +102,14 @@ def _fit_loglog(X, y, feats):
     from sklearn.linear_model import Ridge
 
     L = np.log1p(np.maximum(X, 0.0))
-    lr = Ridge(alpha=1e-3).fit(L, np.log(np.maximum(y, 1e-5)))
+    # A log-space residual is a relative error; weigh it down where the floor dominates.
+    y = np.maximum(y, 1e-5)
+    lr = Ridge(alpha=1e-3).fit(L, np.log(y), sample_weight=(y / (y + ABS_FLOOR_MS)) ** 2)
     return Regression(tuple(feats), "loglog", tuple(float(c) for c in lr.coef_), float(lr.intercept_))
 
 
 def _rel_err(reg: Regression, samples) -> float:
-    errs = [abs(reg.predict(s.values) - s.ms) / max(s.ms, 1e-4) for s in samples]
+    errs = [abs(reg.predict(s.values) - s.ms) / (max(s.ms, 0.0) + ABS_FLOOR_MS) for s in samples]
     return float(np.mean(errs)) if errs else float("nan")
 
 

@@ -236,6 +236,20 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
                 y = b.node("Add", [y, b.weight((nn,))])[0]
             group = "MatMul" if kind == "matmul" else "pattern"
         yield Case(f"{kind} {m}x{k}x{nn} #{made}", group, b.model([y]), b.feeds)
+    # Small-batch layers whose weights span the caches (64 KB to 8 MB, log-spaced): there
+    # the time per weight byte changes most (L2 to L3 here), and the random widths above
+    # land in that range only a few times.
+    for i, nbytes in enumerate(np.geomspace(64 * 2**10, 8 * 2**20, max(n // 4, 3))):
+        m = int(rng.choice([1, 1, 4]))
+        k = max(int(np.sqrt(nbytes / 4 * float(rng.choice([0.25, 1.0, 4.0])))), 8)
+        nn = max(int(nbytes / 4 / k), 8)
+        b = _Builder(rng)
+        x = b.input((m, k))
+        if i % 2 == 0:
+            y, group = b.node("Gemm", [x, b.weight((nn, k)), b.weight((nn,))], transB=1)[0], "Gemm"
+        else:
+            y, group = b.node("MatMul", [x, b.weight((k, nn))])[0], "MatMul"
+        yield Case(f"fc-cache {group} {m}x{k}x{nn} #{i}", group, b.model([y]), b.feeds)
     # Stacks of fully connected layers whose weights together exceed the caches, so each
     # layer's weights come from DRAM on every run (a lone layer of a few MB stays cached
     # between runs). One sample per stack: the per-layer time of identical layers.
