@@ -101,6 +101,8 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     assert 1e-9 < prof.reorder_ms_per_byte < 1e-6
     assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"
     assert prof.run_overhead_ms > 0 and prof.node_overhead_ms >= 0
+    speed = prof.meta["speed_checks"]  # reference kernels timed before and after the sweep at least
+    assert speed["checks"] >= 2 and set(speed["spread"]) == {"dispatch", "compute", "memory"}
     # every prediction finite and >= 0, unknown ops too
     for key in list(prof.models) + ["TotallyUnknownOp"]:
         ms = prof.predict_ms(NodeFeatures(key, {"macs": 1e7, "bytes_total": 1e6, "elems_out": 1e5}))
@@ -126,6 +128,28 @@ def test_cli_profile(monkeypatch, tmp_path):
     assert summary["name"] == "cli-test"
     prof = load_profile(out)
     assert prof.compute_power_w == 2.5 and prof.to_json()["power"]["power_source"] == "measured"
+
+
+def test_speed_check_flags_a_machine_whose_speed_moved(monkeypatch, tmp_path):
+    """A reference that ran 30% slower in some checks marks the profile as unsteady, and the CLI says so."""
+    from typer.testing import CliRunner
+
+    from nscompile.cli import app
+    from nscompile.profiler.stability import SpeedCheck
+
+    check = SpeedCheck(1, "cpu", "cpu", every_s=0.0)
+    for _ in range(4):
+        check.check()
+    assert len(check.times["compute"]) == 4
+    check.times = {"dispatch": [0.004] * 10, "compute": [0.2] * 6 + [0.26] * 4, "memory": [0.09, 0.092] * 5}
+    assert set(check.unsteady()) == {"compute"} and check.spread()["compute"] == pytest.approx(0.3)
+
+    real_summary = SpeedCheck.summary
+    monkeypatch.setattr(SpeedCheck, "summary", lambda self: {**real_summary(self), "spread": {"compute": 0.3}})
+    _small_cases(monkeypatch)
+    res = CliRunner().invoke(app, ["profile", "--name", "noisy", "--quick", "-o", str(tmp_path / "p.json")])
+    assert res.exit_code == 0, res.output
+    assert "speed moved while profiling" in res.output and "compute 30%" in res.output
 
 
 def test_cli_rejects_bad_provider_and_quota(tmp_path):

@@ -84,9 +84,16 @@ def profile(
         prof.meta["cpu_quota_cores"] = cpu_quota
     prof.save(out)
     rows = sorted(prof.models.items())
+    speed = prof.meta.get("speed_checks", {})
+    unsteady = {k: v for k, v in speed.get("spread", {}).items() if v > speed.get("unsteady_above", 1.0)}
+    if unsteady:
+        moved = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(unsteady.items()))
+        typer.echo(f"warning: this machine's speed moved while profiling (reference kernels, slowest vs fastest "
+                   f"checks: {moved}); predictions inherit that error. Profile again with nothing else "
+                   "running, or calibrate on your models with --model.", err=True)
     if as_json:
         typer.echo(json.dumps({
-            "profile": str(out), "name": prof.name, "sha256": prof.sha256,
+            "profile": str(out), "name": prof.name, "sha256": prof.sha256, "speed_checks": speed,
             "models": {k: {"transform": r.transform, "heldout_error": r.heldout_error, "n_samples": r.n_samples}
                        for k, r in rows},
         }, indent=2))

@@ -16,6 +16,7 @@ from typing import Callable
 
 from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
 from nscompile.errors import NscompileError
+from nscompile.profiler.stability import SpeedCheck
 
 __all__ = ["run_profile", "cpu_model", "ASSUMED_POWER"]
 
@@ -200,9 +201,12 @@ def run_profile(
     # NCHWc layout copies exist only on the CPU provider.
     reorder = (_reorder_ms_per_byte(threads, provider, clock, run_overhead + 2 * node_overhead)
                if provider == "cpu" else 0.0)
+    speed = SpeedCheck(threads, provider, clock)
+    speed.check(force=True)
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
     for i, case in enumerate(generate_cases(quick, seed)):
+        speed.check()
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
@@ -225,6 +229,7 @@ def run_profile(
         if progress is not None:
             progress(i + 1, max(n_cases, i + 1), case.name)
 
+    speed.check(force=True)
     models = fit_all(singles, seed)
     # Fused patterns: what the pattern costs beyond its base kernel is the absorbed nodes'.
     fused_samples = []
@@ -264,6 +269,7 @@ def run_profile(
         "heldout_metric": "k-fold (k<=5) mean absolute relative error of the chosen form",
         "power_source": "assumed" if compute_power_w is None and idle_power_w is None else "measured",
         "radio_source": RADIO_SOURCE,
+        "speed_checks": speed.summary(),
     }
     if notes:
         meta["notes"] = notes

@@ -1,0 +1,96 @@
+"""How steady the machine's speed stays while a profile is measured.
+
+A profile is a snapshot: every regression is fitted on times taken over a few minutes.
+On a shared machine (a cloud VM whose host runs other tenants, a phone that throttles)
+the same kernel can take 20% longer for minutes at a time, and a profile measured then
+predicts every later run 20% too slow. :class:`SpeedCheck` times three small reference
+models now and then during profiling, one per kind of bottleneck (the per-run dispatch,
+convolution arithmetic, streaming weights from the caches), and reports how much each
+moved, so that a profile taken on a disturbed machine says so.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+__all__ = ["SpeedCheck", "UNSTEADY_SPREAD"]
+
+#: A reference whose slowest checks took this much longer than its fastest (10th to
+#: 90th percentile) marks the profile as measured on an unsteady machine.
+UNSTEADY_SPREAD = 0.15
+
+
+def _reference_models():
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    f32 = TensorProto.FLOAT
+
+    def model(nodes, x_shape, y_shape, inits=()):
+        g = helper.make_graph(nodes, "ref", [helper.make_tensor_value_info("x", f32, x_shape)],
+                              [helper.make_tensor_value_info("y", f32, y_shape)], list(inits))
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m, {"x": np.ones(x_shape, np.float32)}
+
+    conv_w = numpy_helper.from_array((rng.standard_normal((32, 32, 3, 3)) * 0.05).astype(np.float32), "w")
+    gemv_w = numpy_helper.from_array((rng.standard_normal((1024, 1024)) * 0.05).astype(np.float32), "w")
+    return {
+        "dispatch": model([helper.make_node("Relu", ["x"], ["y"])], [1, 16], [1, 16]),
+        "compute": model([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], [1, 32, 28, 28], [1, 32, 28, 28],
+                         [conv_w]),
+        "memory": model([helper.make_node("MatMul", ["x", "w"], ["y"])], [1, 1024], [1, 1024], [gemv_w]),
+    }
+
+
+class SpeedCheck:
+    """Reference timings taken at most every ``every_s`` seconds while profiling.
+
+    Args:
+        threads: onnxruntime intra-op threads (the profile's).
+        provider: ``"cpu"`` or ``"cuda"``.
+        clock: the profile's timing clock (``"cpu"`` or ``"wall"``).
+        every_s: the least time between two checks.
+    """
+
+    def __init__(self, threads: int, provider: str, clock: str, every_s: float = 5.0):
+        from nscompile.profiler.timing import make_session
+
+        self.clock, self.every_s = clock, every_s
+        self.device = "cuda" if provider == "cuda" else "cpu"
+        self._refs = {name: (make_session(m.SerializeToString(), threads, provider), feeds)
+                      for name, (m, feeds) in _reference_models().items()}
+        self.times: dict[str, list[float]] = {name: [] for name in self._refs}
+        self._last = -float("inf")
+
+    def check(self, force: bool = False) -> None:
+        """Time every reference (about 50 ms), unless the last check is under ``every_s`` old."""
+        from nscompile.profiler.timing import time_session
+
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return
+        self._last = now
+        for name, (sess, feeds) in self._refs.items():
+            self.times[name].append(time_session(sess, feeds, budget_s=0.015, min_batch_s=0.003, max_repeats=5,
+                                                 min_repeats=3, device=self.device, clock=self.clock))
+
+    def spread(self) -> dict[str, float]:
+        """Per reference: how much longer its slow checks took than its fast ones (p90 / p10 - 1)."""
+        return {name: float(np.percentile(ts, 90) / max(np.percentile(ts, 10), 1e-9) - 1.0)
+                for name, ts in self.times.items() if len(ts) >= 2}
+
+    def summary(self) -> dict:
+        """What the profile stores: checks made, reference medians (ms) and spreads."""
+        return {
+            "checks": min((len(ts) for ts in self.times.values()), default=0),
+            "median_ms": {name: float(np.median(ts)) for name, ts in self.times.items() if ts},
+            "spread": {name: round(s, 4) for name, s in self.spread().items()},
+            "unsteady_above": UNSTEADY_SPREAD,
+        }
+
+    def unsteady(self) -> dict[str, float]:
+        """The references whose spread exceeds :data:`UNSTEADY_SPREAD` (empty: a steady machine)."""
+        return {name: s for name, s in self.spread().items() if s > UNSTEADY_SPREAD}
