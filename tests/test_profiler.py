@@ -114,6 +114,22 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     assert again.sha256 == prof.sha256
 
 
+def test_profile_corrects_for_the_machine_speed_at_each_moment(monkeypatch):
+    """Every time is divided by SpeedCheck.factor: twice as slow as usual counts half."""
+    import nscompile.profiler as profiler
+    from nscompile.profiler.stability import SpeedCheck
+
+    _small_cases(monkeypatch)
+    monkeypatch.setattr(profiler, "_dispatch_overheads", lambda *a: (0.004, 0.0004))
+    monkeypatch.setattr(profiler, "_reorder_ms_per_byte", lambda *a: 2e-8)
+    plain = profiler.run_profile("plain", quick=True)
+    monkeypatch.setattr(SpeedCheck, "factor", lambda self, kind, at: 2.0)
+    halved = profiler.run_profile("halved", quick=True)
+    assert (halved.run_overhead_ms, halved.node_overhead_ms, halved.reorder_ms_per_byte) == \
+        pytest.approx((0.002, 0.0002, 1e-8))
+    assert 0.004 / 2 <= plain.run_overhead_ms <= 0.004 * 2  # real checks: a factor within the clip
+
+
 def test_cli_profile(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
@@ -142,7 +158,13 @@ def test_speed_check_flags_a_machine_whose_speed_moved(monkeypatch, tmp_path):
         check.check()
     assert len(check.times["compute"]) == 4
     check.times = {"dispatch": [0.004] * 10, "compute": [0.2] * 6 + [0.26] * 4, "memory": [0.09, 0.092] * 5}
+    check.stamps, check.every_s = [float(t) for t in range(10)], 1.0
     assert set(check.unsteady()) == {"compute"} and check.spread()["compute"] == pytest.approx(0.3)
+    # A benchmark run during the slow checks (t = 6..9 s) is corrected by their ratio to the median.
+    assert check.factor("compute", 8.0) == pytest.approx(1.3)
+    assert check.factor("compute", 2.0) == pytest.approx(1.0)
+    assert check.factor("compute", 100.0) == pytest.approx(1.3)  # past the last check: the nearest
+    assert check.factor("dispatch", 8.0) == pytest.approx(1.0)
 
     real_summary = SpeedCheck.summary
     monkeypatch.setattr(SpeedCheck, "summary", lambda self: {**real_summary(self), "spread": {"compute": 0.3}})
@@ -164,3 +186,26 @@ def test_cli_rejects_bad_provider_and_quota(tmp_path):
     with pytest.raises(NscompileError, match="--cpu-quota"):
         with cpu_quota(0):
             pass
+
+
+def test_killed_profiler_leaves_no_cgroup(tmp_path):
+    """SIGTERM inside the quota still removes the cgroup it made."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from nscompile.profiler.quota import CGROUP_CPU
+
+    if os.geteuid() != 0 or not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
+        pytest.skip("needs root and a cgroup-v1 cpu controller")
+    code = ("import time; from nscompile.profiler.quota import cpu_quota\n"
+            "with cpu_quota(0.5) as g:\n    print(g, flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    group = proc.stdout.readline().strip()
+    assert group and os.path.isdir(group)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    time.sleep(0.1)
+    assert not os.path.exists(group)

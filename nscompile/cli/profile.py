@@ -89,8 +89,9 @@ def profile(
     if unsteady:
         moved = ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(unsteady.items()))
         typer.echo(f"warning: this machine's speed moved while profiling (reference kernels, slowest vs fastest "
-                   f"checks: {moved}); predictions inherit that error. Profile again with nothing else "
-                   "running, or calibrate on your models with --model.", err=True)
+                   f"checks: {moved}); the times are corrected to its median speed, but a quieter run is "
+                   "better: profile again with nothing else running, or calibrate on your models with --model.",
+                   err=True)
     if as_json:
         typer.echo(json.dumps({
             "profile": str(out), "name": prof.name, "sha256": prof.sha256, "speed_checks": speed,

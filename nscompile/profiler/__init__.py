@@ -16,7 +16,7 @@ from typing import Callable
 
 from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
 from nscompile.errors import NscompileError
-from nscompile.profiler.stability import SpeedCheck
+from nscompile.profiler.stability import SpeedCheck, speed_kind
 
 __all__ = ["run_profile", "cpu_model", "ASSUMED_POWER"]
 
@@ -197,21 +197,37 @@ def run_profile(
     # Under a quota the regressions are fitted on the work (CPU time, see pick_clock) and
     # the quota's slowdown is measured once, on models long enough to average it.
     time_scale = _quota_slowdown(threads, provider) if under_quota else 1.0
+    # Reference kernels timed every second: each measurement is corrected for how fast
+    # the machine ran at that moment (see nscompile.profiler.stability).
+    speed = SpeedCheck(threads, provider, clock)
+    speed.check(force=True)
+    fixed_at = time.monotonic()
     run_overhead, node_overhead = _dispatch_overheads(threads, provider, clock)
     # NCHWc layout copies exist only on the CPU provider.
     reorder = (_reorder_ms_per_byte(threads, provider, clock, run_overhead + 2 * node_overhead)
                if provider == "cpu" else 0.0)
-    speed = SpeedCheck(threads, provider, clock)
-    speed.check(force=True)
-    singles: list[Sample] = []
-    patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
+    measured = []  # (group, features, ms, when)
     for i, case in enumerate(generate_cases(quick, seed)):
         speed.check()
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
-        ms = time_model(case.model, case.feeds, threads, provider, clock=clock, budget_s=budget)
+        when = time.monotonic()
+        measured.append((case.group, feats, time_model(case.model, case.feeds, threads, provider, clock=clock,
+                                                       budget_s=budget), when))
+        if progress is not None:
+            progress(i + 1, max(n_cases, i + 1), case.name)
+    speed.check(force=True)
+
+    run_overhead /= speed.factor("dispatch", fixed_at)
+    node_overhead /= speed.factor("dispatch", fixed_at)
+    reorder /= speed.factor("memory", fixed_at)
+    singles: list[Sample] = []
+    patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
+    for group, feats, ms, when in measured:
         kernels = [f for f in feats if ":" not in f.key]
+        if kernels:
+            ms /= speed.factor(speed_kind(kernels[0].key, ms), when)
         # Net of the session's run and dispatch overheads and of the layout copies a lone
         # op pays (all costed separately: the profile's fixed costs, reorder_bytes).
         n_copies = sum(f.values.get("reorder_copies", 0.0) for f in feats)
@@ -219,17 +235,14 @@ def run_profile(
         copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
         ms = max(ms - fixed - copies, 0.1 * ms, 1e-4)
         fused = [f for f in feats if f.key.startswith("fused:")]
-        if case.group == "stack" and kernels and len({f.key for f in kernels}) == 1:
+        if group == "stack" and kernels and len({f.key for f in kernels}) == 1:
             # Identical layers in a row: one sample of the per-layer time.
             singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms / len(kernels)))
-        elif len(kernels) == 1 and case.group != "pattern":
+        elif len(kernels) == 1 and group != "pattern":
             singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms))
         elif len(kernels) == 1:
             patterns.append((Sample(kernels[0].key, dict(kernels[0].values), ms), fused))
-        if progress is not None:
-            progress(i + 1, max(n_cases, i + 1), case.name)
 
-    speed.check(force=True)
     models = fit_all(singles, seed)
     # Fused patterns: what the pattern costs beyond its base kernel is the absorbed nodes'.
     fused_samples = []
@@ -261,7 +274,7 @@ def run_profile(
         "statistic": "median" if clock == "cpu" else "min",
         "time_scale_source": ("wall/CPU time of onnxruntime runs under the quota (median)" if under_quota
                               else "regressions fitted on latency"),
-        "n_benchmarks": i + 1,
+        "n_benchmarks": len(measured),
         "quick": bool(quick),
         "seed": int(seed),
         "profiling_seconds": round(time.time() - started, 1),

@@ -9,8 +9,10 @@ rather than freezing a whole measurement. Needs root and a cgroup-v1 ``cpu`` hie
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from nscompile.errors import NscompileError
@@ -27,6 +29,10 @@ def _current_cgroup() -> Path:
         if "cpu" in controllers.split(","):
             return CGROUP_CPU / path.lstrip("/")
     return CGROUP_CPU
+
+
+def _exit_on_signal(signum, frame):  # noqa: ARG001
+    raise SystemExit(128 + signum)
 
 
 @contextmanager
@@ -61,9 +67,18 @@ def cpu_quota(fraction: float):
         raise NscompileError(
             f"cannot set a CPU quota in {group} ({exc.strerror}); run as root or drop --cpu-quota"
         ) from None
+    # A `kill` (SIGTERM, SIGHUP) must leave through the `finally` below, not past it: the
+    # cgroup would outlive the process.
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                handlers[sig] = signal.signal(sig, _exit_on_signal)
     try:
         yield group
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         try:
             (original / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:

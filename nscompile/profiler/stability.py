@@ -4,9 +4,12 @@ A profile is a snapshot: every regression is fitted on times taken over a few mi
 On a shared machine (a cloud VM whose host runs other tenants, a phone that throttles)
 the same kernel can take 20% longer for minutes at a time, and a profile measured then
 predicts every later run 20% too slow. :class:`SpeedCheck` times three small reference
-models now and then during profiling, one per kind of bottleneck (the per-run dispatch,
-convolution arithmetic, streaming weights from the caches), and reports how much each
-moved, so that a profile taken on a disturbed machine says so.
+models every second or so during profiling, one per kind of bottleneck (the per-run
+dispatch, convolution arithmetic, streaming weights from the caches). The profiler divides
+each measurement by how far the matching reference stood from its median over the run at
+that moment (:meth:`SpeedCheck.factor`), so the profile describes the machine's typical
+speed rather than the minute each benchmark happened to run in, and it records how much
+each reference moved, so that a profile taken on a disturbed machine says so.
 """
 
 from __future__ import annotations
@@ -15,11 +18,22 @@ import time
 
 import numpy as np
 
-__all__ = ["SpeedCheck", "UNSTEADY_SPREAD"]
+__all__ = ["SpeedCheck", "UNSTEADY_SPREAD", "speed_kind"]
 
 #: A reference whose slowest checks took this much longer than its fastest (10th to
 #: 90th percentile) marks the profile as measured on an unsteady machine.
 UNSTEADY_SPREAD = 0.15
+#: Benchmarks faster than this (ms) are mostly the per-run dispatch: they follow its reference.
+DISPATCH_BOUND_MS = 0.02
+#: A correction never scales a measurement by more than this factor either way.
+MAX_FACTOR = 2.0
+
+
+def speed_kind(key: str, raw_ms: float) -> str:
+    """Which reference a benchmark of op key ``key`` that took ``raw_ms`` follows."""
+    if raw_ms < DISPATCH_BOUND_MS:
+        return "dispatch"
+    return "compute" if key.startswith("Conv") else "memory"
 
 
 def _reference_models():
@@ -55,7 +69,7 @@ class SpeedCheck:
         every_s: the least time between two checks.
     """
 
-    def __init__(self, threads: int, provider: str, clock: str, every_s: float = 5.0):
+    def __init__(self, threads: int, provider: str, clock: str, every_s: float = 1.0):
         from nscompile.profiler.timing import make_session
 
         self.clock, self.every_s = clock, every_s
@@ -63,6 +77,7 @@ class SpeedCheck:
         self._refs = {name: (make_session(m.SerializeToString(), threads, provider), feeds)
                       for name, (m, feeds) in _reference_models().items()}
         self.times: dict[str, list[float]] = {name: [] for name in self._refs}
+        self.stamps: list[float] = []  # time.monotonic() of each check
         self._last = -float("inf")
 
     def check(self, force: bool = False) -> None:
@@ -73,9 +88,26 @@ class SpeedCheck:
         if not force and now - self._last < self.every_s:
             return
         self._last = now
+        self.stamps.append(now)
         for name, (sess, feeds) in self._refs.items():
             self.times[name].append(time_session(sess, feeds, budget_s=0.015, min_batch_s=0.003, max_repeats=5,
                                                  min_repeats=3, device=self.device, clock=self.clock))
+
+    def factor(self, kind: str, at: float) -> float:
+        """How much slower than usual the machine ran for ``kind`` work around time ``at``.
+
+        The median of the reference's checks within 1.5 check intervals of ``at`` (the
+        nearest check where there is none), over its median across all checks; 1.0 with
+        fewer than 3 checks; clipped to [1 / MAX_FACTOR, MAX_FACTOR].
+        """
+        ts = self.times[kind]
+        if len(ts) < 3:
+            return 1.0
+        near = [v for stamp, v in zip(self.stamps, ts) if abs(stamp - at) <= 1.5 * self.every_s]
+        if not near:
+            near = [ts[int(np.argmin([abs(stamp - at) for stamp in self.stamps]))]]
+        ratio = float(np.median(near) / max(float(np.median(ts)), 1e-12))
+        return min(max(ratio, 1.0 / MAX_FACTOR), MAX_FACTOR)
 
     def spread(self) -> dict[str, float]:
         """Per reference: how much longer its slow checks took than its fast ones (p90 / p10 - 1)."""
@@ -89,6 +121,7 @@ class SpeedCheck:
             "median_ms": {name: float(np.median(ts)) for name, ts in self.times.items() if ts},
             "spread": {name: round(s, 4) for name, s in self.spread().items()},
             "unsteady_above": UNSTEADY_SPREAD,
+            "correction": "each benchmark divided by its reference's time near it over the reference's median",
         }
 
     def unsteady(self) -> dict[str, float]:
