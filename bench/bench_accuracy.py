@@ -152,6 +152,8 @@ def main(argv=None) -> int:
         clock = "wall"  # under a quota the latency is wall time: the throttling is part of it
     print(f"profile {profile.name} ({profile.provider}, {profile.threads} thread(s), {clock} clock)")
     rows = []
+    loaded = [(name, load()) for name, load in models]  # built at full speed, before any quota
+    feeds_of = {name: random_feeds(model) for name, model in loaded}
     if quota:
         # A phone-class profile measured under a CPU quota is checked under the same quota.
         from contextlib import ExitStack
@@ -163,8 +165,6 @@ def main(argv=None) -> int:
         print(f"(measuring under a CPU quota of {quota} core(s), like the profile)")
     # Each model is measured once per pass and the passes' median kept: a slow minute of
     # this shared machine then falls on one pass of every model, not on a few models.
-    loaded = [(name, load()) for name, load in models]
-    feeds_of = {name: random_feeds(model) for name, model in loaded}
     passes: dict[str, list[float]] = defaultdict(list)
     for p in range(args.passes):
         for name, model in loaded:
