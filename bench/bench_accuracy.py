@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
                     help="timing clock (default: the one the profile was measured with)")
     args = ap.parse_args(argv)
+    if args.passes < 1 or args.repeats < 1:
+        ap.error("--passes and --repeats must be at least 1")
 
     from nscompile.cost_model import default_profile_path, load_profile
     from nscompile.profiler.modelprep import light_model_paths, load_light_model, random_feeds
