@@ -490,6 +490,9 @@ def test_deadline_falls_back_and_backs_off(build, server):
     want = reference(build.parent / "tiny.onnx", inputs)
     with runner_for(build, server.url, force_cut=None, bandwidth_mbps=500.0, deadline_ms=150) as runner:
         runner.run(inputs)  # loads the session
+        # Its first load estimate comes from a probe after that answer; it must not
+        # overlap the slow request below and read the server's load as 2.
+        runner.wait_for_probe(timeout_s=30)
         real = entry.session
         entry.session = SlowSession(real, 0.6)
         try:
@@ -506,14 +509,19 @@ def test_deadline_falls_back_and_backs_off(build, server):
         assert rec.cut == "input" and not rec.fell_back, rec
 
 
+def _assert_all_device(runner, inputs, want, reason, n=3):
+    """``n`` requests run wholly on the device, for ``reason``, and match the whole model."""
+    for _ in range(n):
+        got, rec = runner.run(inputs, with_record=True)
+        np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
+        assert rec.cut == "prob" and rec.reason == reason
+
+
 def test_unreachable_server_runs_everything_on_device(build):
     inputs = sample_inputs()
     want = reference(build.parent / "tiny.onnx", inputs)
     with runner_for(build, f"http://127.0.0.1:{free_port()}", deadline_ms=500) as runner:
-        for _ in range(3):
-            got, rec = runner.run(inputs, with_record=True)
-            np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
-            assert rec.cut == "prob" and rec.reason == "backoff"
+        _assert_all_device(runner, inputs, want, "backoff")
         assert runner.net.failures == 1  # the back-off kept it from hammering the address
 
 
@@ -660,10 +668,7 @@ def test_device_only_plan_never_calls_the_server(build, tmp_path):
     inputs = sample_inputs()
     want = reference(build.parent / "tiny.onnx", inputs)
     with runner_for(copy, f"http://127.0.0.1:{free_port()}", deadline_ms=500) as runner:
-        for _ in range(3):
-            got, rec = runner.run(inputs, with_record=True)
-            np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
-            assert rec.cut == "prob" and rec.reason == "plan"
+        _assert_all_device(runner, inputs, want, "plan")
         assert runner.net.failures == 0 and runner._probe_thread is None
         runner.objective = "energy"  # that table does offload: the server is tried (and found down)
         assert runner.run(inputs, with_record=True)[1].reason == "backoff"

@@ -219,8 +219,8 @@ def run_profile(
             progress(i + 1, max(n_cases, i + 1), case.name)
     speed.check(force=True)
 
-    run_overhead /= speed.factor("dispatch", fixed_at)
-    node_overhead /= speed.factor("dispatch", fixed_at)
+    dispatch = speed.factor("dispatch", fixed_at)
+    run_overhead, node_overhead = run_overhead / dispatch, node_overhead / dispatch
     reorder /= speed.factor("memory", fixed_at)
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
