@@ -37,6 +37,12 @@ def predict_model(model, profile):
     return [(f.key, profile.predict_ms(f)) for f in feats]
 
 
+def graph_io(model):
+    """How many tensors a run of ``model`` binds: (graph inputs fed, graph outputs)."""
+    consts = {i.name for i in model.graph.initializer}
+    return sum(i.name not in consts for i in model.graph.input), len(model.graph.output)
+
+
 def measure_model(model, feeds, threads, provider, repeats, clock="wall", stat="median"):
     """Median (or min) ms per whole-model run over ``repeats`` runs, on the given clock."""
     from nscompile.profiler.timing import make_session, time_session
@@ -105,7 +111,7 @@ def prefix_suffix_errors(model, profile, n_cuts, repeats, clock, stat, seed=0):
             sub = extractor.extract_model(ins, outs)
             feeds = random_feeds(sub, seed)
             meas = measure_model(sub, feeds, profile.threads, profile.provider, repeats, clock, stat)
-            pred = profile.run_ms(pred)
+            pred = profile.run_ms(pred, *graph_io(sub))
             errs.append((side, int(j), pred, meas, (pred - meas) / meas))
     return errs
 
@@ -177,7 +183,7 @@ def main(argv=None) -> int:
     for name, model in loaded:
         feeds = feeds_of[name]
         preds = predict_model(model, profile)
-        pred = profile.run_ms(sum(ms for _, ms in preds))
+        pred = profile.run_ms(sum(ms for _, ms in preds), *graph_io(model))
         meas = statistics.median(passes[name])
         err = (pred - meas) / meas
         rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err, "passes_ms": passes[name]})

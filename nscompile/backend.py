@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from nscompile import __version__
 from nscompile.frontend import LoadedModel
-from nscompile.planner import CutChoice, Plan
+from nscompile.planner import CutChoice, Plan, prefix_io
 
 PLAN_SCHEMA = "nscompile.plan/1"
 WEIGHTS_FILE = "weights.bin"
@@ -132,9 +132,7 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
     prefix = suffix = cloud_model = None
     sent = cut.upload
     if not cut.is_all_cloud:
-        inputs = [i for i in model.inputs if any(cut.device[c] for c in model.tensors[i].consumers)]
-        produced_sent = [t for t in sent if not model.tensors[t].is_input]
-        outputs = list(dict.fromkeys(produced_sent + cut.device_outputs))
+        inputs, outputs = prefix_io(model, cut.device, sent, cut.device_outputs)
         sub = submodel(model, cut.device, inputs, outputs, offsets, WEIGHTS_FILE, f"{model.name}_prefix_{cut.id}", cut.id, "prefix")
         prefix = f"device/prefix_{cut.id}.onnx"
         onnx.save(sub, device_dir / f"prefix_{cut.id}.onnx")

@@ -238,10 +238,12 @@ class Profile:
         reorder_ms_per_byte: Cost of onnxruntime's NCHWc layout copies, charged on a
             node's ``reorder_bytes`` feature on top of its regression (0 where the
             provider has no such layout).
-        run_overhead_ms: Fixed cost of one session run (binding, launch), paid once per
-            model run, not per node: see :meth:`run_ms`.
+        run_overhead_ms: Fixed cost of one session run (binding one input and one output,
+            launch), paid once per model run, not per node: see :meth:`run_ms`.
         node_overhead_ms: Dispatch cost of one kernel (each node that runs as its own
             kernel, and each layout copy). The regressions are fitted net of both.
+        input_overhead_ms: Cost of binding each graph input beyond the first, per run.
+        output_overhead_ms: Cost of returning each graph output beyond the first, per run.
         time_scale: Factor from the regressions' unit to latency: 1 where they were fitted
             on latency; for a CPU under a bandwidth quota they are fitted on the thread's
             CPU time (steady, whatever the throttling) and this is the measured ratio of
@@ -265,13 +267,20 @@ class Profile:
     reorder_ms_per_byte: float = 0.0
     run_overhead_ms: float = 0.0
     node_overhead_ms: float = 0.0
+    input_overhead_ms: float = 0.0
+    output_overhead_ms: float = 0.0
     time_scale: float = 1.0
     calibrations: dict[str, dict] = field(default_factory=dict)
 
-    @property
-    def fixed_run_ms(self) -> float:
-        """The fixed latency of one session run, in latency units (see :meth:`run_ms`)."""
-        return self.run_overhead_ms * self.time_scale
+    def fixed_ms(self, inputs: int = 1, outputs: int = 1) -> float:
+        """Latency of one session run beyond its nodes' (see :meth:`run_ms`).
+
+        Args:
+            inputs: How many tensors the run is fed (graph inputs).
+            outputs: How many tensors it returns (graph outputs).
+        """
+        binding = self.input_overhead_ms * max(inputs - 1, 0) + self.output_overhead_ms * max(outputs - 1, 0)
+        return (self.run_overhead_ms + binding) * self.time_scale
 
     def calibration_for(self, sha256: str, input_shapes: dict[str, list[int]]) -> dict[str, float] | None:
         """Measured per-node milliseconds for the model with this hash and these input shapes, if calibrated."""
@@ -315,12 +324,13 @@ class Profile:
             return ((generic.predict(f.values) if generic is not None else 0.0) + extra) * self.time_scale
         return (self.fallback.predict(f.values) + extra) * self.time_scale
 
-    def run_ms(self, node_ms: float) -> float:
+    def run_ms(self, node_ms: float, inputs: int = 1, outputs: int = 1) -> float:
         """Latency of one run of a (sub)model whose nodes are predicted to take ``node_ms`` in all.
 
-        A run that has no node to execute (an empty prefix or suffix) costs nothing.
+        ``inputs`` and ``outputs`` count the tensors it binds (see :meth:`fixed_ms`). A run
+        that has no node to execute (an empty prefix or suffix) costs nothing.
         """
-        return node_ms + self.fixed_run_ms if node_ms > 0 else 0.0
+        return node_ms + self.fixed_ms(inputs, outputs) if node_ms > 0 else 0.0
 
     def radio(self, network: str) -> RadioModel:
         """The radio power model of a network preset.
@@ -390,6 +400,8 @@ class Profile:
                 "reorder_ms_per_byte": float(self.reorder_ms_per_byte),
                 "run_overhead_ms": float(self.run_overhead_ms),
                 "node_overhead_ms": float(self.node_overhead_ms),
+                "input_overhead_ms": float(self.input_overhead_ms),
+                "output_overhead_ms": float(self.output_overhead_ms),
                 "time_scale": float(self.time_scale),
                 "calibrations": self.calibrations,
             }
@@ -432,7 +444,8 @@ class Profile:
             raise NscompileError("field 'radio' must be an object of network -> radio model")
         radio = _radio_models(radio_d, "radio['{}']")
         fixed = {}
-        for k in ("reorder_ms_per_byte", "run_overhead_ms", "node_overhead_ms", "time_scale"):  # optional in older profiles
+        for k in ("reorder_ms_per_byte", "run_overhead_ms", "node_overhead_ms", "input_overhead_ms",
+                  "output_overhead_ms", "time_scale"):  # optional in older profiles
             fixed[k] = d.get(k, 1.0 if k == "time_scale" else 0.0)
             if not _finite(fixed[k]) or fixed[k] < 0:
                 raise NscompileError(f"field '{k}' must be a non-negative number")

@@ -269,6 +269,17 @@ def _layer_of(model: LoadedModel, index: int) -> int:
     return index
 
 
+def prefix_io(model: LoadedModel, mask: np.ndarray, upload: list[str], device_outputs: list[str]) -> tuple[list[str], list[str]]:
+    """The graph inputs and outputs of the prefix running the masked nodes.
+
+    It is fed the model inputs its nodes read and returns what it sends (less the model
+    inputs forwarded as they are) and the graph outputs it computes.
+    """
+    inputs = [i for i in model.inputs if any(mask[c] for c in model.tensors[i].consumers)]
+    sent = [t for t in upload if not model.tensors[t].is_input]
+    return inputs, list(dict.fromkeys(sent + device_outputs))
+
+
 def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: list[str], wire: np.ndarray,
                    masks: list[np.ndarray]) -> list[CutChoice]:
     """Name each device set after the layer it cuts behind, as the paper names split points."""
@@ -292,15 +303,17 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
         taken.add(ident)
         device_outputs = [o for o in model.outputs if model.tensors[o].producer >= 0 and mask[model.tensors[o].producer]]
         download = [o for o in model.outputs if o not in device_outputs]
-        # Each side that runs anything pays its session's fixed per-run cost once. The
-        # solver leaves these microseconds out (a constant per non-empty side is not a
-        # cut cost); the predictions reported here include them.
+        # Each side that runs anything pays its session's fixed per-run cost once, and a
+        # little per tensor it binds. The solver leaves these microseconds out (a constant
+        # per non-empty side is not a cut cost); the predictions reported here include them.
         nodes_ms = float(ann.device_ms[mask].sum())
-        device_ms = ann.device.run_ms(nodes_ms)
+        prefix_in, prefix_out = prefix_io(model, mask, up_names, device_outputs)
+        device_ms = ann.device.run_ms(nodes_ms, len(prefix_in), len(prefix_out))
         run_mj = (device_ms - nodes_ms) * ann.device.compute_power_w
+        cloud_ms = ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum()), len(up_names), len(download))
         cuts.append(CutChoice(
             id=ident, device=mask, upload=up_names, device_outputs=device_outputs, download=download,
-            device_ms=device_ms, cloud_ms=ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum())),
+            device_ms=device_ms, cloud_ms=cloud_ms,
             device_compute_mj=float((ann.device_ms * ann.device_power_w)[mask].sum()) + run_mj,
             upload_bytes=int(wire[up].sum()) if up else 0,
             download_bytes=int(sum(model.tensors[o].nbytes for o in download)),

@@ -7,6 +7,7 @@ artifacts on top (plan.json contract, Triton configs, device bytes, multi-tensor
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -145,7 +146,10 @@ def test_every_closed_cut_of_a_dag_emits_and_verifies(tmp_path):
     path = tmp_path / "block.onnx"
     onnx.save(transformer_block(seq=4, dim=8, heads=2), path)
     model = load_model(path)
-    ann = annotate(model, load_profile(default_profile_path("device")), load_profile(default_profile_path("server")))
+    # Binding costs large enough to see: each side pays for every tensor its file binds.
+    device = dataclasses.replace(load_profile(default_profile_path("device")), input_overhead_ms=1.0, output_overhead_ms=0.5)
+    cloud = dataclasses.replace(load_profile(default_profile_path("server")), input_overhead_ms=0.1, output_overhead_ms=0.05)
+    ann = annotate(model, device, cloud)
     graph, names = cut_graph(model)
     rng = np.random.default_rng(1)
     masks, n = [], len(model.nodes)
@@ -169,6 +173,15 @@ def test_every_closed_cut_of_a_dag_emits_and_verifies(tmp_path):
     doc = emit(model, plan, tmp_path / "out", {"device": {}, "cloud": {}})
     errors = verify_build(model, tmp_path / "out", doc)
     assert len(errors) == len(cuts) and max(errors.values()) < 1e-4
+    for cut, entry in zip(cuts, doc["cuts"]):
+        for profile, nodes_ms, file, predicted in ((device, ann.device_ms[cut.device].sum(), entry["prefix"], cut.device_ms),
+                                                   (cloud, ann.cloud_ms[~cut.device].sum(), entry["suffix"], cut.cloud_ms)):
+            if file is None:
+                assert predicted == 0.0
+                continue
+            g = onnx.load(tmp_path / "out" / file, load_external_data=False).graph
+            extra = profile.input_overhead_ms * (len(g.input) - 1) + profile.output_overhead_ms * (len(g.output) - 1)
+            assert predicted == pytest.approx(nodes_ms + profile.run_overhead_ms + extra), (cut.id, file)
 
 
 def test_verification_catches_a_wrong_suffix(tmp_path, random_light):

@@ -26,7 +26,7 @@ def test_calibration_matches_measurement_and_wins_in_build(lenet, tmp_path):
     nodes = entry["nodes"]
     assert len(nodes) >= 8 and all(v >= 0 for v in nodes.values())
     # Per-node times add up to the measured latency (less the per-run overhead).
-    assert sum(nodes.values()) + base.fixed_run_ms == pytest.approx(entry["measured_ms"], rel=1e-3)
+    assert sum(nodes.values()) + base.fixed_ms(1, 1) == pytest.approx(entry["measured_ms"], rel=1e-3)
     calibrated = base.with_calibrations({sha: entry})
     path = calibrated.save(tmp_path / "calibrated.json")
     assert load_profile(path).calibrations[sha]["nodes"] == nodes  # JSON round trip

@@ -172,9 +172,14 @@ def test_fixed_costs_and_time_scale():
     assert p.predict_ms(conv) == pytest.approx(2.01 + 3 * 0.001)
     assert p.predict_ms(NodeFeatures("fused:Relu", {"elems_out": 1e6})) == pytest.approx(0.1)
     assert p.run_ms(2.0) == pytest.approx(2.004) and p.run_ms(0.0) == 0.0  # an empty side runs nothing
+    # each input beyond the first costs its binding, each output beyond the first its own
+    io = replace(p, input_overhead_ms=0.0005, output_overhead_ms=0.0002)
+    assert io.run_ms(2.0, inputs=3, outputs=2) == pytest.approx(2.004 + 2 * 0.0005 + 0.0002)
+    assert io.run_ms(2.0) == pytest.approx(2.004)
     # Under a CPU quota the CPU-time regressions are scaled by the measured slowdown.
     q = replace(p, time_scale=4.5)
     assert q.predict_ms(conv) == pytest.approx(4.5 * p.predict_ms(conv))
     assert q.run_ms(2.0) == pytest.approx(2.0 + 4.5 * 0.004)
+    assert replace(io, time_scale=4.5).run_ms(2.0, 3, 1) == pytest.approx(2.0 + 4.5 * (0.004 + 2 * 0.0005))
     again = Profile.from_json(json.loads(q.canonical_json()))
     assert again.time_scale == 4.5 and again.node_overhead_ms == 0.001 and again.sha256 == q.sha256

@@ -120,13 +120,14 @@ def test_profile_corrects_for_the_machine_speed_at_each_moment(monkeypatch):
     from nscompile.profiler.stability import SpeedCheck
 
     _small_cases(monkeypatch)
-    monkeypatch.setattr(profiler, "_dispatch_overheads", lambda *a: (0.004, 0.0004))
+    fixed = profiler.FixedCosts(run=0.004, node=0.0004, lone=0.0042, input=0.0006, output=0.0002)
+    monkeypatch.setattr(profiler, "_fixed_costs", lambda *a: fixed)
     monkeypatch.setattr(profiler, "_reorder_ms_per_byte", lambda *a: 2e-8)
     plain = profiler.run_profile("plain", quick=True)
     monkeypatch.setattr(SpeedCheck, "factor", lambda self, kind, at: 2.0)
     halved = profiler.run_profile("halved", quick=True)
-    assert (halved.run_overhead_ms, halved.node_overhead_ms, halved.reorder_ms_per_byte) == \
-        pytest.approx((0.002, 0.0002, 1e-8))
+    assert (halved.run_overhead_ms, halved.node_overhead_ms, halved.input_overhead_ms, halved.output_overhead_ms,
+            halved.reorder_ms_per_byte) == pytest.approx((0.002, 0.0002, 0.0003, 0.0001, 1e-8))
     assert 0.004 / 2 <= plain.run_overhead_ms <= 0.004 * 2  # real checks: a factor within the clip
 
 

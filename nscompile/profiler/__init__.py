@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import time
+from dataclasses import astuple, dataclass
 from typing import Callable
 
 from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
@@ -31,8 +32,9 @@ FUSION_NOTE = (
     "after Gemm, bias Add after MatMul, Dropout/Identity removed), costed by the 'fused:*' "
     "regression fitted on fused-pattern time beyond the base kernel; 'folded:<op>' for nodes "
     "with only constant inputs (constant-folded, free). Times are net of the fixed per-run "
-    "session overhead ('run_overhead_ms') and the per-kernel dispatch cost ('node_overhead_ms'), "
-    "which the compiler adds back once per run and once per kernel or layout copy."
+    "session overhead ('run_overhead_ms'), the per-kernel dispatch cost ('node_overhead_ms') and "
+    "the cost of each input and output beyond the first ('input_overhead_ms', 'output_overhead_ms'), "
+    "which the compiler adds back once per run, once per kernel or layout copy, and per bound tensor."
 )
 
 
@@ -48,31 +50,86 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _dispatch_overheads(threads: int, provider: str, clock: str) -> tuple[float, float]:
-    """Fixed cost of one session run and dispatch cost of one kernel (ms).
+@dataclass(frozen=True)
+class FixedCosts:
+    """What a session run costs beyond its kernels' work (ms), measured on nothing-to-do graphs.
 
-    Times chains of 1 to 32 Relu nodes on a 16-element tensor (nothing to compute) and
-    fits ``t = run + k * node`` (Theil-Sen, robust to a disturbed point).
+    Attributes:
+        run: One run of a graph of two or more kernels, one input and one output.
+        node: Each kernel of such a graph (dispatch, its output's allocation).
+        lone: One whole run of a one-kernel graph. Lower than ``run + node``: with no
+            intermediate tensor onnxruntime skips the allocation plan (about 0.4 us less
+            here), so single-op benchmarks are taken net of this, not of ``run + node``.
+        input: Each graph input beyond the first.
+        output: Each graph output beyond the first.
     """
+
+    run: float
+    node: float
+    lone: float
+    input: float
+    output: float
+
+    def scaled(self, factor: float) -> "FixedCosts":
+        """All costs divided by ``factor`` (a speed correction)."""
+        return FixedCosts(*(v / factor for v in astuple(self)))
+
+    def of_benchmark(self, kernels: int, inputs: int, outputs: int) -> float:
+        """The fixed part of a benchmark graph's time: ``kernels`` kernels (layout copies included)."""
+        base = self.lone if kernels <= 1 else self.run + self.node * kernels
+        return base + self.input * max(inputs - 1, 0) + self.output * max(outputs - 1, 0)
+
+
+def _fixed_costs(threads: int, provider: str, clock: str) -> FixedCosts:
+    """Measure :class:`FixedCosts` on graphs of 16-element tensors (nothing to compute).
+
+    Run and node: chains of 2 to 32 Relu nodes, ``t = run + k * node`` (Theil-Sen, robust
+    to a disturbed point). Lone: one Relu. Input and output: a Sum of k inputs and a
+    Split into k outputs, the slope over k.
+    """
+    import statistics
+
     import numpy as np
     from onnx import TensorProto, helper
     from scipy.stats import theilslopes
 
     from nscompile.profiler.timing import time_model
 
-    ks, ts = [], []
-    feeds = {"t0": np.ones((1, 16), np.float32)}
-    for k in (1, 2, 4, 8, 16, 32):
-        nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)]
-        vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16]) for n in ("t0", f"t{k}")]
-        m = helper.make_model(helper.make_graph(nodes, "dispatch", [vi[0]], [vi[1]]),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    def graph(nodes, inputs, outputs, opset=18):
+        vi = [[helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16 * width]) for n, width in names]
+              for names in (inputs, outputs)]
+        m = helper.make_model(helper.make_graph(nodes, "fixed", vi[0], vi[1]), opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = 8
-        for _ in range(3):
-            ks.append(k)
-            ts.append(time_model(m, feeds, threads, provider, clock=clock, budget_s=0.05))
-    slope, intercept, _, _ = theilslopes(ts, ks)
-    return max(float(intercept), 0.0), max(float(slope), 0.0)
+        return m, {n: np.ones((1, 16 * width), np.float32) for n, width in inputs}
+
+    def timed(model_feeds, repeats=3):
+        return [time_model(*model_feeds, threads, provider, clock=clock, budget_s=0.05) for _ in range(repeats)]
+
+    def slope(make, ks):
+        xs, ts = [], []
+        for k in ks:
+            t = timed(make(k))
+            xs += [k] * len(t)
+            ts += t
+        s, intercept, _, _ = theilslopes(ts, xs)
+        return max(float(s), 0.0), max(float(intercept), 0.0)
+
+    def chain(k):
+        return graph([helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)], [("t0", 1)], [(f"t{k}", 1)])
+
+    def summed(k):
+        names = [f"x{i}" for i in range(k)]
+        return graph([helper.make_node("Sum", names, ["y"])], [(n, 1) for n in names], [("y", 1)])
+
+    def split(k):
+        names = [f"y{i}" for i in range(k)]
+        return graph([helper.make_node("Split", ["x"], names, axis=1, num_outputs=k)], [("x", k)], [(n, 1) for n in names])
+
+    node, run = slope(chain, (2, 3, 4, 8, 16, 32))
+    lone = statistics.median(timed(chain(1), 5))
+    per_input, _ = slope(summed, (1, 2, 3, 4, 6, 8))
+    per_output, _ = slope(split, (2, 3, 4, 6, 8))
+    return FixedCosts(run=run, node=node, lone=lone, input=per_input, output=per_output)
 
 
 def _quota_slowdown(threads: int, provider: str) -> float:
@@ -202,36 +259,36 @@ def run_profile(
     speed = SpeedCheck(threads, provider, clock)
     speed.check(force=True)
     fixed_at = time.monotonic()
-    run_overhead, node_overhead = _dispatch_overheads(threads, provider, clock)
+    fixed_costs = _fixed_costs(threads, provider, clock)
     # NCHWc layout copies exist only on the CPU provider.
-    reorder = (_reorder_ms_per_byte(threads, provider, clock, run_overhead + 2 * node_overhead)
+    reorder = (_reorder_ms_per_byte(threads, provider, clock, fixed_costs.of_benchmark(2, 1, 1))
                if provider == "cpu" else 0.0)
-    measured = []  # (group, features, ms, when)
+    measured = []  # (group, features, (inputs, outputs), ms, when)
     for i, case in enumerate(generate_cases(quick, seed)):
         speed.check()
         shapes = static_shapes(case.model)
         consts = {t.name for t in case.model.graph.initializer}
         feats = graph_features(case.model.graph, shapes, consts)
+        io = (len(case.feeds), len(case.model.graph.output))
         when = time.monotonic()
-        measured.append((case.group, feats, time_model(case.model, case.feeds, threads, provider, clock=clock,
-                                                       budget_s=budget), when))
+        measured.append((case.group, feats, io, time_model(case.model, case.feeds, threads, provider, clock=clock,
+                                                           budget_s=budget), when))
         if progress is not None:
             progress(i + 1, max(n_cases, i + 1), case.name)
     speed.check(force=True)
 
-    dispatch = speed.factor("dispatch", fixed_at)
-    run_overhead, node_overhead = run_overhead / dispatch, node_overhead / dispatch
+    fixed_costs = fixed_costs.scaled(speed.factor("dispatch", fixed_at))
     reorder /= speed.factor("memory", fixed_at)
     singles: list[Sample] = []
     patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
-    for group, feats, ms, when in measured:
+    for group, feats, io, ms, when in measured:
         kernels = [f for f in feats if ":" not in f.key]
         if kernels:
             ms /= speed.factor(speed_kind(kernels[0].key, ms), when)
-        # Net of the session's run and dispatch overheads and of the layout copies a lone
-        # op pays (all costed separately: the profile's fixed costs, reorder_bytes).
+        # Net of the session's run, dispatch and binding costs and of the layout copies a
+        # lone op pays (all costed separately: the profile's fixed costs, reorder_bytes).
         n_copies = sum(f.values.get("reorder_copies", 0.0) for f in feats)
-        fixed = run_overhead + node_overhead * (len(kernels) + n_copies)
+        fixed = fixed_costs.of_benchmark(len(kernels) + int(n_copies), *io)
         copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
         ms = max(ms - fixed - copies, 0.1 * ms, 1e-4)
         fused = [f for f in feats if f.key.startswith("fused:")]
@@ -283,6 +340,7 @@ def run_profile(
         "power_source": "assumed" if compute_power_w is None and idle_power_w is None else "measured",
         "radio_source": RADIO_SOURCE,
         "speed_checks": speed.summary(),
+        "lone_kernel_run_ms": fixed_costs.lone,
     }
     if notes:
         meta["notes"] = notes
@@ -300,7 +358,9 @@ def run_profile(
         radio_models=radios,
         meta=meta,
         reorder_ms_per_byte=reorder,
-        run_overhead_ms=run_overhead,
-        node_overhead_ms=node_overhead,
+        run_overhead_ms=fixed_costs.run,
+        node_overhead_ms=fixed_costs.node,
+        input_overhead_ms=fixed_costs.input,
+        output_overhead_ms=fixed_costs.output,
         time_scale=time_scale,
     )

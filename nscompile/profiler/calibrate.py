@@ -71,7 +71,7 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
         clock = "wall" if quota or profile.meta.get("clock") != "cpu" else "cpu"
         timing = {"stat": "median", "min_batch_s": 0.05} if quota else {}
         measured_ms = time_session(session, feeds, budget_s=1.0, device=device, clock=clock, **timing)
-    target = max(measured_ms - profile.fixed_run_ms, 0.0)
+    target = max(measured_ms - profile.fixed_ms(len(model.inputs), len(model.outputs)), 0.0)
     # The profiler costs about the same few microseconds per kernel, whatever the kernel:
     # take that off evenly first, then scale what is left onto the measured latency.
     excess = sum(kernels.values()) - target
@@ -85,7 +85,7 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
         "model": model.name,
         "input_shapes": {name: list(model.tensors[name].shape) for name in model.inputs},
         "measured_ms": round(measured_ms, 6),
-        "predicted_ms": round(profile.run_ms(float(predicted.sum())), 6),
+        "predicted_ms": round(profile.run_ms(float(predicted.sum()), len(model.inputs), len(model.outputs)), 6),
         "created": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "nodes": {node.name: round(float(ms), 6) for node, ms in zip(model.nodes, node_ms)},
     }

@@ -121,8 +121,9 @@ def _conv_out(h, k, s, p):
 
 def _sample_conv(rng, cap):
     """A realistic Conv configuration with MACs under ``cap`` (or None)."""
-    spatial = int(rng.choice([7, 13, 14, 17, 27, 28, 35, 55, 56, 112, 224]))
-    chans = [3, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048]
+    spatial = int(rng.choice([7, 12, 13, 14, 17, 24, 27, 28, 35, 55, 56, 112, 224]))
+    # Channels off the 8-channel NCHWc block too (LeNet's 20 and 50), which cost the padded count.
+    chans = [3, 8, 16, 20, 24, 32, 48, 50, 64, 96, 100, 128, 160, 192, 256, 320, 384, 512, 768, 1024, 2048]
     kind = rng.choice(["dense", "dense", "dense", "dense", "pointwise", "pointwise", "depthwise", "depthwise",
                        "grouped", "grouped"])
     k = int(rng.choice([1, 3, 3, 3, 5, 7, 11])) if kind == "dense" else 1
@@ -294,10 +295,15 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
         yield Case(f"matmul-act h{heads} s{s} d{d} #{i}", "MatMul", b.model([y]), b.feeds)
 
 
-def _act_shape(rng, max_elems):
+def _act_shape(rng, max_elems, vectors=False):
+    """An activation shape (1, C, H, H) from a few elements (the last layers of LeNet-sized
+    models) to ``max_elems``; with ``vectors``, a quarter are (1, N): fully connected
+    activations, N log-uniform from 16 to 64 Ki."""
+    if vectors and rng.random() < 0.25:
+        return (1, int(np.exp(rng.uniform(np.log(16), np.log(min(65536, max_elems))))))
     while True:
-        c = int(rng.choice([16, 32, 64, 96, 128, 192, 256, 384, 512, 1024]))
-        h = int(rng.choice([7, 14, 28, 56, 112]))
+        c = int(rng.choice([6, 16, 20, 32, 50, 64, 96, 128, 192, 256, 384, 512, 1024]))
+        h = int(rng.choice([1, 4, 7, 8, 12, 14, 24, 28, 56, 112]))
         if c * h * h <= max_elems:
             return (1, c, h, h)
 
@@ -306,7 +312,7 @@ def _unary_cases(rng, ops, n_each, max_elems) -> Iterator[Case]:
     for op in ops:
         for i in range(n_each):
             b = _Builder(rng)
-            shape = _act_shape(rng, max_elems)
+            shape = _act_shape(rng, max_elems, vectors=op != "LRN")
             x = b.input(shape)
             attrs = {}
             ins = [x]
@@ -324,10 +330,10 @@ def _binary_cases(rng, n_each, max_elems) -> Iterator[Case]:
     for op in ("Add", "Mul", "Sum", "Sub", "Div"):
         for i in range(n_each):
             b = _Builder(rng)
-            shape = _act_shape(rng, max_elems)
+            shape = _act_shape(rng, max_elems, vectors=True)
             x = b.input(shape)
             if op in ("Mul", "Div") and i % 2 == 0:
-                other = b.weight((1, shape[1], 1, 1), positive=True)  # per-channel scale
+                other = b.weight((1, shape[1]) + (1,) * (len(shape) - 2), positive=True)  # per-channel scale
             else:
                 other = b.input(shape)
             y = b.node(op, [x, other])[0]
@@ -511,7 +517,7 @@ def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
     if quick:
         n_conv, n_pat, n_gemm, n_each, cap, max_elems = 50, 14, 16, 5, 1.5e8, 400_000
     else:
-        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 260, 70, 80, 8, 2.0e9, 3_300_000
+        n_conv, n_pat, n_gemm, n_each, cap, max_elems = 260, 70, 80, 12, 2.0e9, 3_300_000
     gens: list[Callable[[], Iterator[Case]]] = [
         lambda: _conv_cases(rng, n_conv, cap),
         lambda: _conv_cases(rng, n_pat, cap, pattern_share=1.0),
