@@ -445,11 +445,13 @@ def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
             else:
                 y = b.node("Reshape", [x, b.weight((2,), dtype=np.int64, values=[shape[0] * shape[1], -1])])[0]
             yield Case(f"{op} {shape} small#{i}", op, b.model([y]), b.feeds)
-    for i in range(max(n_each // 2, 1)):
+    # Embedding lookups, from SENNA's (a 130k-word table, 5 rows of 50) to BERT's.
+    for i in range(n_each):
         b = _Builder(rng)
-        v = int(rng.choice([1000, 8000, 30522]))
-        d = int(rng.choice([128, 256, 512, 768]))
-        s = int(rng.choice([8, 64, 128, 512]))
+        d = int(rng.choice([5, 16, 50, 128, 256, 512, 768]))
+        v = int(rng.choice([50, 1000, 8000, 30522, 130000]))
+        v = min(v, int(64e6 // (4 * d)))  # tables of at most 64 MB
+        s = int(rng.choice([1, 5, 8, 64, 128, 512]))
         idx = b.input((1, s), dtype=np.int64, low=0, high=v)
         y = b.node("Gather", [b.weight((v, d)), idx], axis=0)[0]
         yield Case(f"Gather {v}x{d} s{s} #{i}", "Gather", b.model([y]), b.feeds)
