@@ -54,6 +54,28 @@ def test_fit_with_too_few_samples_is_a_constant():
     assert reg.transform == "constant" and reg.predict({}) == pytest.approx(0.6)
 
 
+def test_fused_costs_are_fitted_jointly_per_key():
+    """A free fused Relu and a Clip costing per element, from patterns that fold one or both with a BN."""
+    from nscompile.profiler.fit import fit_fused
+
+    rng = np.random.default_rng(3)
+    clip, add = 1.6e-7, 4e-7  # ms per output element
+    patterns = []
+    for i in range(40):
+        e = float(rng.uniform(1e4, 2e6))
+        keys = [["fused:Relu"], ["fused:Clip"], ["fused:BatchNormalization", "fused:Clip"],
+                ["fused:Add", "fused:Relu"]][i % 4]
+        cost = e * (clip * ("fused:Clip" in keys) + add * ("fused:Add" in keys))
+        patterns.append((keys, [e] * len(keys), cost * float(rng.uniform(0.97, 1.03))))
+    patterns.append((["fused:Sigmoid"], [1e5], 0.01))  # seen once: left to the generic model
+    models = fit_fused(patterns)
+    assert set(models) == {"fused:Relu", "fused:Clip", "fused:BatchNormalization", "fused:Add"}
+    assert models["fused:Clip"].predict({"elems_out": 1e6}) == pytest.approx(clip * 1e6, rel=0.05)
+    assert models["fused:Add"].predict({"elems_out": 1e6}) == pytest.approx(add * 1e6, rel=0.05)
+    assert models["fused:Relu"].predict({"elems_out": 1e6}) < 0.02 * clip * 1e6
+    assert models["fused:Clip"].n_samples == 20 and models["fused:Clip"].heldout_error < 0.1
+
+
 def test_quick_cases_are_valid_models_with_unique_names():
     # The dry pass draws the same configurations without building models.
     microbench._Builder.dry = True
@@ -73,6 +95,11 @@ def test_quick_cases_are_valid_models_with_unique_names():
         assert {x.name for x in case.model.graph.input} == set(case.feeds)
         if i == 20:  # building all of them takes too long for a unit test
             break
+    patterns = (c for c in microbench.generate_cases(quick=True, seed=0) if c.group == "pattern")
+    for case in (next(patterns), next(patterns)):  # a pattern's base: its first node alone, timed next to it
+        onnx.checker.check_model(case.base)
+        assert case.base.graph.node[0] == case.model.graph.node[0] and len(case.base.graph.node) == 1
+        assert len(case.model.graph.node) > 1 and set(case.base_feeds) <= set(case.feeds)
 
 
 def _small_cases(monkeypatch, scale=1):
@@ -96,7 +123,9 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     seen = []
     prof = run_profile("mini", quick=True, progress=lambda d, t, n: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1]
-    assert sum(r.n_samples for k, r in prof.models.items() if k.startswith("Conv")) == 8
+    # 8 single convs, and the base conv each of the 4 patterns was timed next to
+    assert sum(r.n_samples for k, r in prof.models.items() if k.startswith("Conv")) == 12
+    assert "fused:*" in prof.models
     # NCHWc copies measured on the CPU provider, at a memory copy's speed (1 to 1000 GB/s).
     assert 1e-9 < prof.reorder_ms_per_byte < 1e-6
     assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"

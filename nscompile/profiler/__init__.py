@@ -29,8 +29,9 @@ ASSUMED_POWER = {"device": (3.0, 0.3), "server": (100.0, 50.0)}
 FUSION_NOTE = (
     "Keys: op_type for nodes that run as their own kernel; 'fused:<op>' for nodes onnxruntime "
     "folds into the producer's kernel (BN/affine/activation/residual Add after Conv, activation "
-    "after Gemm, bias Add after MatMul, Dropout/Identity removed), costed by the 'fused:*' "
-    "regression fitted on fused-pattern time beyond the base kernel; 'folded:<op>' for nodes "
+    "after Gemm, bias Add after MatMul, Dropout/Identity removed), costed per output element by "
+    "'fused:<op>' models fitted jointly on fused-pattern time beyond the base kernel ('fused:*' "
+    "for ops no pattern had); 'folded:<op>' for nodes "
     "with only constant inputs (constant-folded, free). Times are net of the fixed per-run "
     "session overhead ('run_overhead_ms'), the per-kernel dispatch cost ('node_overhead_ms') and "
     "the cost of each input and output beyond the first ('input_overhead_ms', 'output_overhead_ms'), "
@@ -239,7 +240,7 @@ def run_profile(
     import onnxruntime as ort
 
     from nscompile.features import graph_features, static_shapes
-    from nscompile.profiler.fit import Sample, fit_all, fit_key, fit_linear_law
+    from nscompile.profiler.fit import Sample, fit_all, fit_fused, fit_key, fit_linear_law
     from nscompile.profiler.microbench import count_cases, generate_cases
     from nscompile.profiler.timing import pick_clock, time_model
 
@@ -263,16 +264,25 @@ def run_profile(
     # NCHWc layout copies exist only on the CPU provider.
     reorder = (_reorder_ms_per_byte(threads, provider, clock, fixed_costs.of_benchmark(2, 1, 1))
                if provider == "cpu" else 0.0)
-    measured = []  # (group, features, (inputs, outputs), ms, when)
+    def features_of(model):
+        return graph_features(model.graph, static_shapes(model), {t.name for t in model.graph.initializer})
+
+    def timed(model, feeds):
+        return time_model(model, feeds, threads, provider, clock=clock, budget_s=budget)
+
+    measured = []  # (group, features, (inputs, outputs), ms, when, base ms or None)
     for i, case in enumerate(generate_cases(quick, seed)):
         speed.check()
-        shapes = static_shapes(case.model)
-        consts = {t.name for t in case.model.graph.initializer}
-        feats = graph_features(case.model.graph, shapes, consts)
+        feats = features_of(case.model)
         io = (len(case.feeds), len(case.model.graph.output))
         when = time.monotonic()
-        measured.append((case.group, feats, io, time_model(case.model, case.feeds, threads, provider, clock=clock,
-                                                           budget_s=budget), when))
+        ms = timed(case.model, case.feeds)
+        base_ms = None
+        if case.base is not None:
+            # Timed next to its pattern: the base kernel alone, a single-op sample too.
+            base_ms = timed(case.base, case.base_feeds)
+            measured.append(("base", features_of(case.base), (len(case.base_feeds), 1), base_ms, when, None))
+        measured.append((case.group, feats, io, ms, when, base_ms))
         if progress is not None:
             progress(i + 1, max(n_cases, i + 1), case.name)
     speed.check(force=True)
@@ -280,40 +290,39 @@ def run_profile(
     fixed_costs = fixed_costs.scaled(speed.factor("dispatch", fixed_at))
     reorder /= speed.factor("memory", fixed_at)
     singles: list[Sample] = []
-    patterns: list[tuple[Sample, list]] = []  # (base sample, fused node features)
-    for group, feats, io, ms, when in measured:
+    fused_samples, per_key = [], []  # what fused nodes cost: all pooled, and per fused key
+    for group, feats, io, ms, when, base_ms in measured:
         kernels = [f for f in feats if ":" not in f.key]
-        if kernels:
-            ms /= speed.factor(speed_kind(kernels[0].key, ms), when)
+        factor = speed.factor(speed_kind(kernels[0].key, ms), when) if kernels else 1.0
+        ms /= factor
+        fused = [f for f in feats if f.key.startswith("fused:")]
+        if base_ms is not None and fused and len(kernels) == 1:
+            # The fused nodes' cost: the pattern less its base kernel (one more input to
+            # bind for a residual Add), measured side by side.
+            extra = max(ms - base_ms / factor - fixed_costs.input * (io[0] - 1), 0.0)
+            total: dict[str, float] = {}
+            for f in fused:
+                for k, v in f.values.items():
+                    total[k] = total.get(k, 0.0) + v
+            fused_samples.append(Sample("fused:*", total, max(extra, 1e-4)))
+            per_key.append(([f.key for f in fused], [f.values.get("elems_out", 0.0) for f in fused], extra))
+            continue
         # Net of the session's run, dispatch and binding costs and of the layout copies a
         # lone op pays (all costed separately: the profile's fixed costs, reorder_bytes).
         n_copies = sum(f.values.get("reorder_copies", 0.0) for f in feats)
         fixed = fixed_costs.of_benchmark(len(kernels) + int(n_copies), *io)
         copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
         ms = max(ms - fixed - copies, 0.1 * ms, 1e-4)
-        fused = [f for f in feats if f.key.startswith("fused:")]
         if group == "stack" and kernels and len({f.key for f in kernels}) == 1:
             # Identical layers in a row: one sample of the per-layer time.
             singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms / len(kernels)))
         elif len(kernels) == 1 and group != "pattern":
             singles.append(Sample(kernels[0].key, dict(kernels[0].values), ms))
-        elif len(kernels) == 1:
-            patterns.append((Sample(kernels[0].key, dict(kernels[0].values), ms), fused))
 
     models = fit_all(singles, seed)
-    # Fused patterns: what the pattern costs beyond its base kernel is the absorbed nodes'.
-    fused_samples = []
-    for base, fused in patterns:
-        if base.key not in models or not fused:
-            continue
-        extra = max(base.ms - models[base.key].predict(base.values), 0.0)
-        total: dict[str, float] = {}
-        for f in fused:
-            for k, v in f.values.items():
-                total[k] = total.get(k, 0.0) + v
-        fused_samples.append(Sample("fused:*", total, max(extra, 1e-4)))
     if fused_samples:
-        models["fused:*"] = fit_key("fused:*", fused_samples, seed)
+        models["fused:*"] = fit_key("fused:*", fused_samples, seed)  # for fused ops no pattern had
+        models.update(fit_fused(per_key))
     for op in ("Dropout", "Identity"):  # removed by the optimiser outright
         models[f"fused:{op}"] = Regression((), "constant", (), 0.0, None, 0)
     # Fallback for unseen op types: memory traffic, fitted on the memory-bound ops.

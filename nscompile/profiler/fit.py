@@ -15,7 +15,7 @@ import numpy as np
 
 from nscompile.cost_model import Regression
 
-__all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all", "fit_linear_law"]
+__all__ = ["Sample", "FEATURE_SETS", "fit_key", "fit_all", "fit_linear_law", "fit_fused"]
 
 # Features each op key's regression may use (why: these are what its kernel's time
 # scales with; MAC counts are split per MLAS kernel family for Conv).
@@ -223,3 +223,56 @@ def fit_linear_law(samples: list[Sample], features: tuple[str, ...]) -> Regressi
         errs.append(_rel_err(part, test) * len(test))
     return Regression(reg.features, "linear", reg.coef, reg.intercept, float(np.sum(errs) / len(samples)),
                       len(samples))
+
+
+def fit_fused(patterns: list[tuple[list[str], list[float], float]], min_patterns: int = 3) -> dict[str, Regression]:
+    """Per fused op key, the cost per output element of a node folded into its producer's kernel.
+
+    One joint fit over all patterns: a pattern's time beyond its base kernel is the sum,
+    over its fused nodes, of ``c[key] * elems_out`` (non-negative). Joint, because a
+    pattern folds several nodes (BatchNormalization and Relu): fitted one key at a time,
+    each would be charged the others' cost. Why per key at all: a fused Relu is free, a
+    fused Clip (ReLU6) costs a pass over the output, about 40 us per MB here.
+
+    Args:
+        patterns: ``(fused keys, their elems_out, extra ms)`` per fused-pattern benchmark.
+        min_patterns: Keys seen in fewer patterns get no model (the generic one applies).
+
+    Returns:
+        Fused key -> linear regression on ``elems_out``, each with the joint fit's k-fold
+        held-out error and the number of patterns it appeared in.
+    """
+    keys = sorted({k for ks, _, _ in patterns for k in ks})
+    counts = {k: sum(k in ks for ks, _, _ in patterns) for k in keys}
+    keys = [k for k in keys if counts[k] >= min_patterns]
+    if not keys:
+        return {}
+    index = {k: i for i, k in enumerate(keys)}
+    X = np.zeros((len(patterns), len(keys)))
+    for row, (ks, elems, _) in enumerate(patterns):
+        for k, e in zip(ks, elems):
+            if k in index:
+                X[row, index[k]] += e
+    y = np.array([extra for _, _, extra in patterns])
+    names = tuple(keys)
+
+    def solve(rows):
+        w = 1.0 / (np.maximum(y[rows], 0.0) + ABS_FLOOR_MS) ** 2
+        from sklearn.linear_model import LinearRegression
+
+        scale = np.maximum(X[rows].max(axis=0), 1e-12)
+        lr = LinearRegression(positive=True, fit_intercept=False).fit(X[rows] / scale, y[rows], sample_weight=w)
+        return lr.coef_ / scale
+
+    order = np.random.default_rng(0).permutation(len(patterns))
+    k = min(5, len(patterns))
+    errs = []
+    for fi in range(k):
+        train = np.concatenate([order[j::k] for j in range(k) if j != fi])
+        test = order[fi::k]
+        pred = X[test] @ solve(train)
+        errs += list(np.abs(pred - y[test]) / (np.maximum(y[test], 0.0) + ABS_FLOOR_MS))
+    heldout = float(np.mean(errs))
+    coef = solve(np.arange(len(patterns)))
+    return {key: Regression(("elems_out",), "linear", (float(coef[index[key]]),), 0.0, heldout, counts[key])
+            for key in names}
