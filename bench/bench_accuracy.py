@@ -106,8 +106,12 @@ def prefix_suffix_errors(model, profile, n_cuts, repeats, clock, stat, seed=0):
         boundary = sorted(t for t in produced if t in needed)
         if not boundary:
             continue
-        for side, ins, outs, pred in (("prefix", inputs, boundary, sum(preds[:j])),
-                                      ("suffix", boundary, outputs, sum(preds[j:]))):
+        # Each side is fed the graph inputs its own nodes read, as nscompile emits them.
+        read_before = {x for n in nodes[:j] for x in n.input}
+        prefix_in = [i for i in inputs if i in read_before]
+        suffix_in = boundary + [i for i in inputs if i in needed]
+        for side, ins, outs, pred in (("prefix", prefix_in, boundary, sum(preds[:j])),
+                                      ("suffix", suffix_in, outputs, sum(preds[j:]))):
             sub = extractor.extract_model(ins, outs)
             feeds = random_feeds(sub, seed)
             meas = measure_model(sub, feeds, profile.threads, profile.provider, repeats, clock, stat)

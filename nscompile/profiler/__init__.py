@@ -264,6 +264,7 @@ def run_profile(
     # NCHWc layout copies exist only on the CPU provider.
     reorder = (_reorder_ms_per_byte(threads, provider, clock, fixed_costs.of_benchmark(2, 1, 1))
                if provider == "cpu" else 0.0)
+
     def features_of(model):
         return graph_features(model.graph, static_shapes(model), {t.name for t in model.graph.initializer})
 

@@ -501,14 +501,14 @@ def _rnn_cases(rng, n_each) -> Iterator[Case]:
     # decides the per-step speed) and sequence length, inputs drawn at random; speech
     # models run 512-1024 units over 100+ frames, keyword spotters 64-128 units.
     hiddens = [64, 128, 256, 512, 768, 1024]
-    seqs = [1, 10, 50, 100]
+    seqs = [1, 10, 50, 100, 200]
     for op, gates in (("LSTM", 4), ("GRU", 3)):
         for i in range(n_each):
             b = _Builder(rng)
             hid = hiddens[i % len(hiddens)]
             seq = seqs[(i // len(hiddens)) % len(seqs)] if n_each > len(hiddens) else int(rng.choice(seqs))
             inp = int(rng.choice([32, 80, 128, 256, 440, 1024]))
-            if seq * gates * hid * (inp + hid) > 1e9:
+            if seq * gates * hid * (inp + hid) > 2e9:
                 seq = max(seq // 4, 1)
             x = b.input((seq, 1, inp))
             w = b.weight((1, gates * hid, inp))
@@ -555,7 +555,7 @@ def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
         lambda: _pool_cases(rng, n_each, max_elems),
         lambda: _norm_cases(rng, n_each, max_elems),
         lambda: _shape_cases(rng, n_each, max_elems),
-        lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else 24),
+        lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else 30),  # the full grid: 6 sizes x 5 lengths
     ]
     for g in gens:
         yield from g()
