@@ -242,9 +242,13 @@ def fit_fused(patterns: list[tuple[list[str], list[float], float]], min_patterns
         Fused key -> linear regression on ``elems_out``, each with the joint fit's k-fold
         held-out error and the number of patterns it appeared in.
     """
-    keys = sorted({k for ks, _, _ in patterns for k in ks})
-    counts = {k: sum(k in ks for ks, _, _ in patterns) for k in keys}
-    keys = [k for k in keys if counts[k] >= min_patterns]
+    from sklearn.linear_model import LinearRegression
+
+    counts: dict[str, int] = {}
+    for ks, _, _ in patterns:
+        for k in set(ks):
+            counts[k] = counts.get(k, 0) + 1
+    keys = sorted(k for k, n in counts.items() if n >= min_patterns)
     if not keys:
         return {}
     index = {k: i for i, k in enumerate(keys)}
@@ -254,12 +258,9 @@ def fit_fused(patterns: list[tuple[list[str], list[float], float]], min_patterns
             if k in index:
                 X[row, index[k]] += e
     y = np.array([extra for _, _, extra in patterns])
-    names = tuple(keys)
 
     def solve(rows):
         w = 1.0 / (np.maximum(y[rows], 0.0) + ABS_FLOOR_MS) ** 2
-        from sklearn.linear_model import LinearRegression
-
         scale = np.maximum(X[rows].max(axis=0), 1e-12)
         lr = LinearRegression(positive=True, fit_intercept=False).fit(X[rows] / scale, y[rows], sample_weight=w)
         return lr.coef_ / scale
@@ -274,5 +275,5 @@ def fit_fused(patterns: list[tuple[list[str], list[float], float]], min_patterns
         errs += list(np.abs(pred - y[test]) / (np.maximum(y[test], 0.0) + ABS_FLOOR_MS))
     heldout = float(np.mean(errs))
     coef = solve(np.arange(len(patterns)))
-    return {key: Regression(("elems_out",), "linear", (float(coef[index[key]]),), 0.0, heldout, counts[key])
-            for key in names}
+    return {key: Regression(("elems_out",), "linear", (float(coef[i]),), 0.0, heldout, counts[key])
+            for key, i in index.items()}

@@ -28,7 +28,8 @@ class Case:
     Attributes:
         name: Human-readable configuration, unique within a run.
         group: What it measures: the op key for single-op cases, ``"pattern"`` for fused
-            patterns (their time beyond the base kernel is attributed to ``fused:*``).
+            patterns (their time beyond the base kernel is attributed to the fused nodes'
+            ``fused:<op>`` keys).
         model: The ONNX model (weights as initializers, one or more float inputs).
         feeds: Input name -> numpy array.
         base: For a pattern, the same model without the nodes fused into its kernel,
@@ -238,19 +239,14 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
         kind = rng.choice(["gemm", "gemm", "gemm_relu", "matmul", "matmul_add"])
         if kind.startswith("gemm"):
             y = b.node("Gemm", [x, b.weight((nn, k)), b.weight((nn,))], transB=1)[0]
-            base = b.model([y])
-            if kind == "gemm_relu":
-                y = b.node("Relu", [y])[0]
-            group = "Gemm" if kind == "gemm" else "pattern"
         else:
             y = b.node("MatMul", [x, b.weight((k, nn))])[0]
-            base = b.model([y])
-            if kind == "matmul_add":
-                y = b.node("Add", [y, b.weight((nn,))])[0]
-            group = "MatMul" if kind == "matmul" else "pattern"
-        if group != "pattern":
-            base = None
-        yield Case(f"{kind} {m}x{k}x{nn} #{made}", group, b.model([y]), b.feeds, base, b.feeds if base else None)
+        base = base_feeds = None
+        group = "Gemm" if kind == "gemm" else "MatMul"
+        if kind in ("gemm_relu", "matmul_add"):  # a fused pattern, timed next to its base
+            base, base_feeds, group = b.model([y]), dict(b.feeds), "pattern"
+            y = b.node("Relu", [y])[0] if kind == "gemm_relu" else b.node("Add", [y, b.weight((nn,))])[0]
+        yield Case(f"{kind} {m}x{k}x{nn} #{made}", group, b.model([y]), b.feeds, base, base_feeds)
     # Small-batch layers whose weights span the caches (64 KB to 8 MB, log-spaced): there
     # the time per weight byte changes most (L2 to L3 here), and the random widths above
     # land in that range only a few times.
