@@ -86,16 +86,16 @@ def _design(samples, feats):
 ABS_FLOOR_MS = 0.002
 
 
-def _fit_linear(X, y, feats):
-    """Non-negative least squares on relative error (floored), with a non-negative intercept."""
+def _fit_linear(X, y, feats, intercept=True):
+    """Non-negative least squares on relative error (floored), with a non-negative intercept (or none)."""
     from sklearn.linear_model import LinearRegression
 
     scale = np.maximum(np.abs(X).max(axis=0), 1e-12)
-    A = np.hstack([X / scale, np.ones((len(y), 1))])
+    A = np.hstack([X / scale, np.ones((len(y), 1))]) if intercept else X / scale
     w = 1.0 / (np.maximum(y, 0.0) + ABS_FLOOR_MS) ** 2
     lr = LinearRegression(positive=True, fit_intercept=False).fit(A, y, sample_weight=w)
-    coef = lr.coef_[:-1] / scale
-    return Regression(tuple(feats), "linear", tuple(float(c) for c in coef), float(lr.coef_[-1]))
+    coef = lr.coef_[:len(feats)] / scale
+    return Regression(tuple(feats), "linear", tuple(float(c) for c in coef), float(lr.coef_[-1]) if intercept else 0.0)
 
 
 def _fit_loglog(X, y, feats):
@@ -200,18 +200,19 @@ def fit_all(samples: list[Sample], seed: int = 0) -> dict[str, Regression]:
     return {k: fit_key(k, v, seed) for k, v in sorted(by_key.items())}
 
 
-def fit_linear_law(samples: list[Sample], features: tuple[str, ...]) -> Regression:
+def fit_linear_law(samples: list[Sample], features: tuple[str, ...], intercept: bool = True) -> Regression:
     """The non-negative linear regression of ``samples`` on ``features``, with its held-out error.
 
     Args:
         samples: Measurements (any keys).
         features: Feature names.
+        intercept: Fit a non-negative intercept (else it is 0).
 
     Returns:
         The linear regression (used for the fallback model, which must extrapolate sanely).
     """
     y = np.array([s.ms for s in samples], dtype=np.float64)
-    reg = _fit_linear(_design(samples, features), y, features)
+    reg = _fit_linear(_design(samples, features), y, features, intercept)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(samples))
     k = min(5, len(samples))
@@ -219,7 +220,7 @@ def fit_linear_law(samples: list[Sample], features: tuple[str, ...]) -> Regressi
     for fi in range(k):
         test = [samples[i] for i in order[fi::k]]
         train = [samples[i] for j in range(k) if j != fi for i in order[j::k]]
-        part = _fit_linear(_design(train, features), np.array([s.ms for s in train]), features)
+        part = _fit_linear(_design(train, features), np.array([s.ms for s in train]), features, intercept)
         errs.append(_rel_err(part, test) * len(test))
     return Regression(reg.features, "linear", reg.coef, reg.intercept, float(np.sum(errs) / len(samples)),
                       len(samples))
@@ -242,38 +243,20 @@ def fit_fused(patterns: list[tuple[list[str], list[float], float]], min_patterns
         Fused key -> linear regression on ``elems_out``, each with the joint fit's k-fold
         held-out error and the number of patterns it appeared in.
     """
-    from sklearn.linear_model import LinearRegression
-
     counts: dict[str, int] = {}
     for ks, _, _ in patterns:
         for k in set(ks):
             counts[k] = counts.get(k, 0) + 1
-    keys = sorted(k for k, n in counts.items() if n >= min_patterns)
+    keys = tuple(sorted(k for k, n in counts.items() if n >= min_patterns))
     if not keys:
         return {}
-    index = {k: i for i, k in enumerate(keys)}
-    X = np.zeros((len(patterns), len(keys)))
-    for row, (ks, elems, _) in enumerate(patterns):
+    samples = []
+    for ks, elems, extra in patterns:
+        values = dict.fromkeys(keys, 0.0)  # a fused key's column: its nodes' output elements
         for k, e in zip(ks, elems):
-            if k in index:
-                X[row, index[k]] += e
-    y = np.array([extra for _, _, extra in patterns])
-
-    def solve(rows):
-        w = 1.0 / (np.maximum(y[rows], 0.0) + ABS_FLOOR_MS) ** 2
-        scale = np.maximum(X[rows].max(axis=0), 1e-12)
-        lr = LinearRegression(positive=True, fit_intercept=False).fit(X[rows] / scale, y[rows], sample_weight=w)
-        return lr.coef_ / scale
-
-    order = np.random.default_rng(0).permutation(len(patterns))
-    k = min(5, len(patterns))
-    errs = []
-    for fi in range(k):
-        train = np.concatenate([order[j::k] for j in range(k) if j != fi])
-        test = order[fi::k]
-        pred = X[test] @ solve(train)
-        errs += list(np.abs(pred - y[test]) / (np.maximum(y[test], 0.0) + ABS_FLOOR_MS))
-    heldout = float(np.mean(errs))
-    coef = solve(np.arange(len(patterns)))
-    return {key: Regression(("elems_out",), "linear", (float(coef[i]),), 0.0, heldout, counts[key])
-            for key, i in index.items()}
+            if k in values:
+                values[k] += e
+        samples.append(Sample("fused", values, extra))
+    joint = fit_linear_law(samples, keys, intercept=False)
+    return {key: Regression(("elems_out",), "linear", (c,), 0.0, joint.heldout_error, counts[key])
+            for key, c in zip(joint.features, joint.coef)}
