@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import SlowSession
 from nscompile.errors import NscompileError
 from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
@@ -208,10 +207,20 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
     entry = server.app.state.models[MODEL]
     assert_still_serving(client, server, build)  # session loaded
     real = entry.session
-    entry.session = SlowSession(real, 0.4)
+    release = threading.Event()
+
+    class HeldSession:
+        """Every run waits until the test releases it: the slot stays busy for as long as the test needs."""
+
+        def run(self, *a, **kw):
+            release.wait(timeout=30)  # bounded, should the test fail before releasing
+            return real.run(*a, **kw)
+
+    entry.session = HeldSession()
     results = []
     threads = [threading.Thread(target=lambda: results.append(infer(httpx.Client(timeout=10), server.url).status_code))
                for _ in range(3)]
+    held_since = time.monotonic()
     try:
         for t in threads:
             t.start()
@@ -219,9 +228,10 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
             if server.app.state.load.in_flight >= 3:
                 break
             time.sleep(0.01)
-        t = time.perf_counter()
+        assert server.app.state.load.in_flight == 3
+        # Not stuck behind the busy inference slot: health answers while all three are still held.
         assert client.get(f"{server.url}/v2/health/ready").status_code == 200
-        assert time.perf_counter() - t < 0.3  # not stuck behind the busy inference slot
+        assert server.app.state.load.in_flight == 3
         report = client.get(f"{server.url}/v2/nscompile/load").json()
         assert report["in_flight"] == 3 and report["queue_depth"] >= 1, report
         assert report["load"] >= 3.0, report  # a new request would wait for three
@@ -234,6 +244,8 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
             for _ in range(3):
                 server.app.state.load.exit()
     finally:
+        time.sleep(max(0.0, held_since + 0.4 - time.monotonic()))  # each slow request takes at least 0.4 s
+        release.set()
         for t in threads:
             t.join(timeout=10)
         entry.session = real

@@ -16,7 +16,7 @@ import pytest
 
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.testbed import cleanup
-from nscompile.testbed.device import _out_of_the_running
+from nscompile.testbed.device import MAX_ROUNDS, _out_of_the_running
 from nscompile.testbed.energy import request_energy_mj
 from nscompile.testbed.link import Rates, parse_cpus
 from nscompile.testbed.shaping import LinkState, make_client, transfer_s
@@ -238,10 +238,18 @@ def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_
         # The time limit ends the rounds early, but never before the third.
         short = s.rounds(modes, 9, warmup=0, max_s=0.0)
         assert all(len(recs) == 3 for recs in short.values())
-        # While under min_s, the rounds go on past the number asked for (sharper medians of fast models).
+        # While under min_s, the rounds go on past the number asked for (sharper medians of fast
+        # models), and stop at the first round that ends past min_s, or at the cap, whichever
+        # comes first. Records carry the device's monotonic clock (shared with this process).
         t = time.monotonic()
-        longer = s.rounds([None], 3, warmup=0, max_s=60.0, min_s=0.3)[None]
-        assert len(longer) > 3 and time.monotonic() - t >= 0.3
+        longer = s.rounds([None], 3, warmup=0, max_s=60.0, min_s=0.05)[None]
+        assert len(longer) > 3
+        if len(longer) < MAX_ROUNDS:  # stopped by min_s: the last round ended past it, the one before did not
+            assert time.monotonic() - t >= 0.05
+            assert longer[-2]["t"] - longer[0]["t"] < 0.05
+        # A min_s that the cap reaches first: exactly MAX_ROUNDS rounds, never more.
+        capped = s.rounds([None], 3, warmup=0, max_s=600.0, min_s=600.0)[None]
+        assert len(capped) == MAX_ROUNDS
     assert _leftovers(os.getpid()) == []
 
 

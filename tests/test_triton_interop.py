@@ -199,10 +199,10 @@ def test_split_runner_against_a_server_without_extensions(build):
         srv.stop()
 
 
-def test_serve_with_several_workers(build):
-    """Two worker processes share one listening socket; answers are correct and fast
-    (no ~40 ms Nagle/delayed-ACK stall per response)."""
-    import statistics
+def test_serve_with_several_workers(build, served):
+    """Two worker processes share one listening socket; answers are correct, and no response
+    stalls on Nagle/delayed-ACK (a fixed 40 ms on Linux): measured side by side with the
+    one-worker server, alternating requests, so the machine's speed cancels out."""
     import time
 
     import httpx
@@ -213,16 +213,18 @@ def test_serve_with_several_workers(build):
     try:
         x = rt.sample_inputs(10)
         want = rt.reference(build.parent / "tiny.onnx", x)
+        times: dict[str, list[float]] = {"one": [], "two": []}
         with httpx.Client(timeout=10) as c:
-            times = []
-            for _ in range(12):
+            for i in range(24):
+                kind, url = ("one", served.url) if i % 2 else ("two", srv.url)
                 body, headers = encode_request(x)
                 t = time.perf_counter()
-                r = c.post(f"{srv.url}/v2/models/tiny_suffix_input/infer", content=body, headers=headers)
-                times.append(time.perf_counter() - t)
+                r = c.post(f"{url}/v2/models/tiny_suffix_input/infer", content=body, headers=headers)
+                times[kind].append(time.perf_counter() - t)
                 assert r.status_code == 200
                 np.testing.assert_allclose(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"],
                                            want["prob"], rtol=1e-5, atol=1e-6)
-        assert statistics.median(times[2:]) < 0.035, times
+        # The fastest of a dozen answers: a stall on every response shows in the minimum, noise does not.
+        assert min(times["two"][2:]) < min(times["one"][2:]) + 0.030, times
     finally:
         srv.kill()
