@@ -20,14 +20,14 @@ progress_console = Console(stderr=True)  # progress never mixes with --json outp
 @app.command()
 def build(
     model: Path = typer.Argument(..., help="The ONNX model to split."),
-    output: Path = typer.Option(None, "-o", "--output", help="Build directory [default: build/<model name>]."),
-    device: Optional[Path] = typer.Option(None, "--device", help="Device profile JSON [default: shipped device profile]."),
-    cloud: Optional[Path] = typer.Option(None, "--cloud", help="Server profile JSON [default: shipped server profile]."),
+    output: Path = typer.Option(None, "-o", "--output", help="Build directory (default: build/<model name>)."),
+    device: Optional[Path] = typer.Option(None, "--device", help="Device profile JSON (default: shipped device profile)."),
+    cloud: Optional[Path] = typer.Option(None, "--cloud", help="Server profile JSON (default: shipped server profile)."),
     objective: str = typer.Option("latency", help="Objective of plan.json's table: latency or energy (both are solved)."),
     bandwidth: str = typer.Option("0.1:1000:32", help="Uplink buckets: MIN:MAX:N Mbps (log-spaced), or a list such as 3G,LTE,WIFI."),
     load: str = typer.Option("1,2,4,8", help="Server load levels (slowdown factor K >= 1), comma separated."),
     rtt: float = typer.Option(0.0, "--rtt", help="Round-trip time in ms added to every split that uses the server."),
-    downlink: Optional[float] = typer.Option(None, "--downlink", help="Downlink Mbps [default: equal to the uplink]."),
+    downlink: Optional[float] = typer.Option(None, "--downlink", help="Downlink Mbps (default: equal to the uplink)."),
     radio: str = typer.Option("wifi", help="Radio power model for the energy objective: wifi, lte or 3g."),
     input_bytes: Optional[int] = typer.Option(None, "--input-bytes", help="Upload size of the raw input (e.g. a JPEG) instead of its tensor size."),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Pin an input's shape: NAME=1x3x224x224 (repeatable)."),
@@ -69,7 +69,7 @@ def build(
 def inspect(
     build_dir: Path = typer.Argument(..., help="A directory written by `nscompile build`."),
     as_json: bool = typer.Option(False, "--json", help="Print layers and the decision map as JSON."),
-    objective: Optional[str] = typer.Option(None, help="Decision map to show [default: the plan's objective]."),
+    objective: Optional[str] = typer.Option(None, help="Decision map to show (default: the plan's objective)."),
 ):
     """Per-layer predicted device/cloud ms and output size (the paper's figure) and the decision map."""
     from nscompile.errors import NscompileError
