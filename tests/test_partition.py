@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from nscompile.errors import NscompileError
 from nscompile.partition import (
+    SolverInputError,
     CutGraph,
     Weights,
     download_set,
@@ -412,9 +412,9 @@ def test_lower_envelope_single_point_and_errors():
     w = Weights([1, 1, 1, 1], [2, 2, 2, 2], [1, 1, 1, 1, 1], [1] * 5, 0.0)
     env = lower_envelope(g, w, w, 2.0, 2.0)
     assert len(env) == 1 and env.n_solves == 1
-    with pytest.raises(NscompileError, match="x_lo"):
+    with pytest.raises(SolverInputError, match="x_lo"):
         lower_envelope(g, w, w, 3.0, 1.0)
-    with pytest.raises(NscompileError, match="x_lo"):
+    with pytest.raises(SolverInputError, match="x_lo"):
         lower_envelope(g, w, w, 0.0, np.inf)
 
 
@@ -422,22 +422,22 @@ def test_lower_envelope_single_point_and_errors():
 
 
 def test_user_errors_name_the_problem():
-    with pytest.raises(NscompileError, match="producer"):
+    with pytest.raises(SolverInputError, match="producer"):
         CutGraph(2, np.array([-1, 5]), ((0,), ()), np.array([False, True]))
-    with pytest.raises(NscompileError, match="consumers has 1"):
+    with pytest.raises(SolverInputError, match="consumers has 1"):
         CutGraph(2, np.array([-1, 0]), ((0,),), np.array([False, True]))
-    with pytest.raises(NscompileError, match="consumes its own"):
+    with pytest.raises(SolverInputError, match="consumes its own"):
         CutGraph(2, np.array([-1, 0]), ((0,), (0,)), np.array([False, True]))
-    with pytest.raises(NscompileError, match=r"device\[1\]"):
+    with pytest.raises(SolverInputError, match=r"device\[1\]"):
         Weights([1.0, -1.0], [1, 1], [0], [0])
-    with pytest.raises(NscompileError, match="1-D"):
+    with pytest.raises(SolverInputError, match="1-D"):
         Weights([[1.0]], [1.0], [0], [0])
-    with pytest.raises(NscompileError, match="remote"):
+    with pytest.raises(SolverInputError, match="remote"):
         Weights([1.0], [1.0], [0], [0], remote=np.nan)
     g = diamond()
-    with pytest.raises(NscompileError, match="same graph"):
+    with pytest.raises(SolverInputError, match="same graph"):
         solve(g, Weights([1, 1], [1, 1], [0], [0]))
-    with pytest.raises(NscompileError, match="mask"):
+    with pytest.raises(SolverInputError, match="mask"):
         evaluate(g, Weights.zeros(4, 5), [True])
 
 
