@@ -25,7 +25,7 @@ OBJECTIVES = ("latency", "energy")
 
 # Uplink Mbps from OpenSignal 2017 (as used by DADS); downlink and RTT are typical medians.
 NETWORK_PRESETS = {
-    "CAT1": {"uplink_mbps": 0.13, "downlink_mbps": 0.32, "rtt_ms": 120.0, "radio": "lte"},
+    "CAT1": {"uplink_mbps": 0.13, "downlink_mbps": 0.32, "rtt_ms": 120.0, "radio": "cat1"},
     "3G": {"uplink_mbps": 1.1, "downlink_mbps": 2.0, "rtt_ms": 100.0, "radio": "3g"},
     "LTE": {"uplink_mbps": 5.85, "downlink_mbps": 12.0, "rtt_ms": 50.0, "radio": "lte"},
     "WIFI": {"uplink_mbps": 18.88, "downlink_mbps": 54.0, "rtt_ms": 10.0, "radio": "wifi"},

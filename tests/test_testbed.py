@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
+from nscompile.cgroups import CGROUP_CPU
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.testbed import cleanup
 from nscompile.testbed.device import MAX_ROUNDS, _out_of_the_running
@@ -94,7 +95,7 @@ def _leftovers(pid: int) -> list[str]:
         found += [line.split()[0] for line in out.splitlines() if line.startswith(f"{cleanup.PREFIX}-{pid}-")]
     except OSError:
         pass
-    for hierarchy in (cleanup.CGROUP_CPU, cleanup.CGROUP_CPUSET):
+    for hierarchy in (CGROUP_CPU, cleanup.CGROUP_CPUSET):
         if hierarchy.is_dir():
             found += [str(p) for p in hierarchy.glob(f"{cleanup.PREFIX}-{pid}-*")]
     return found

@@ -28,7 +28,7 @@ def build(
     load: str = typer.Option("1,2,4,8", help="Server load levels (slowdown factor K >= 1), comma separated."),
     rtt: float = typer.Option(0.0, "--rtt", help="Round-trip time in ms added to every split that uses the server."),
     downlink: Optional[float] = typer.Option(None, "--downlink", help="Downlink Mbps (default: equal to the uplink)."),
-    radio: str = typer.Option("wifi", help="Radio power model for the energy objective: wifi, lte or 3g."),
+    radio: str = typer.Option("wifi", help="Radio power model for the energy objective: wifi, lte, 3g or cat1."),
     input_bytes: Optional[int] = typer.Option(None, "--input-bytes", help="Upload size of the raw input (e.g. a JPEG) instead of its tensor size."),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Pin an input's shape: NAME=1x3x224x224 (repeatable)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every emitted prefix+suffix against the whole model."),

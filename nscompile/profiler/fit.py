@@ -30,7 +30,6 @@ EXTRA_SETS: dict[str, list[tuple[str, ...]]] = {
     "Gemm": [("macs", "param_bytes")],
     "MatMul": [("macs", "param_bytes", "bytes_in")],
 }
-_HINGES = ("param_bytes_over_1mb", "param_bytes_over_8mb", "param_bytes_over_32mb")
 _CONV_SHAPE = ("macs", "c_in_per_group", "c_out", "spatial_out", "kernel", "stride")
 for _k in ("Conv.depthwise", "Conv.grouped"):
     EXTRA_SETS[_k] = [_CONV_SHAPE, ("macs", "spatial_out", "c_out")]

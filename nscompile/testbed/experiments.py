@@ -36,6 +36,7 @@ from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
 from nscompile.testbed.energy import RADIO_OF_PRESET, request_energy_mj
 from nscompile.testbed.link import Rates
+from nscompile.testbed.report import summary, write_report
 from nscompile.testbed.testbed import Session, Testbed
 
 #: Build grid: log-spaced, spanning all presets with room above, so that all-cloud is
@@ -353,30 +354,6 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
             w.writerow({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
 
 
-def summary(rows: list[dict]) -> dict:
-    """The headline numbers: share within 10% of the oracle (also counting misses inside the
-    requests' spread), geometric-mean speedups, energy saving."""
-    def gmean(xs):
-        xs = [x for x in xs if x and math.isfinite(x) and x > 0]
-        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
-
-    n = len(rows)
-    savings = [r["energy_saving_vs_cloud"] for r in rows if math.isfinite(r["energy_saving_vs_cloud"])]
-    return {
-        "cases": n,
-        "within_10pct": sum(r["within_10pct"] for r in rows) / n if n else math.nan,
-        "within_10pct_or_1ms": sum(r["within_tolerance"] for r in rows) / n if n else math.nan,
-        "within_10pct_or_iqr": sum(r["within_10pct"] or r.get("iqr_overlap", False) for r in rows) / n if n else math.nan,
-        "same_cut_as_oracle": sum(r["chosen_cut"] == r["oracle_cut"] for r in rows) / n if n else math.nan,
-        "gmean_speedup_vs_cloud": gmean(r["speedup_vs_cloud"] for r in rows),
-        "max_speedup_vs_cloud": max((r["speedup_vs_cloud"] for r in rows if math.isfinite(r["speedup_vs_cloud"])), default=math.nan),
-        "gmean_speedup_vs_device": gmean(r["speedup_vs_device"] for r in rows),
-        "mean_energy_saving_vs_cloud": statistics.mean(savings) if savings else math.nan,
-        "max_energy_saving_vs_cloud": max(savings, default=math.nan),
-        "gmean_regret": gmean(r["regret"] for r in rows),
-    }
-
-
 @dataclass
 class BenchResult:
     """What :func:`run_bench` produced."""
@@ -474,7 +451,6 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
                          time.monotonic() - t_start)
     (out_dir / "summary.json").write_text(json.dumps({**result.summary, "testbed": tb.describe(), "cloud_profile": cloud.name,
                                                        "skipped": skipped, "seconds": round(result.seconds, 1)}, indent=1) + "\n")
-    from nscompile.testbed.report import write_report
 
     progress.stage("plots and report")
     write_report(result, tb.describe())

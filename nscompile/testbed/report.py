@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -234,45 +235,33 @@ _PROFILE_COLS = [("device profile", "profile"), ("cases", "cases"), ("within 10%
                  ("energy saving vs cloud (mean)", "mean_energy_saving_vs_cloud")]
 
 
-def _by_profile(rows: list[dict]) -> list[dict]:
-    from nscompile.testbed.experiments import summary
+def summary(rows: list[dict]) -> dict:
+    """The headline numbers: share within 10% of the oracle (also counting misses inside the
+    requests' spread), geometric-mean speedups, energy saving."""
+    def gmean(xs):
+        xs = [x for x in xs if x and math.isfinite(x) and x > 0]
+        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
 
+    n = len(rows)
+    savings = [r["energy_saving_vs_cloud"] for r in rows if math.isfinite(r["energy_saving_vs_cloud"])]
+    return {
+        "cases": n,
+        "within_10pct": sum(r["within_10pct"] for r in rows) / n if n else math.nan,
+        "within_10pct_or_1ms": sum(r["within_tolerance"] for r in rows) / n if n else math.nan,
+        "within_10pct_or_iqr": sum(r["within_10pct"] or r.get("iqr_overlap", False) for r in rows) / n if n else math.nan,
+        "same_cut_as_oracle": sum(r["chosen_cut"] == r["oracle_cut"] for r in rows) / n if n else math.nan,
+        "gmean_speedup_vs_cloud": gmean(r["speedup_vs_cloud"] for r in rows),
+        "max_speedup_vs_cloud": max((r["speedup_vs_cloud"] for r in rows if math.isfinite(r["speedup_vs_cloud"])), default=math.nan),
+        "gmean_speedup_vs_device": gmean(r["speedup_vs_device"] for r in rows),
+        "mean_energy_saving_vs_cloud": statistics.mean(savings) if savings else math.nan,
+        "max_energy_saving_vs_cloud": max(savings, default=math.nan),
+        "gmean_regret": gmean(r["regret"] for r in rows),
+    }
+
+
+def _by_profile(rows: list[dict]) -> list[dict]:
     return [{"profile": p, **summary([r for r in rows if r["device_profile"] == p])}
             for p in dict.fromkeys(r["device_profile"] for r in rows)]
-
-
-def load_result(out_dir: Path):
-    """Read a finished run back from its CSVs (to redraw plots and the report without measuring again)."""
-    import csv
-    import json
-
-    from nscompile.testbed.experiments import BenchResult, summary
-
-    out_dir = Path(out_dir)
-
-    def read(name: str) -> list[dict]:
-        path = out_dir / name
-        if not path.is_file():
-            return []
-        rows = list(csv.DictReader(open(path)))
-        for r in rows:
-            for k, v in r.items():
-                if v in ("True", "False"):
-                    r[k] = v == "True"
-                elif k in ("clients", "phase", "n"):
-                    r[k] = int(float(v))
-                else:
-                    try:
-                        r[k] = float(v)
-                    except ValueError:
-                        pass
-        return rows
-
-    rows = read("results.csv")
-    meta = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else {}
-    result = BenchResult(out_dir, rows, read("cuts.csv"), read("trace.csv"), read("load.csv"), summary(rows),
-                         "kernel" if "kernel" in meta.get("testbed", "") else "user", meta.get("skipped", []), meta.get("seconds", 0.0))
-    return result, meta.get("testbed", "")
 
 
 def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[tuple[str, str]]) -> str:
