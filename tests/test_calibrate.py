@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from helpers import run_cli
 from nscompile import zoo
 from nscompile.cost_model import default_profile_path, load_profile
 

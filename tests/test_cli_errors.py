@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import run_cli
+from helpers import run_cli
 
 DYNAMIC = """
 <ir_version: 8, opset_import: ["" : 17]>
