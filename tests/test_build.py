@@ -63,6 +63,7 @@ def device_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in (out / "device").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_build_and_verify(name, random_light, tmp_path):
     """The nine real architectures of the onnx package, with seeded random weights."""
@@ -75,6 +76,7 @@ def test_light_models_build_and_verify(name, random_light, tmp_path):
     assert device_bytes(tmp_path / name) <= 1.05 * deepest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_build_as_shipped(name, tmp_path):
     """As shipped: IR 3, opset 9, weights made by ConstantOfShape (folded by the frontend)."""

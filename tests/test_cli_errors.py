@@ -82,6 +82,7 @@ def test_existing_foreign_directory_is_not_replaced(tmp_path, random_light):
     assert (out / "thesis.tex").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_build_then_inspect(tmp_path, random_light):
     out = tmp_path / "sq"
     result = run_cli("build", random_light("squeezenet"), "-o", out, "--json")

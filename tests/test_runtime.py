@@ -336,6 +336,7 @@ def test_bad_inputs_are_user_errors(build, server):
             runner.run(bad)
 
 
+@pytest.mark.slow
 def test_killed_server_loses_no_request(build):
     """Kill -9 the server mid-run: every request still answers, then the server is used again."""
     inputs = [sample_inputs(seed) for seed in range(12)]
@@ -364,6 +365,7 @@ def test_killed_server_loses_no_request(build):
         srv.kill()
 
 
+@pytest.mark.slow
 def test_cli_run(build, server, tmp_path):
     x = sample_inputs()
     for name, a in x.items():

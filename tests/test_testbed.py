@@ -205,6 +205,7 @@ def _cpus_allowed(pid: int) -> list[int]:
         return parse_cpus(next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list:")))
 
 
+@pytest.mark.slow
 def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_build):
     """The device's rounds op: per-mode records, one per round, in shuffled orders; pinned processes."""
     with Bed(tmp_path / "logs") as tb, tb.session(lenet_build, tag="rounds") as s:
@@ -243,6 +244,7 @@ def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_
     assert _leftovers(os.getpid()) == []
 
 
+@pytest.mark.slow
 def test_bench_quick_end_to_end(tmp_path):
     """`nscompile bench --quick` writes the output contract (part of CI: kept to ~2 minutes)."""
     out = tmp_path / "bench"
@@ -323,6 +325,7 @@ def test_kernel_link_shapes_goodput_to_the_preset():
     assert not _leftovers(os.getpid())
 
 
+@pytest.mark.slow
 def test_bench_userspace_fallback_says_so(tmp_path):
     """Without kernel mode (forced here) it shapes in user space and says so in its output."""
     out = tmp_path / "u"

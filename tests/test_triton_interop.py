@@ -185,6 +185,7 @@ def test_split_runner_against_a_server_without_extensions(build):
         srv.stop()
 
 
+@pytest.mark.slow
 def test_serve_with_several_workers(build):
     """Two worker processes share one listening socket; answers are correct and fast
     (no ~40 ms Nagle/delayed-ACK stall per response)."""
