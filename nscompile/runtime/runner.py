@@ -24,14 +24,10 @@ import numpy as np
 import onnxruntime as ort
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import LOAD_HEADER, LOAD_PATH, MODEL_SHA_PARAMETER, PROBE_PATH, SERVER_MS_HEADER
 from nscompile.runtime.netstate import NetState
-from nscompile.runtime.plan import Cut, Plan, load_plan
+from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS, Cut, Plan, load_plan
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, decode_response, encode_request
-
-#: Headers ``nscompile serve`` adds to every answer (see nscompile.serve).
-LOAD_HEADER = "nscompile-load"
-SERVER_MS_HEADER = "nscompile-server-ms"
-SHA_PARAMETER = "nscompile_model_sha256"
 
 _SERVER_ERRORS = (httpx.HTTPError, ProtocolError, OSError, ValueError, KeyError, TypeError)
 
@@ -306,14 +302,12 @@ class SplitRunner:
         rtt = self.net.rtt.value
         if self.objective != "latency" or cut.all_device or rtt is None or rtt <= self.plan.rtt_ms:
             return False
-        p, f = cut.predicted, self.plan.cuts[self.plan.fallback].predicted
-        if "device_ms" not in f or "cloud_ms" not in p:
+        fallback = self.plan.cuts[self.plan.fallback]
+        if "device_ms" not in fallback.predicted or "cloud_ms" not in cut.predicted:
             return False
-        split_ms = p.get("device_ms", 0.0) + p["cloud_ms"] * load + p.get("upload_bytes", 0) * 8e-3 / bw + rtt
         down = self.plan.downlink_mbps
-        if down:
-            split_ms += p.get("download_bytes", 0) * 8e-3 / float(down)
-        return split_ms > f["device_ms"]
+        conditions = (bw, load, rtt, float(down) if down else None)
+        return cut.latency_ms(*conditions) > fallback.latency_ms(*conditions)
 
     # -- running -------------------------------------------------------------------------
 
@@ -400,7 +394,7 @@ class SplitRunner:
             )
         r.raise_for_status()
         params = r.json().get("parameters") or {}
-        sha = (params.get(SHA_PARAMETER) or {}).get("string_value")
+        sha = (params.get(MODEL_SHA_PARAMETER) or {}).get("string_value")
         if sha != self.plan.model_sha256:
             raise NscompileError(
                 f"server model {model!r} was built from model sha256 {sha or 'unknown'}, this device's "
@@ -439,9 +433,9 @@ class SplitRunner:
         elif rtt is not None and rec.upload_bytes >= 8192:
             transfer_ms = wire_ms - rtt
             if self.plan.downlink_mbps:
-                transfer_ms -= remote.download_bytes * 8e-3 / float(self.plan.downlink_mbps)
+                transfer_ms -= remote.download_bytes * MS_PER_BYTE_AT_1MBPS / float(self.plan.downlink_mbps)
             if transfer_ms > 0.05:  # below that it is timer noise, not a measurement
-                self.net.bandwidth.add(rec.upload_bytes * 8e-3 / transfer_ms, now)
+                self.net.bandwidth.add(rec.upload_bytes * MS_PER_BYTE_AT_1MBPS / transfer_ms, now)
 
     def _has_estimates(self) -> bool:
         return self.fixed_bandwidth is not None or self.net.bandwidth.value is not None
@@ -473,7 +467,7 @@ class SplitRunner:
             rtts = []
             for _ in range(2):  # the first may pay for opening the connection
                 t = time.perf_counter()
-                r = self._client.get(f"{self.server_url}/v2/nscompile/load", timeout=self.deadline_s)
+                r = self._client.get(self.server_url + LOAD_PATH, timeout=self.deadline_s)
                 rtts.append((time.perf_counter() - t) * 1e3)
                 if r.status_code != 200:
                     break
@@ -500,7 +494,7 @@ class SplitRunner:
             for _ in range(16):  # bounded: sizes grow 4x up to `limit`, then one repeat
                 payload = bytes(size)
                 t = time.perf_counter()
-                r = self._client.post(f"{self.server_url}/v2/nscompile/probe", content=payload, timeout=self.deadline_s)
+                r = self._client.post(self.server_url + PROBE_PATH, content=payload, timeout=self.deadline_s)
                 times.append((time.perf_counter() - t) * 1e3)
                 if r.status_code != 200:
                     self._probe_supported = r.status_code != 404
@@ -510,7 +504,7 @@ class SplitRunner:
                 elif len(times) == 2:
                     break
             # Stalls only ever add time, so the faster of two equal transfers is the better sample.
-            record(self.net.bandwidth, size * 8e-3 / max(min(times) - rtt, 0.05))
+            record(self.net.bandwidth, size * MS_PER_BYTE_AT_1MBPS / max(min(times) - rtt, 0.05))
             return True
         except _SERVER_ERRORS:
             return False
