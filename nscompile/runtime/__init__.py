@@ -21,9 +21,9 @@ _EXPORTS = {
     "Plan": "plan",
     "TensorSpec": "plan",
     "load_plan": "plan",
-    "RunRecord": "runner",
+    "RunRecord": "policy",
     "SplitRunner": "runner",
-    "make_client": "runner",
+    "make_client": "transport",
 }
 
 __all__ = sorted(_EXPORTS)
