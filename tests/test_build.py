@@ -193,3 +193,24 @@ def test_all_cloud_cut_on_request(tmp_path):
     plan = check_artifacts(tmp_path / "forced")
     assert [c["id"] for c in plan["cuts"]] == ["input", plan["fallback"]]
     assert "input" not in {c for row in plan["table"] for c in row} and set(forced.verification) == {"input", plan["fallback"]}
+
+
+def test_table_cuts_are_fastest_by_cut_latency(tmp_path, random_light):
+    """At every bucket the solver's cut is the fastest emitted cut by the runtime's Cut.latency_ms.
+
+    The solver and the per-cut formula are written apart; they must agree. The solver
+    leaves out the sessions' fixed per-run microseconds that the predictions include,
+    and plan.json rounds to 0.1 us: hence the small tolerance.
+    """
+    from nscompile.runtime import load_plan
+
+    grid = GridSpec.parse("0.01:10000:40", "1,2,4,8", rtt_ms=2.0, downlink_mbps=30.0)
+    build(random_light("squeezenet"), tmp_path / "b", grid=grid, verify=False, report=False)
+    plan = load_plan(tmp_path / "b" / "device")
+    assert len({c for row in plan.raw["table"] for c in row}) >= 3, "too few cuts chosen to check anything"
+    starts = grid.bandwidth_mbps
+    centres = [(a * b) ** 0.5 for a, b in zip(starts, starts[1:])] + [starts[-1]]
+    for load, row in zip(grid.load, plan.raw["tables"]["latency"]):
+        for bw, chosen in zip(centres, row):
+            latency = {c.id: c.latency_ms(bw, load, grid.rtt_ms, grid.downlink_mbps) for c in plan.cuts.values()}
+            assert latency[chosen] <= min(latency.values()) + 0.05, (load, bw, chosen, latency)

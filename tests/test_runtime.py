@@ -103,9 +103,23 @@ def test_plan_errors_name_the_problem(build, tmp_path):
         load_plan(dev)
 
 
+def test_cut_latency_is_the_designs_formula():
+    """device + K x cloud + up/B + down/B_down + RTT; all-device is its device time whatever the link."""
+    from nscompile.runtime import Cut
+
+    predicted = {"device_ms": 2.0, "cloud_ms": 3.0, "upload_bytes": 125_000, "download_bytes": 12_500}
+    split = Cut("c", (), (), None, "m_suffix_c", predicted)
+    # 125 kB at 10 Mbit/s = 100 ms up; 12.5 kB at 5 Mbit/s = 20 ms down.
+    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0, downlink_mbps=5.0) == pytest.approx(2 + 2 * 3 + 100 + 20 + 7)
+    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0) == pytest.approx(2 + 2 * 3 + 100 + 7)  # no downlink: not counted
+    device = Cut("d", (), (), Path("prefix_d.onnx"), None, {"device_ms": 40.0})
+    assert device.latency_ms(0.1, load=8.0, rtt_ms=500.0, downlink_mbps=0.1) == 40.0
+
+
 def test_runtime_imports_without_compiler_dependencies():
     code = (
-        "import sys, nscompile.runtime\n"
+        "import sys\n"
+        "from nscompile.runtime import SplitRunner, load_plan, make_client\n"
         "bad = [m for m in ('onnx', 'onnx_graphsurgeon', 'sklearn', 'typer', 'scipy', 'fastapi') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -180,7 +180,7 @@ def test_split_runner_against_a_server_without_extensions(build):
                 assert not rec.fell_back, rec.error
                 np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
             assert rec.cut == "input" and rec.load == 1.0 and rec.server_ms == 0.0
-            assert runner._probe_supported is False
+            assert runner.transport.probe_supported is False
     finally:
         srv.stop()
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import PLAN_SCHEMA
 
-SCHEMA = "nscompile.plan/1"
+#: Transfer milliseconds per byte at 1 Mbit/s (8 bits / 1e6 bit/s = 8e-6 s).
+MS_PER_BYTE_AT_1MBPS = 8e-3
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,63 @@ class Cut:
     def all_device(self) -> bool:
         """True for the cut that needs no server."""
         return self.cloud_model is None
+
+    @classmethod
+    def from_doc(cls, doc: dict, device_dir: Path = Path("."), where: str = "plan.json") -> Cut:
+        """A cut from its entry in ``plan.json``'s ``cuts``.
+
+        Args:
+            doc: the entry.
+            device_dir: the directory the prefix file is looked for in.
+            where: the plan's path, for error messages.
+
+        Raises:
+            NscompileError: a tensor entry lacks name, shape or dtype.
+        """
+        prefix = None
+        if doc.get("prefix"):
+            # Paths are relative to the build directory; on a device only the file
+            # name inside device_dir is meaningful.
+            prefix = device_dir / PurePosixPath(doc["prefix"]).name
+        cloud = doc.get("cloud_model")
+        if cloud is None and doc.get("suffix"):
+            cloud = PurePosixPath(doc["suffix"]).parts[1]  # cloud/<name>/1/model.onnx
+        return cls(
+            id=str(doc["id"]),
+            tensors=tuple(_spec(t, where) for t in doc.get("tensors", [])),
+            device_outputs=tuple(doc.get("device_outputs", [])),
+            prefix=prefix,
+            cloud_model=cloud,
+            predicted=dict(doc.get("predicted") or {}),
+        )
+
+    def latency_ms(self, uplink_mbps: float, load: float = 1.0, rtt_ms: float = 0.0,
+                   downlink_mbps: float | None = None) -> float:
+        """The plan's predicted latency of one request through this cut (DESIGN.md's Latency(S)).
+
+        device + K x cloud + upload / uplink + download / downlink + RTT, from the
+        ``predicted`` figures the build wrote; the all-device cut costs its device time
+        alone. The planner's solver minimises the same sum over every device set at once.
+
+        Args:
+            uplink_mbps: uplink bandwidth in Mbit/s.
+            load: server slowdown factor K >= 1.
+            rtt_ms: round-trip time in ms.
+            downlink_mbps: downlink bandwidth in Mbit/s; None or 0 leaves the download out.
+
+        Returns:
+            Milliseconds.
+
+        Raises:
+            KeyError: the plan predicts no ``device_ms`` (all-device) or ``cloud_ms`` (a split).
+        """
+        p = self.predicted
+        if self.all_device:
+            return p["device_ms"]
+        ms = p.get("device_ms", 0.0) + load * p["cloud_ms"] + p.get("upload_bytes", 0) * MS_PER_BYTE_AT_1MBPS / uplink_mbps
+        if downlink_mbps:
+            ms += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS / downlink_mbps
+        return ms + rtt_ms
 
 
 def _spec(raw: dict, where: str) -> TensorSpec:
@@ -72,9 +131,9 @@ class Plan:
     def __init__(self, raw: dict, device_dir: Path):
         self.raw = raw
         where = str(device_dir / "plan.json")
-        if raw.get("schema") != SCHEMA:
+        if raw.get("schema") != PLAN_SCHEMA:
             raise NscompileError(
-                f"{where} has schema {raw.get('schema')!r}, expected {SCHEMA!r}; "
+                f"{where} has schema {raw.get('schema')!r}, expected {PLAN_SCHEMA!r}; "
                 "rebuild with this nscompile version"
             )
         try:
@@ -91,22 +150,8 @@ class Plan:
         self.downlink_mbps = grid.get("downlink_mbps")
         self.cuts: dict[str, Cut] = {}
         for c in cuts_raw:
-            prefix = None
-            if c.get("prefix"):
-                # Paths are relative to the build directory; on a device only the file
-                # name inside device_dir is meaningful.
-                prefix = device_dir / PurePosixPath(c["prefix"]).name
-            cloud = c.get("cloud_model")
-            if cloud is None and c.get("suffix"):
-                cloud = PurePosixPath(c["suffix"]).parts[1]  # cloud/<name>/1/model.onnx
-            self.cuts[str(c["id"])] = Cut(
-                id=str(c["id"]),
-                tensors=tuple(_spec(t, where) for t in c.get("tensors", [])),
-                device_outputs=tuple(c.get("device_outputs", [])),
-                prefix=prefix,
-                cloud_model=cloud,
-                predicted=dict(c.get("predicted") or {}),
-            )
+            cut = Cut.from_doc(c, device_dir, where)
+            self.cuts[cut.id] = cut
         self.fallback = str(raw.get("fallback") or "")
         if self.fallback not in self.cuts:
             devices = [c.id for c in self.cuts.values() if c.all_device]
