@@ -11,6 +11,7 @@ under the test's control; ``test_real_build_every_cut`` runs the same check on a
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -111,7 +112,8 @@ def test_cut_latency_is_the_designs_formula():
     split = Cut("c", (), (), None, "m_suffix_c", predicted)
     # 125 kB at 10 Mbit/s = 100 ms up; 12.5 kB at 5 Mbit/s = 20 ms down.
     assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0, downlink_mbps=5.0) == pytest.approx(2 + 2 * 3 + 100 + 20 + 7)
-    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0) == pytest.approx(2 + 2 * 3 + 100 + 7)  # no downlink: not counted
+    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0) == pytest.approx(2 + 2 * 3 + 100 + 10 + 7)  # symmetric link
+    assert split.latency_ms(10.0, load=2.0, downlink_mbps=math.inf) == pytest.approx(2 + 2 * 3 + 100)
     device = Cut("d", (), (), Path("prefix_d.onnx"), None, {"device_ms": 40.0})
     assert device.latency_ms(0.1, load=8.0, rtt_ms=500.0, downlink_mbps=0.1) == 40.0
 

@@ -86,7 +86,8 @@ class Cut:
             uplink_mbps: uplink bandwidth in Mbit/s.
             load: server slowdown factor K >= 1.
             rtt_ms: round-trip time in ms.
-            downlink_mbps: downlink bandwidth in Mbit/s; None or 0 leaves the download out.
+            downlink_mbps: downlink bandwidth in Mbit/s; None: equal to the uplink (the
+                planner's symmetric link); ``math.inf``: downloads cost nothing.
 
         Returns:
             Milliseconds.
@@ -98,8 +99,7 @@ class Cut:
         if self.all_device:
             return p["device_ms"]
         ms = p.get("device_ms", 0.0) + load * p["cloud_ms"] + p.get("upload_bytes", 0) * MS_PER_BYTE_AT_1MBPS / uplink_mbps
-        if downlink_mbps:
-            ms += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS / downlink_mbps
+        ms += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS / (downlink_mbps or uplink_mbps)
         return ms + rtt_ms
 
 

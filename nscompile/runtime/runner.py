@@ -199,7 +199,8 @@ class SplitRunner:
         self.transport.check_server([cut.cloud_model for cut in self.plan.cuts.values() if cut.cloud_model])
 
     def close(self) -> None:
-        """Close the HTTP client if the runner made it."""
+        """Close the HTTP client if the runner made it, once a background probe has finished with it."""
+        self.wait_for_probe(timeout_s=self.transport.deadline_s)
         self.transport.close()
 
     def __enter__(self) -> SplitRunner:

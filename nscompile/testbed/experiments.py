@@ -156,7 +156,8 @@ def _median(xs) -> float:
 
 def predicted_ms(cut: dict, rates: Rates, load: float) -> float:
     """The plan's latency prediction for ``cut`` (its ``plan.json`` entry) under ``rates`` and server slowdown ``load``."""
-    return Cut.from_doc(cut).latency_ms(rates.up_mbps, load, rates.rtt_ms, rates.down_mbps)
+    down = rates.down_mbps if rates.down_mbps is not None else math.inf  # an unshaped downlink
+    return Cut.from_doc(cut).latency_ms(rates.up_mbps, load, rates.rtt_ms, down)
 
 
 @dataclass
