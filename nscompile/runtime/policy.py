@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from nscompile.errors import NscompileError
-from nscompile.runtime.netstate import NetState
+from nscompile.runtime.netstate import DeviceLoad, NetState
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS, Cut, Plan
 from nscompile.runtime.transport import SERVER_ERRORS, Answer, V2Transport
 
@@ -34,6 +34,7 @@ class RunRecord:
     bandwidth_mbps: float | None = None
     load: float = 1.0
     rtt_ms: float | None = None
+    device_load: float = 1.0
     lookup_us: float = 0.0
     probe_ms: float = 0.0
     prefix_ms: float = 0.0
@@ -62,6 +63,7 @@ class CutPolicy:
         force_cut: always use this cut; None to look it up.
         bandwidth_mbps: pin the uplink bandwidth instead of measuring it.
         load: pin the server load instead of reading what the server reports.
+        device_load: pin the device slowdown Kd instead of learning it from the device's runs.
         initial_bandwidth_mbps: the estimate to start from when the server offers no probe
             endpoint (Triton); refined by the transfers that follow.
         stale_s: re-probe when the estimates are older than this.
@@ -72,7 +74,8 @@ class CutPolicy:
     """
 
     def __init__(self, plan: Plan, objective: str = "latency", *, force_cut: str | None = None,
-                 bandwidth_mbps: float | None = None, load: float | None = None, initial_bandwidth_mbps: float = 10.0,
+                 bandwidth_mbps: float | None = None, load: float | None = None, device_load: float | None = None,
+                 initial_bandwidth_mbps: float = 10.0,
                  stale_s: float = 10.0, backoff_s: tuple[float, float] = (0.5, 30.0)):
         if objective not in plan.objectives:
             raise NscompileError(f"objective {objective!r} is not in the plan; use one of {plan.objectives}")
@@ -83,17 +86,21 @@ class CutPolicy:
         self.force_cut = force_cut
         self.fixed_bandwidth = bandwidth_mbps
         self.fixed_load = load
+        self.fixed_device_load = device_load
         self.initial_bandwidth = initial_bandwidth_mbps
         self.net = NetState(stale_s=stale_s, backoff_s=backoff_s)
+        #: The device's own slowdown, learnt from every prefix it runs (see :meth:`learn_device`).
+        self.device = DeviceLoad()
         #: Set when a decision was made on stale estimates: refresh them once the request is answered.
         self.probe_due = False
         # Objectives whose every table entry is all-device: no condition can change that
         # (RTT only ever favours the device), so such a runner never probes or calls out.
         self._device_only = {o: plan.only_cut(o) == plan.fallback for o in plan.objectives}
-        # The last decision and the (objective, bandwidth, load, RTT) it was made for. A
-        # device running its prefix alone learns nothing new, so most requests repeat the
-        # previous decision; reusing it keeps the look-up (~5 us of Python) off a model
-        # that may itself take only tens of microseconds.
+        # The last decision and the (objective, bandwidth, load, RTT, device level) it was
+        # made for. A device running its prefix alone learns nothing new of the network, so
+        # most requests repeat the previous decision; reusing it keeps the look-up (~5 us of
+        # Python) off a model that may itself take only tens of microseconds. The device
+        # load enters as its plan level, since every run moves the estimate a little.
         self._decision: tuple[tuple, str, str] = ((), "", "")
 
     def reset_estimates(self, stale_s: float | None = None, backoff_s: tuple[float, float] | None = None) -> None:
@@ -111,12 +118,13 @@ class CutPolicy:
         """
         plan, net = self.plan, self.net
         if self.force_cut is not None:
-            rec = RunRecord(self.force_cut, "forced", self.objective)
+            rec = RunRecord(self.force_cut, "forced", self.objective, device_load=self.device_load)
             return plan.cuts[self.force_cut], rec
         if self._device_only.get(self.objective):
-            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "plan", self.objective)
+            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "plan", self.objective, device_load=self.device_load)
         if net.in_backoff(now):
-            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective)
+            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective,
+                                                       device_load=self.device_load)
         probe_ms = 0.0
         if not net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
             pass
@@ -130,24 +138,36 @@ class CutPolicy:
             probe_ms = (time.perf_counter() - t) * 1e3
             if not ok:
                 net.failed(time.monotonic())
-                rec = RunRecord(plan.fallback, "backoff", self.objective, probe_ms=probe_ms)
+                rec = RunRecord(plan.fallback, "backoff", self.objective, probe_ms=probe_ms, device_load=self.device_load)
                 rec.error = "server unreachable during probe"
                 return plan.cuts[plan.fallback], rec
         bw = self.fixed_bandwidth if self.fixed_bandwidth is not None else (net.bandwidth.value or self.initial_bandwidth)
         load = self.fixed_load if self.fixed_load is not None else net.load
         rtt = net.rtt.value
+        device_load = self.device_load
         t = time.perf_counter()
-        key = (self.objective, bw, load, rtt)
+        level = plan.device_load_row(device_load)
+        key = (self.objective, bw, load, rtt, level)
         if key != self._decision[0]:
-            cut_id, reason = plan.lookup(bw, load, self.objective), "table"
-            if self._rtt_says_device(plan.cuts[cut_id], bw, load):
+            cut_id, reason = plan.lookup(bw, load, self.objective, device_load), "table"
+            if self._rtt_says_device(plan.cuts[cut_id], bw, load, plan.device_loads[level]):
                 cut_id, reason = plan.fallback, "rtt"
             self._decision = (key, cut_id, reason)
         _, cut_id, reason = self._decision
         lookup_us = (time.perf_counter() - t) * 1e6
-        return plan.cuts[cut_id], RunRecord(cut_id, reason, self.objective, bw, load, rtt, lookup_us, probe_ms)
+        return plan.cuts[cut_id], RunRecord(cut_id, reason, self.objective, bw, load, rtt, device_load, lookup_us,
+                                            probe_ms)
 
-    def _rtt_says_device(self, cut: Cut, bw: float, load: float) -> bool:
+    @property
+    def device_load(self) -> float:
+        """Kd as the next decision will use it: pinned, or learnt from the device's runs."""
+        return self.fixed_device_load if self.fixed_device_load is not None else self.device.value
+
+    def learn_device(self, cut: Cut, measured_ms: float) -> None:
+        """Note that the device ran ``cut``'s prefix (the whole model for all-device) in ``measured_ms``."""
+        self.device.add(measured_ms, float(cut.predicted.get("device_ms") or 0.0))
+
+    def _rtt_says_device(self, cut: Cut, bw: float, load: float, device_load: float) -> bool:
         """True when the measured RTT, above what the plan assumed, makes all-device faster.
 
         RTT adds the same time to every cut but all-device, so the table's choice stays
@@ -160,7 +180,7 @@ class CutPolicy:
         if "device_ms" not in fallback.predicted or "cloud_ms" not in cut.predicted:
             return False
         down = self.plan.downlink_mbps
-        conditions = (bw, load, rtt, float(down) if down else None)
+        conditions = (bw, load, rtt, float(down) if down else None, device_load)
         return cut.latency_ms(*conditions) > fallback.latency_ms(*conditions)
 
     def _has_estimates(self) -> bool:

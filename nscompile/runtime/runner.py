@@ -66,6 +66,8 @@ class SplitRunner:
         force_cut: always use this cut (benchmarks, tests); None to look it up.
         bandwidth_mbps: pin the uplink bandwidth instead of measuring it.
         load: pin the server load instead of reading what the server reports.
+        device_load: pin the device's slowdown Kd against its profile instead of learning it
+            from its own runs (measured over predicted time of each prefix it runs).
         initial_bandwidth_mbps: the estimate to start from when the server offers no probe
             endpoint (Triton); refined by the transfers that follow.
         stale_s: re-probe when the estimates are older than this (an all-device cut makes
@@ -80,8 +82,8 @@ class SplitRunner:
     Attributes:
         plan: the device's :class:`~nscompile.runtime.plan.Plan`.
         policy, transport, sessions: the parts (see the module docstring).
-        objective, force_cut, fixed_bandwidth, fixed_load, initial_bandwidth: the
-            policy's settings; assigning one takes effect on the next request.
+        objective, force_cut, fixed_bandwidth, fixed_load, fixed_device_load, initial_bandwidth:
+            the policy's settings; assigning one takes effect on the next request.
         net: the policy's :class:`~nscompile.runtime.netstate.NetState` estimates.
         server_url, deadline_s, probe_bytes: the transport's settings.
         last_record: the :class:`RunRecord` of the last :meth:`run`.
@@ -94,6 +96,7 @@ class SplitRunner:
     force_cut = _Delegated("policy")
     fixed_bandwidth = _Delegated("policy")
     fixed_load = _Delegated("policy")
+    fixed_device_load = _Delegated("policy")
     initial_bandwidth = _Delegated("policy")
     net = _Delegated("policy")
     server_url = _Delegated("transport")
@@ -110,6 +113,7 @@ class SplitRunner:
         force_cut: str | None = None,
         bandwidth_mbps: float | None = None,
         load: float | None = None,
+        device_load: float | None = None,
         initial_bandwidth_mbps: float = 10.0,
         stale_s: float = 10.0,
         backoff_s: tuple[float, float] = (0.5, 30.0),
@@ -120,6 +124,7 @@ class SplitRunner:
     ):
         self.plan: Plan = load_plan(device_dir)
         self.policy = CutPolicy(self.plan, objective, force_cut=force_cut, bandwidth_mbps=bandwidth_mbps, load=load,
+                                device_load=device_load,
                                 initial_bandwidth_mbps=initial_bandwidth_mbps, stale_s=stale_s, backoff_s=backoff_s)
         self.transport = V2Transport(server_url, self.plan.model_sha256, deadline_ms / 1000.0, client, probe_bytes)
         self.sessions = PrefixSessions(providers, session_options)
@@ -158,13 +163,15 @@ class SplitRunner:
         if not cut.all_device:
             outputs = self._split(cut, feeds, rec)
         if outputs is None:  # all-device by choice, or the server failed
+            fallback = self.plan.cuts[self.plan.fallback]
             t = time.perf_counter()
-            outputs = self.sessions.run(self.plan.cuts[self.plan.fallback], feeds)
+            outputs = self.sessions.run(fallback, feeds)
             dt = (time.perf_counter() - t) * 1e3
             if rec.fell_back:
                 rec.fallback_ms = dt
             else:
                 rec.prefix_ms = dt
+            policy.learn_device(fallback, dt)
         rec.total_ms = (time.perf_counter() - t0) * 1e3
         if policy.probe_due:
             # After the answer, not beside the request: on a CPU-limited device a probe
@@ -238,6 +245,7 @@ class SplitRunner:
             t = time.perf_counter()
             produced = self.sessions.run(cut, feeds)
             rec.prefix_ms = (time.perf_counter() - t) * 1e3
+            self.policy.learn_device(cut, rec.prefix_ms)
         upload = {t.name: (produced[t.name] if t.name in produced else feeds[t.name]) for t in cut.tensors}
         rec.upload_bytes = sum(a.nbytes for a in upload.values())
         try:
