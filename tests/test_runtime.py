@@ -233,6 +233,90 @@ def test_cut_follows_server_load(build, server):
         assert rec.load < 1.4 and rec.cut == "input", rec
 
 
+def test_device_load_is_a_robust_median_of_measured_over_predicted():
+    from nscompile.runtime.netstate import DeviceLoad
+
+    kd = DeviceLoad(window=5)
+    assert kd.value == 1.0  # before any run: as profiled
+    for ms in (10.0, 11.0, 9.0, 10.0):
+        kd.add(ms, 10.0)
+    kd.add(200.0, 10.0)  # one run preempted by another app
+    assert kd.value == pytest.approx(1.0)
+    for _ in range(3):  # a lasting slowdown takes over after window // 2 + 1 runs
+        kd.add(30.0, 10.0)
+    assert kd.value == pytest.approx(3.0)
+    kd.add(0.0, 10.0)
+    kd.add(5.0, 0.0)  # nothing to learn from a zero
+    assert kd.samples == 8
+    kd.reset()
+    assert (kd.value, kd.samples) == (1.0, 0)
+
+
+def _with_device_axis(build: Path, root: Path, prob_ms: float) -> Path:
+    """The hand-made device dir with a device-load axis: as profiled (Kd = 1) the plan runs
+    everything on the device, four times slower (Kd = 4) everything on the server; the
+    all-device model is predicted at ``prob_ms``."""
+    import shutil
+
+    dev = root / "device"
+    shutil.copytree(build / "device", dev)
+    plan = json.loads((dev / "plan.json").read_text())
+    next(c for c in plan["cuts"] if c["id"] == "prob")["predicted"]["device_ms"] = prob_ms
+    plan["grid"]["device_load"] = [1.0, 4.0]
+
+    def everywhere(cut):
+        return [[{"from_mbps": 0.0, "cut": cut}] for _ in plan["grid"]["load"]]
+
+    plan["device_breakpoints"] = {o: [everywhere("prob"), everywhere("input")] for o in ("latency", "energy")}
+    (dev / "plan.json").write_text(json.dumps(plan))
+    return dev
+
+
+def test_decisions_follow_the_device_load_it_measures(build, server, tmp_path):
+    """A slow device session (another app on the CPU) moves the work to the server; once the
+    slowdown is gone the work comes back. One slow run alone moves nothing."""
+    from nscompile.runtime import SplitRunner
+
+    dev = _with_device_axis(build, tmp_path, prob_ms=2.0)  # the tiny model runs well under 2 ms
+    inputs = sample_inputs()
+    with SplitRunner(dev, server.url, bandwidth_mbps=100.0, load=1.0, stale_s=60.0) as runner:
+        records = [runner.run(inputs, with_record=True)[1] for _ in range(3)]
+        assert [r.cut for r in records] == ["prob"] * 3 and records[0].device_load == 1.0
+        real = runner.sessions.get(runner.plan.cuts["prob"])
+        runner.sessions._sessions["prob"] = SlowSession(real, 0.03)  # 15x the prediction
+        assert runner.run(inputs, with_record=True)[1].cut == "prob"
+        runner.sessions._sessions["prob"] = real
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load < 2.0, rec  # one preempted run: still on the device
+        runner.sessions._sessions["prob"] = SlowSession(real, 0.03)
+        cuts = [runner.run(inputs, with_record=True)[1] for _ in range(4)]
+        first = next(i for i, r in enumerate(cuts) if r.cut == "input")
+        assert first <= 3 and cuts[first].device_load >= 4.0, cuts  # adapted within three slow runs
+        assert all(r.cut == "input" for r in cuts[first:])
+        # All-cloud runs nothing on the device, so nothing shows it is fast again: a stale
+        # estimate is forgotten and the device is tried again.
+        runner.sessions._sessions["prob"] = real
+        runner.net.stale_s = 0.0
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load == 1.0, rec
+        runner.net.stale_s = 60.0
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load < 2.0, rec
+
+
+def test_pinned_device_load_is_used_as_given(build, server, tmp_path):
+    from nscompile.runtime import SplitRunner
+
+    dev = _with_device_axis(build, tmp_path, prob_ms=2.0)
+    with SplitRunner(dev, server.url, bandwidth_mbps=100.0, load=1.0, device_load=4.0) as runner:
+        outputs, rec = runner.run(sample_inputs(), with_record=True)
+        assert rec.cut == "input" and rec.device_load == 4.0
+        np.testing.assert_allclose(outputs["prob"], reference(build.parent / "tiny.onnx", sample_inputs())["prob"],
+                                   rtol=1e-5, atol=1e-6)
+    assert runner.plan.lookup(100.0, 1.0, "latency", device_load=1.9) == "prob"  # log-nearest: 1.9 is nearer 1
+    assert runner.plan.lookup(100.0, 1.0, "latency", device_load=2.1) == "input"
+
+
 def test_long_rtt_keeps_work_on_device(build, server):
     """RTT above the plan's adds to every split cut, so all-device can win where the table did not."""
     inputs = sample_inputs()

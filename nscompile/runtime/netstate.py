@@ -114,7 +114,9 @@ class DeviceLoad:
     the median of the last ``window`` samples, so one run preempted by another app moves
     it by one rank at most, while a lasting change (another app, heat, a slower clock)
     takes over after ``window // 2 + 1`` runs. Before the first sample it is 1.0: the
-    device as profiled.
+    device as profiled. A device whose cut runs nothing on it (all-cloud) takes no
+    samples; the policy then forgets a stale estimate, so that a device that got fast
+    again is tried again (see :attr:`CutPolicy.device_load`).
 
     Args:
         window: how many recent samples the median is taken over.
@@ -127,14 +129,16 @@ class DeviceLoad:
         #: The current estimate (1.0 before the first sample).
         self.value = 1.0
         self.samples = 0
+        self.updated_at = 0.0
 
-    def add(self, measured_ms: float, predicted_ms: float) -> None:
+    def add(self, measured_ms: float, predicted_ms: float, now: float | None = None) -> None:
         """Fold in one run of device work that the plan predicted at ``predicted_ms``."""
         if not (measured_ms > 0 and predicted_ms > 0 and math.isfinite(measured_ms) and math.isfinite(predicted_ms)):
             return
         self._ratios.append(measured_ms / predicted_ms)
         self.value = statistics.median(self._ratios)
         self.samples += 1
+        self.updated_at = time.monotonic() if now is None else now
 
     def reset(self) -> None:
         """Forget every sample: back to the device as profiled."""

@@ -160,8 +160,18 @@ class CutPolicy:
 
     @property
     def device_load(self) -> float:
-        """Kd as the next decision will use it: pinned, or learnt from the device's runs."""
-        return self.fixed_device_load if self.fixed_device_load is not None else self.device.value
+        """Kd as the next decision will use it: pinned, or learnt from the device's runs.
+
+        An estimate older than the staleness limit is forgotten: the cut it chose may run
+        nothing on the device (all-cloud), so no run would ever show that the device got
+        fast again. The next device run says otherwise if it is still slow.
+        """
+        if self.fixed_device_load is not None:
+            return self.fixed_device_load
+        device = self.device
+        if device.samples and time.monotonic() - device.updated_at > self.net.stale_s:
+            device.reset()
+        return device.value
 
     def learn_device(self, cut: Cut, measured_ms: float) -> None:
         """Note that the device ran ``cut``'s prefix (the whole model for all-device) in ``measured_ms``."""
