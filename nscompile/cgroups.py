@@ -43,10 +43,16 @@ class CpuQuotaGroup:
         try:
             self.path.mkdir(exist_ok=True)
             (self.path / "cpu.cfs_period_us").write_text(str(period_us))
-            (self.path / "cpu.cfs_quota_us").write_text(str(max(int(period_us * cores), _MIN_QUOTA_US)))
+            self.set_cores(cores)
         except OSError:
             remove_group(self.path)
             raise
+
+    def set_cores(self, cores: float | None) -> None:
+        """Change the quota to ``cores`` CPUs' worth of time per period (None: no limit)."""
+        quota = -1 if cores is None else max(int(self.period_us * cores), _MIN_QUOTA_US)
+        (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        self.cores = cores
 
     def add(self, pid: int) -> None:
         """Put process ``pid`` (all its threads) under the quota."""

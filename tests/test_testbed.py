@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -278,9 +279,21 @@ def test_bench_quick_end_to_end(tmp_path):
         assert row["iqr_overlap"] in ("True", "False")
     loaded = [r for r in rows if r["load"] == "loaded"]
     assert all(float(r["server_load_k"]) > 1.0 for r in loaded)  # the load is measured, not assumed
-    for name in ("report.html", "trace.csv", "load.csv", "trace.png", "load.png", "cuts.csv", "summary.json"):
+    for name in ("report.html", "trace.csv", "load.csv", "trace.png", "load.png", "cuts.csv", "summary.json",
+                 "device_load.csv", "device_load.png"):
         assert (out / name).is_file(), name
+    with open(out / "device_load.csv") as f:
+        trace = list(csv.DictReader(f))
+    assert {r["mode"] for r in trace} == {"nscompile", "pinned Kd=1"}
+    assert all(float(r["device_load"]) == 1.0 for r in trace if r["mode"] == "pinned Kd=1")
+
+    def kd(phase):
+        return statistics.median(float(r["device_load"]) for r in trace if r["mode"] == "nscompile" and r["phase"] == phase)
+
+    if "cpuset" in testbed:  # the hog shares the device's one CPU: the runner sees it slow down, then recover
+        assert kd("1") > 1.3 * kd("0") and kd("2") < kd("1"), (kd("0"), kd("1"), kd("2"))
     summary = json.loads((out / "summary.json").read_text())
+    assert summary["device_load"]["requests_loaded"] > 0
     assert summary["cases"] == 8 and 0.0 <= summary["within_10pct_or_iqr"] <= 1.0
     out_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if _has_ip() else ""
     assert not [n for n in out_ns.split() if n.startswith(f"{cleanup.PREFIX}-{r.args and ''}")

@@ -124,6 +124,43 @@ def plot_trace(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_device_load(rows: list[dict], path: Path) -> None:
+    """Three panels over time: the runner's Kd estimate, its cut and its latency, learnt vs pinned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6.4), sharex=True)
+    cuts = list(dict.fromkeys(r["cut"] for r in rows))
+    styles = {"nscompile": COLORS["nscompile"], "pinned Kd=1": COLORS["all-device"]}
+    for mode, color in styles.items():
+        pts = [r for r in rows if r["mode"] == mode]
+        if not pts:
+            continue
+        t = [r["t_s"] for r in pts]
+        axes[0].plot(t, [r["device_load"] for r in pts], ".-", ms=3, lw=0.8, color=color, label=mode)
+        axes[1].plot(t, [cuts.index(r["cut"]) for r in pts], ".", ms=4, color=color, label=mode)
+        axes[2].plot(t, [r["latency_ms"] for r in pts], ".-", ms=3, lw=0.8, color=color, label=mode)
+    for ph in sorted({r["phase"] for r in rows}):
+        ts = [r["t_s"] for r in rows if r["phase"] == ph]
+        loaded = next(r["loaded"] for r in rows if r["phase"] == ph)
+        for ax in axes:
+            ax.axvline(max(0.0, min(ts)), color="#cccccc", lw=0.6)
+        axes[0].text(max(0.0, min(ts)), 1.0, " loaded" if loaded else " idle", transform=axes[0].get_xaxis_transform(),
+                     fontsize=8, va="bottom")
+    axes[0].set_ylabel("device load Kd")
+    axes[1].set_yticks(range(len(cuts)), cuts, fontsize=7)
+    axes[1].set_ylabel("cut")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("latency (ms, log)")
+    axes[2].set_xlabel("time (s)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_load(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -180,6 +217,9 @@ def write_report(result, testbed: str) -> Path:
     if result.load_rows:
         plot_load(result.load_rows, out / "load.png")
         figs.append(("Server load variation", "load.png"))
+    if result.device_load_rows:
+        plot_device_load(result.device_load_rows, out / "device_load.png")
+        figs.append(("Device load variation: idle → 40% of its CPU → idle", "device_load.png"))
     s = result.summary
     headline = [
         ("cases", f"{s['cases']}"),
@@ -315,5 +355,11 @@ def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[t
                 xs = sorted(r["latency_ms"] for r in result.trace_rows if r["mode"] == mode and r["phase"] == ph)
                 cells.append(_fmt(xs[len(xs) // 2]) if xs else "–")
             md.append(f"| {mode} | " + " | ".join(cells) + " |")
+    d = result.device_load_summary
+    if d:
+        md += ["", "## Device load variation (the device at 40% of its CPU in the middle phase)", "",
+               f"Cut idle: {d['cut_idle']}; loaded: {d['cut_loaded']} after {d['adapt_requests']} requests "
+               f"(Kd estimate {_fmt(d['kd_loaded'], 2)}). Median latency while loaded: {_fmt(d['latency_loaded_ms'])} ms "
+               f"learning Kd, {_fmt(d['latency_loaded_pinned_ms'])} ms with Kd pinned at 1."]
     md += [""] + [f"![{t}]({f})" for t, f in figs]
     return "\n".join(md) + "\n"
