@@ -27,6 +27,7 @@ from nscompile.errors import NscompileError
 from nscompile.runtime.netstate import NetState
 from nscompile.runtime.plan import Cut, Plan, load_plan
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, decode_response, encode_request
+from nscompile.runtime.triton_load import TritonLoad
 
 #: Headers ``nscompile serve`` adds to every answer (see nscompile.serve).
 LOAD_HEADER = "nscompile-load"
@@ -157,6 +158,10 @@ class SplitRunner:
         self._probe_supported = True
         self._own_client = client is None
         self._client = client or make_client(self.deadline_s)
+        # Servers without the nscompile-load header (Triton): K from their statistics instead.
+        self._triton_load = TritonLoad(self._client, self.server_url,
+                                       [c.cloud_model for c in self.plan.cuts.values() if c.cloud_model],
+                                       timeout_s=min(self.deadline_s, 2.0))
         self.last_record: RunRecord | None = None
         self._inputs = {t.name: t for t in self.plan.inputs}
         self._input_checks = {
@@ -429,6 +434,8 @@ class SplitRunner:
         now = time.monotonic()
         if remote.load is not None:
             self.net.set_load(remote.load, now)
+        elif self.fixed_load is None and now - self.net.load_at > TritonLoad.refresh_s:
+            self._probe_due = True  # no load header: re-read the server's statistics soon
         server_ms = remote.server_ms
         if server_ms is None:  # a server without our headers (Triton): use the plan's guess
             server_ms = float(cut.predicted.get("cloud_ms", 0.0)) * self.net.load
@@ -485,6 +492,9 @@ class SplitRunner:
                     return False
                 rtts.append(r.elapsed.total_seconds() * 1e3)
                 self._probe_supported = False
+                load = self._triton_load.read() if self.fixed_load is None else None
+                if load is not None:
+                    self.net.set_load(load, now)
             rtt = min(rtts)
             record(self.net.rtt, max(rtt, 0.01))
             if self.fixed_bandwidth is not None:
