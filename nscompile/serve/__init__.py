@@ -72,12 +72,13 @@ def serve(
     import uvicorn
 
     from nscompile.serve.app import ENV_OPTIONS, create_app as _create
+    from nscompile.serve.http_limits import http_protocol
     from nscompile.serve.repository import read_repository
 
     read_repository(repository)  # fail with a clear message before any worker starts
     if workers <= 1:
         uvicorn.run(_create(repository, **options), host=host, port=port, log_level=log_level,
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, http=http_protocol())
         return
     from uvicorn.supervisors import Multiprocess
 
@@ -85,7 +86,7 @@ def serve(
     os.environ[ENV_OPTIONS] = json.dumps({"repository": str(Path(repository).resolve()), **options})
     config = uvicorn.Config(
         "nscompile.serve.app:app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level,
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, http=http_protocol(),
     )
     Multiprocess(config, sockets=[tcp_socket(host, port)]).run()
 

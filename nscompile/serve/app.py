@@ -43,6 +43,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 import nscompile
 from nscompile.errors import NscompileError
@@ -184,6 +185,10 @@ def create_app(
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_: Request, exc: ProtocolError):
         return _error(str(exc), exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):  # no such route or method: the same JSON shape
+        return _error(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
