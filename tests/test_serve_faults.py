@@ -37,20 +37,18 @@ def build(tmp_path_factory):
 # ---------------------------------------------------------------------------------------
 
 
-def test_kill9_with_16_threads_on_one_runner_and_restart(build):
-    """Every call of every thread returns the whole model's outputs while the server is killed
-    and restarted; the shared runner uses the restarted server again within its back-off."""
-    from nscompile.runtime import SplitRunner
+def through_kill_and_restart(runner, build: Path, kill, restart, *, threads: int = 16, split_cut: str = "input") -> dict:
+    """``threads`` threads call one shared runner in a loop, checking every answer against the
+    whole model, while ``kill()`` kills the server and ``restart()`` brings it back.
 
+    Returns:
+        ``wrong`` (messages), ``records`` [(time, cut, fell back)], and the times
+        ``killed_at``, ``restart_at``, ``ready_at``.
+    """
     inputs = [rt.sample_inputs(seed) for seed in range(8)]
     wants = [rt.reference(build.parent / "tiny.onnx", x) for x in inputs]
-    srv = rt.ServerProcess(build / "cloud")
-    port = srv.port
-    records: list[tuple[float, str, bool]] = []  # (time, cut, fell back)
-    wrong: list[str] = []
+    out: dict = {"records": [], "wrong": []}
     stop = threading.Event()
-    # Default back-off (0.5 s doubling to 30 s): what a device sees.
-    runner = SplitRunner(build / "device", srv.url, bandwidth_mbps=500.0, load=1.0, deadline_ms=2000)
 
     def work(k: int) -> None:
         i = k
@@ -59,47 +57,72 @@ def test_kill9_with_16_threads_on_one_runner_and_restart(build):
             got, rec = runner.run(x, with_record=True)
             for name in want:
                 if not np.allclose(got[name], want[name], rtol=1e-5, atol=1e-6):
-                    wrong.append(f"thread {k} call {i} ({rec.cut}, {rec.reason}): {name} differs")
-            records.append((time.monotonic(), rec.cut, rec.fell_back))
-            i += 16
+                    out["wrong"].append(f"thread {k} call {i} ({rec.cut}, {rec.reason}): {name} differs")
+            out["records"].append((time.monotonic(), rec.cut, rec.fell_back))
+            i += threads
 
-    threads = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(16)]
+    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
     try:
-        for t in threads:
+        for t in workers:
             t.start()
         time.sleep(1.5)
-        killed_at = time.monotonic()
-        srv.kill()
+        out["killed_at"] = time.monotonic()
+        kill()
         time.sleep(1.0)
-        restart_at = time.monotonic()
-        srv = rt.ServerProcess(build / "cloud", port)
-        ready_at = time.monotonic()
+        out["restart_at"] = time.monotonic()
+        restart()
+        out["ready_at"] = ready_at = time.monotonic()
         deadline = ready_at + 45
         while time.monotonic() < deadline:
-            if any(t > ready_at and cut == "input" and not fell for t, cut, fell in records[-64:]):
+            if any(t > ready_at and cut == split_cut and not fell for t, cut, fell in out["records"][-64:]):
                 break
             time.sleep(0.05)
     finally:
         stop.set()
-        for t in threads:
+        for t in workers:
             t.join(timeout=30)
-        runner.close()
-        srv.kill()
-    assert not wrong, wrong[:5]
-    before = [r for r in records if r[0] < killed_at]
-    during = [r for r in records if killed_at <= r[0] < ready_at]
-    used_again = [r for r in records if r[0] > ready_at and r[1] == "input" and not r[2]]
-    assert before and all(cut == "input" and not fell for _, cut, fell in before[-16:])
+    return out
+
+
+def check_kill_and_restart(out: dict, what: str, split_cut: str = "input") -> float:
+    """The assertions both servers must pass; returns seconds from restart until the server is used again."""
+    records = out["records"]
+    assert not out["wrong"], out["wrong"][:5]
+    before = [r for r in records if r[0] < out["killed_at"]]
+    during = [r for r in records if out["killed_at"] <= r[0] < out["ready_at"]]
+    used_again = [r for r in records if r[0] > out["ready_at"] and r[1] == split_cut and not r[2]]
+    assert before and all(cut == split_cut and not fell for _, cut, fell in before[-16:])
     assert any(fell for _, _, fell in during), "no call was in flight when the server died"
     assert used_again, "the runner never used the restarted server"
-    back_s = used_again[0][0] - restart_at
-    print(f"\nkill -9: {len(records)} calls by 16 threads, all right; {sum(f for *_, f in records)} fell back; "
-          f"server start {ready_at - restart_at:.2f} s, restart -> used again {back_s:.2f} s")
+    back_s = used_again[0][0] - out["restart_at"]
+    print(f"\n{what} kill -9: {len(records)} calls by 16 threads on one runner, all right; "
+          f"{sum(f for *_, f in records)} fell back; server start {out['ready_at'] - out['restart_at']:.2f} s, "
+          f"restart -> used again {back_s:.2f} s")
     # One outage is one back-off step per failed retry, not one per thread that saw it fail
     # (16 steps would be the 30 s cap). Retries double from 0.5 s, so the first one after the
     # server is back comes before twice its downtime (+ the first step and some slack).
-    down_s = ready_at - killed_at
-    assert used_again[0][0] - killed_at < 2 * down_s + 2.0, (back_s, down_s)
+    down_s = out["ready_at"] - out["killed_at"]
+    assert used_again[0][0] - out["killed_at"] < 2 * down_s + 2.0, (back_s, down_s)
+    return back_s
+
+
+def test_kill9_with_16_threads_on_one_runner_and_restart(build):
+    """Every call of every thread returns the whole model's outputs while nscompile serve is
+    killed and restarted; the shared runner uses the restarted server again within its back-off."""
+    from nscompile.runtime import SplitRunner
+
+    servers = [rt.ServerProcess(build / "cloud")]
+    port = servers[0].port
+    # Default back-off (0.5 s doubling to 30 s): what a device sees.
+    runner = SplitRunner(build / "device", servers[0].url, bandwidth_mbps=500.0, load=1.0, deadline_ms=2000)
+    try:
+        out = through_kill_and_restart(runner, build, servers[0].kill,
+                                       lambda: servers.append(rt.ServerProcess(build / "cloud", port)))
+    finally:
+        runner.close()
+        for srv in servers:
+            srv.kill()
+    check_kill_and_restart(out, "nscompile serve")
 
 
 # ---------------------------------------------------------------------------------------

@@ -256,7 +256,8 @@ class SplitRunner:
                     raise NscompileError(f"server {self.server_url} is not reachable ({exc}); start it or fix the URL") from None
 
     def close(self) -> None:
-        """Close the HTTP client if the runner made it."""
+        """Close the HTTP client if the runner made it (after a background probe still running)."""
+        self.wait_for_probe(self.deadline_s)
         if self._own_client:
             self._client.close()
 

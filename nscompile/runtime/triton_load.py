@@ -45,7 +45,8 @@ class TritonLoad:
             same host when the server is on Triton's default port 8000, else none (a guessed
             port could be another program's).
         timeout_s: per poll.
-        gap_s: time between the two polls when the previous poll is too old to diff with.
+        gap_s: the shortest time between the two polls (a fresh first poll is followed by a
+            sleep this long).
         max_age_s: a previous poll younger than this is the first of the two polls.
         floor_ms: additive smoothing of the slowdown ratio.
     """
@@ -86,6 +87,8 @@ class TritonLoad:
                 if first[1] is None:
                     return None
                 time.sleep(self.gap_s)
+            elif now - first[0] < self.gap_s:  # too short a window holds too few requests to judge
+                time.sleep(self.gap_s - (now - first[0]))
             second = (time.monotonic(), self._poll_stats())
             if second[1] is None:
                 return None

@@ -171,8 +171,9 @@ class TritonServer:
         extra_args: more tritonserver options.
 
     Raises:
-        TritonUnavailable: the venv is incomplete, or the server exited or never got ready
+        TritonUnavailable: the venv is incomplete, or the server exited or never came up
             (the message ends with its log).
+        NscompileError: the server is up but a model did not load (the log says why).
     """
 
     def __init__(self, repository: str | Path, install: TritonInstall | None = None, *, http_port: int | None = None,
@@ -188,7 +189,10 @@ class TritonServer:
         command = [
             str(self.install.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
             "--http-address=127.0.0.1", f"--http-port={self.http_port}", "--allow-grpc=false",
-            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}", *extra_args,
+            "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
+            # A model that fails to load leaves the server up and not ready, which the caller
+            # sees, instead of an exit that would read as "Triton cannot run here".
+            "--exit-on-error=false", *extra_args,
         ]
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=self.install.environment(),
@@ -213,24 +217,31 @@ class TritonServer:
             return ""
 
     def wait_ready(self, timeout_s: float) -> float:
-        """Wait until the server reports ready; return the seconds it took since start.
+        """Wait until the server is live, then ready; return the seconds since it started.
 
         Raises:
-            TritonUnavailable: it exited, or was not ready in time.
+            TritonUnavailable: it exited or never came up (Triton cannot run here).
+            NscompileError: it is up but not ready in time: a model failed to load (the
+                message ends with the log, which says why).
         """
         import httpx
 
         deadline = time.monotonic() + timeout_s
+        live = False
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise TritonUnavailable(f"tritonserver exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
+                live = live or httpx.get(f"{self.url}/v2/health/live", timeout=1.0).status_code == 200
+                if live and httpx.get(f"{self.url}/v2/health/ready", timeout=1.0).status_code == 200:
                     return time.monotonic() - self.started_at
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
-        raise TritonUnavailable(f"tritonserver was not ready after {timeout_s:.0f} s: {self.log_tail()}")
+        if not live:
+            raise TritonUnavailable(f"tritonserver did not come up in {timeout_s:.0f} s: {self.log_tail()}")
+        raise NscompileError(f"tritonserver is up but not ready after {timeout_s:.0f} s "
+                             f"(a model did not load?): {self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL after ``timeout_s``; returns the exit code."""
