@@ -283,7 +283,7 @@ def test_serve_with_several_workers(build, served):
 
     from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
-    srv = rt.ServerProcess(build / "cloud", None, "--workers", "2")
+    srv = rt.ServerProcess(build / "cloud", None, "--workers", "2", "--drain-seconds", "0")
     try:
         x = rt.sample_inputs(10)
         want = rt.reference(build.parent / "tiny.onnx", x)
@@ -301,4 +301,7 @@ def test_serve_with_several_workers(build, served):
         # The fastest of a dozen answers: a stall on every response shows in the minimum, noise does not.
         assert min(times["two"][2:]) < min(times["one"][2:]) + 0.030, times
     finally:
+        # SIGTERM: the supervisor stops its workers (SIGKILL would leave them running, orphaned).
+        srv.proc.terminate()
+        srv.proc.wait(timeout=30)
         srv.kill()
