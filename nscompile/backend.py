@@ -21,12 +21,11 @@ from nscompile import __version__
 from nscompile.errors import NscompileError
 from nscompile.frontend import LoadedModel
 from nscompile.planner import CutChoice, Plan, prefix_io
+from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
 
-PLAN_SCHEMA = "nscompile.plan/1"
 #: How Triton runs a suffix: its onnxruntime backend, or the Python backend running
 #: nscompile/serve/triton_python_model.py (copied to 1/model.py) with onnxruntime.
 TRITON_BACKENDS = ("onnxruntime", "python")
-WEIGHTS_FILE = "weights.bin"
 _PYTHON_MODEL = resources.files("nscompile.serve") / "triton_python_model.py"
 _ALIGN = 64  # keeps every tensor SIMD-aligned when a runtime maps the file
 
@@ -83,7 +82,7 @@ def submodel(model: LoadedModel, node_mask: np.ndarray, inputs: list[str], outpu
                             initializer=initializers, value_info=value_info)
     out = helper.make_model(sub, opset_imports=model.model.opset_import, ir_version=model.model.ir_version,
                             producer_name="nscompile", producer_version=__version__)
-    helper.set_model_props(out, {"nscompile.model_sha256": model.sha256, "nscompile.cut": cut_id, "nscompile.role": role})
+    helper.set_model_props(out, {MODEL_SHA_METADATA: model.sha256, "nscompile.cut": cut_id, "nscompile.role": role})
     return out
 
 
@@ -127,7 +126,7 @@ def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: lis
 
     engine = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else f'backend: "{backend}"'
     return (f'name: "{name}"\n{engine}\nmax_batch_size: 0\n' + block("input", inputs) + block("output", outputs)
-            + f'parameters {{\n  key: "nscompile_model_sha256"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
+            + f'parameters {{\n  key: "{MODEL_SHA_PARAMETER}"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
 
 
 def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict, triton_backend: str = "onnxruntime") -> dict:

@@ -20,6 +20,7 @@ from nscompile.annotate import Annotation
 from nscompile.errors import NscompileError
 from nscompile.frontend import LoadedModel
 from nscompile.partition import CutGraph, Weights, lower_envelope, upload_set
+from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS
 
 OBJECTIVES = ("latency", "energy")
 
@@ -30,8 +31,6 @@ NETWORK_PRESETS = {
     "LTE": {"uplink_mbps": 5.85, "downlink_mbps": 12.0, "rtt_ms": 50.0, "radio": "lte"},
     "WIFI": {"uplink_mbps": 18.88, "downlink_mbps": 54.0, "rtt_ms": 10.0, "radio": "wifi"},
 }
-
-_MS_PER_BYTE_AT_1MBPS = 8e-3  # 8 bits per byte / 1e6 bit/s, in milliseconds
 
 
 @dataclass(frozen=True)
@@ -153,13 +152,15 @@ def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_byt
 
     Latency is in ms (DESIGN.md's Latency(S)); energy in mJ on the device (Energy(S)):
     compute at the profile's power, idle while the server works and during the RTT, the
-    radio at Huang et al.'s ``alpha * Mbps + beta`` while sending and receiving.
+    radio at Huang et al.'s ``alpha * Mbps + beta`` while sending and receiving. This is
+    the solver's form over every device set at once; one emitted cut's predicted latency
+    is :meth:`nscompile.runtime.plan.Cut.latency_ms`, which reports and the testbed use.
     """
     n_tensors = len(wire_bytes)
     zeros_t, zeros_n = np.zeros(n_tensors), np.zeros(graph.n_nodes)
-    up_ms_slope = wire_bytes * _MS_PER_BYTE_AT_1MBPS  # transfer ms = slope * x
+    up_ms_slope = wire_bytes * MS_PER_BYTE_AT_1MBPS  # transfer ms = slope * x
     down_bytes = np.where(graph.is_output, wire_bytes, 0.0)
-    down_ms = down_bytes * _MS_PER_BYTE_AT_1MBPS
+    down_ms = down_bytes * MS_PER_BYTE_AT_1MBPS
     symmetric = grid.downlink_mbps is None
     if objective == "latency":
         base = Weights(device=ann.device_ms, cloud=load * ann.cloud_ms, upload=zeros_t,

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import PLAN_SCHEMA
 
 LAYERS_FILE = "layers.json"
 
@@ -46,8 +47,8 @@ def load_build(build_dir: Path) -> tuple[dict, list[dict]]:
         raise NscompileError(f"'{build_dir}' is not an nscompile build ({Path(exc.filename).name} missing); pass the directory `nscompile build -o` wrote") from None
     except json.JSONDecodeError as exc:
         raise NscompileError(f"'{build_dir}' has a damaged plan.json or {LAYERS_FILE} ({exc.msg}); rebuild it") from None
-    if plan_doc.get("schema") != "nscompile.plan/1":
-        raise NscompileError(f"'{build_dir}/plan.json' has schema {plan_doc.get('schema')!r}, not nscompile.plan/1; rebuild with this nscompile")
+    if plan_doc.get("schema") != PLAN_SCHEMA:
+        raise NscompileError(f"'{build_dir}/plan.json' has schema {plan_doc.get('schema')!r}, not {PLAN_SCHEMA}; rebuild with this nscompile")
     return plan_doc, layers
 
 

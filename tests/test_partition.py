@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
+from helpers import layered_dag, random_dag
 from nscompile.partition import (
-    SolverInputError,
     CutGraph,
+    SolverInputError,
     Weights,
     download_set,
     evaluate,
@@ -29,26 +30,6 @@ def diamond() -> CutGraph:
         consumers=((0,), (1, 2), (3,), (3,), ()),
         is_output=np.array([False, False, False, False, True]),
     )
-
-
-def random_dag(rng: np.random.Generator, n: int) -> CutGraph:
-    """A random DAG with several graph inputs, multi-consumer tensors and outputs."""
-    n_inputs = int(rng.integers(1, 4))
-    producers = [-1] * n_inputs
-    consumers: list[set] = [set() for _ in range(n_inputs)]
-    for node in range(n):
-        k = int(rng.integers(0, 4))  # a node may consume nothing (e.g. a constant generator)
-        for t in rng.choice(len(producers), size=min(k, len(producers)), replace=False):
-            consumers[int(t)].add(node)
-        for _ in range(int(rng.integers(1, 3))):
-            producers.append(node)
-            consumers.append(set())
-    is_output = rng.random(len(producers)) < 0.2
-    # Unconsumed node outputs are mostly graph outputs, as in a real model.
-    for t, cs in enumerate(consumers):
-        if not cs and producers[t] >= 0 and rng.random() < 0.7:
-            is_output[t] = True
-    return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
 
 
 def random_weights(rng: np.random.Generator, g: CutGraph, ints: bool) -> Weights:
@@ -272,24 +253,6 @@ def cut_lp_value(g: CutGraph, w: Weights) -> float:
     res = linprog(c, A_ub=np.array(rows), b_ub=np.array(rhs), bounds=(0, 1), method="highs")
     assert res.status == 0
     return float(res.fun + const)
-
-
-def layered_dag(rng: np.random.Generator, n: int, width: int) -> CutGraph:
-    """A CNN-like DAG: layers of ``width`` nodes reading 1-3 tensors of the two previous layers."""
-    producers, consumers, prev = [-1], [set()], [[0]]
-    node = 0
-    while node < n:
-        layer, pool = [], [t for ts in prev[-2:] for t in ts]
-        for _ in range(min(width, n - node)):
-            for t in rng.choice(pool, size=min(len(pool), int(rng.integers(1, 4))), replace=False):
-                consumers[int(t)].add(node)
-            producers.append(node)
-            consumers.append(set())
-            layer.append(len(producers) - 1)
-            node += 1
-        prev.append(layer)
-    is_output = np.array([not c and p >= 0 for p, c in zip(producers, consumers)])
-    return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
 
 
 def test_solve_matches_cut_lp_on_medium_graphs():

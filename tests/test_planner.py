@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
+from helpers import transformer_block
 from nscompile.annotate import annotate
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.frontend import load_model
 from nscompile.partition import download_set, evaluate, solve, upload_set
 from nscompile.planner import GridSpec, cut_graph, objective_weights, plan, tensor_wire_bytes
-from test_build import transformer_block
 
 
 @pytest.fixture(scope="module")

@@ -4,39 +4,33 @@ the load report under real concurrency, and the config.pbtxt reader."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from helpers import ServerThread, make_handmade_build, nscompile_cmd, reference
 from nscompile.errors import NscompileError
 from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
-
-# Shared helpers (hand-made build, in-thread server) live in test_runtime.py.
-_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
 
 MODEL = "tiny_suffix_relu1"  # inputs relu1 [1,8,32,32] and scale [1,10]; output prob
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return rt.make_handmade_build(tmp_path_factory.mktemp("serve"))
+    return make_handmade_build(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
 def server(build):
     from nscompile.serve import create_app
 
-    s = rt.ServerThread(create_app(build / "cloud", concurrency=1, max_body_bytes=1 << 20, max_queue=6))
+    s = ServerThread(create_app(build / "cloud", concurrency=1, max_body_bytes=1 << 20, max_queue=6))
     yield s
     s.stop()
 
@@ -58,7 +52,7 @@ def infer(client, url, model=MODEL, inputs=None, **kw):
 
 
 def expected_prob(build, inputs):
-    return rt.reference(build / "cloud" / MODEL / "1" / "model.onnx", inputs)["prob"]
+    return reference(build / "cloud" / MODEL / "1" / "model.onnx", inputs)["prob"]
 
 
 def assert_still_serving(client, server, build):
@@ -262,7 +256,7 @@ def test_broken_model_is_unavailable_not_a_crash(build, tmp_path, client):
     repo = tmp_path / "cloud"
     shutil.copytree(build / "cloud", repo)
     (repo / MODEL / "1" / "model.onnx").write_bytes(b"not onnx")
-    srv = rt.ServerThread(create_app(repo))
+    srv = ServerThread(create_app(repo))
     try:
         r = infer(client, srv.url)
         assert r.status_code == 503 and "cannot load" in r.json()["error"]
@@ -285,7 +279,7 @@ def test_repository_errors(tmp_path, build):
     shutil.move(repo / MODEL, repo / "renamed")
     with pytest.raises(NscompileError, match="names the model 'tiny_suffix_relu1' but its directory is 'renamed'"):
         read_repository(repo)
-    out = subprocess.run([*rt.nscompile_cmd(), "serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*nscompile_cmd(), "serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not a directory" in out.stderr and "Traceback" not in out.stderr
 
 

@@ -10,7 +10,6 @@ slow-loris) go over raw sockets.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import select
 import socket
@@ -23,11 +22,11 @@ import httpx
 import numpy as np
 import pytest
 
+from helpers import ServerProcess, make_handmade_build, reference
 from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
-_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
+pytestmark = pytest.mark.slow  # real server processes
+
 
 MODEL = "tiny_suffix_relu1"  # inputs relu1 [1,8,32,32] FP32 and scale [1,10] FP32; output prob [1,10]
 INFER = f"/v2/models/{MODEL}/infer"
@@ -169,12 +168,12 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return rt.make_handmade_build(tmp_path_factory.mktemp("corpus"))
+    return make_handmade_build(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
 def server(build):
-    srv = rt.ServerProcess(build / "cloud", None, "--max-queue", "64")
+    srv = ServerProcess(build / "cloud", None, "--max-queue", "64")
     with httpx.Client(timeout=30) as c:
         assert_serves(c, srv, build)  # sessions warm: the memory baseline includes them
     srv.baseline_mb = memory_mb(srv.proc.pid)["VmRSS"]
@@ -197,7 +196,7 @@ def assert_serves(client: httpx.Client, srv, build) -> None:
     body, headers = encode_request(x)
     r = client.post(srv.url + INFER, content=body, headers=headers)
     assert r.status_code == 200, r.text
-    want = rt.reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
+    want = reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
     np.testing.assert_allclose(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"], want, rtol=1e-5, atol=1e-6)
 
 
@@ -225,7 +224,7 @@ def test_nan_and_inf_inputs_are_computed(server, build, value):
     with httpx.Client(timeout=30) as c:
         r = c.post(server.url + INFER, content=body, headers=headers)
     assert r.status_code == 200
-    want = rt.reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
+    want = reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
     np.testing.assert_array_equal(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"], want)
 
 
@@ -309,7 +308,7 @@ def test_slow_loris_8000_connections(server, build):
 def test_flood_of_256_threads_gets_200_or_503(server, build):
     x = good()
     body, headers = encode_request(x)
-    want = rt.reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
+    want = reference(build / "cloud" / MODEL / "1" / "model.onnx", x)["prob"]
     gate = threading.Barrier(256)
     statuses, wrong = [], []
 

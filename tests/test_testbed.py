@@ -195,8 +195,6 @@ def lenet_build(tmp_path_factory):
         _prepare_model,
     )
 
-    if not default_profile_path("device").is_file() or not SINGLE_CORE_CLOUD_PROFILE.is_file():
-        pytest.skip("shipped profiles not there yet")
     root = tmp_path_factory.mktemp("lenet")
     _build(_prepare_model("lenet", "small", root / "models"), root / "build", default_profile_path("device"),
            SINGLE_CORE_CLOUD_PROFILE)
@@ -208,6 +206,7 @@ def _cpus_allowed(pid: int) -> list[int]:
         return parse_cpus(next(line.split()[1] for line in f if line.startswith("Cpus_allowed_list:")))
 
 
+@pytest.mark.slow
 def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_build):
     """The device's rounds op: per-mode records, one per round, in shuffled orders; pinned processes."""
     with Bed(tmp_path / "logs") as tb, tb.session(lenet_build, tag="rounds") as s:
@@ -254,15 +253,11 @@ def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_
     assert _leftovers(os.getpid()) == []
 
 
+@pytest.mark.slow
 def test_bench_quick_end_to_end(tmp_path):
     """`nscompile bench --quick` writes the output contract (part of CI: kept to ~2 minutes)."""
-    if not default_profile_path("device").is_file():
-        pytest.skip(f"shipped device profile {default_profile_path('device').name} not there yet")
-    extra = []
-    if not default_profile_path("server").is_file():  # the pipeline is under test, not the server's predictions
-        extra = ["--cloud-profile", str(default_profile_path("device"))]
     out = tmp_path / "bench"
-    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out), *extra],
+    r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out)],
                        capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "testbed:" in r.stdout and ("kernel" in r.stdout or "fallback" in r.stdout)
@@ -339,12 +334,12 @@ def test_kernel_link_shapes_goodput_to_the_preset():
     assert not _leftovers(os.getpid())
 
 
+@pytest.mark.slow
 def test_bench_userspace_fallback_says_so(tmp_path):
     """Without kernel mode (forced here) it shapes in user space and says so in its output."""
-    extra = [] if default_profile_path("server").is_file() else ["--cloud-profile", str(default_profile_path("device"))]
     out = tmp_path / "u"
     r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "--userspace", "--models", "lenet", "--networks", "LTE",
-                        "--trace-model", "", "--load-model", "", "-o", str(out), *extra],
+                        "--trace-model", "", "--load-model", "", "-o", str(out)],
                        capture_output=True, text=True, timeout=200, env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "user space" in r.stdout and "fallback" in r.stdout

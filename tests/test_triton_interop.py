@@ -14,9 +14,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
+from helpers import (ServerProcess, ServerThread, compiled_tiny_build, make_handmade_build, make_model, nscompile_cmd,
+                     reference, sample_inputs)
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -24,12 +23,12 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return rt.make_handmade_build(tmp_path_factory.mktemp("triton"))
+    return make_handmade_build(tmp_path_factory.mktemp("triton"))
 
 
 @pytest.fixture(scope="module")
 def served(build):
-    srv = rt.ServerProcess(build / "cloud")
+    srv = ServerProcess(build / "cloud")
     yield srv
     srv.kill()
 
@@ -57,8 +56,8 @@ def test_tritonclient_health_and_metadata(client):
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_infer_matches_whole_model(client, build, binary):
-    x = rt.sample_inputs(7)
-    want = rt.reference(build.parent / "tiny.onnx", x)
+    x = sample_inputs(7)
+    want = reference(build.parent / "tiny.onnx", x)
     inputs = []
     for name, a in x.items():
         i = httpclient.InferInput(name, list(a.shape), "FP32")
@@ -75,14 +74,14 @@ def test_tritonclient_infer_matches_whole_model(client, build, binary):
 
 
 def test_tritonclient_compressed_request(client, build):
-    x = rt.sample_inputs(8)
+    x = sample_inputs(8)
     inputs = []
     for name, a in x.items():
         i = httpclient.InferInput(name, list(a.shape), "FP32")
         i.set_data_from_numpy(a)
         inputs.append(i)
     result = client.infer("tiny_suffix_input", inputs, request_compression_algorithm="gzip")
-    np.testing.assert_allclose(result.as_numpy("prob"), rt.reference(build.parent / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("prob"), reference(build.parent / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
 
 
 def test_tritonclient_sees_errors_as_errors(client):
@@ -155,22 +154,11 @@ def test_cloud_is_a_valid_triton_repository(build):
 
 
 def test_real_build_is_a_valid_triton_repository(tmp_path):
-    """The compiler's own output, when the shipped profiles are there to build with."""
-    compiler = pytest.importorskip("nscompile.compiler")
-    from nscompile.cost_model import default_profile_path
-
-    device, server = default_profile_path("device"), default_profile_path("server")
-    if not device.is_file():
-        pytest.skip("no shipped device profile yet (cost_models/)")
-    import onnx
-
-    onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
-    # All-cloud emitted too: a suffix exists whatever the profiles make of this tiny model.
-    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, cloud_profile=server if server.is_file() else device,
-                   include_all_cloud=True)
-    assert check_triton_repository(tmp_path / "b" / "cloud")
+    """The compiler's own output, built with the shipped profiles."""
+    assert check_triton_repository(compiled_tiny_build(tmp_path) / "cloud")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["onnxruntime", "python"])
 def test_every_zoo_build_is_a_valid_triton_repository(tmp_path, backend):
     """config.pbtxt of every zoo network's build (small size, all-cloud cut included so that
@@ -191,8 +179,8 @@ def test_every_zoo_build_is_a_valid_triton_repository(tmp_path, backend):
 def test_unknown_triton_backend_is_one_line_and_writes_nothing(tmp_path):
     import onnx
 
-    onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
-    out = subprocess.run([*rt.nscompile_cmd(), "build", str(tmp_path / "tiny.onnx"), "-o", str(tmp_path / "b"),
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
+    out = subprocess.run([*nscompile_cmd(), "build", str(tmp_path / "tiny.onnx"), "-o", str(tmp_path / "b"),
                           "--triton-backend", "tensorrt"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "--triton-backend 'tensorrt'" in out.stderr, out.stderr
@@ -209,11 +197,11 @@ def test_python_backend_build_is_served_by_nscompile_serve(tmp_path):
     from nscompile.serve import create_app
     from nscompile.serve.repository import read_repository
 
-    onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
     compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, include_all_cloud=True, triton_backend="python")
-    srv = rt.ServerThread(create_app(tmp_path / "b" / "cloud"))
+    srv = ServerThread(create_app(tmp_path / "b" / "cloud"))
     try:
-        x = rt.sample_inputs(4)
+        x = sample_inputs(4)
         with httpx.Client(timeout=30) as c:
             meta = c.get(f"{srv.url}/v2/models/tiny_suffix_input").json()
             assert meta["platform"] == "python"
@@ -226,7 +214,7 @@ def test_python_backend_build_is_served_by_nscompile_serve(tmp_path):
             inputs.append(i)
         result = client.infer("tiny_suffix_input", inputs)
         client.close()
-        np.testing.assert_allclose(result.as_numpy("prob"), rt.reference(tmp_path / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(result.as_numpy("prob"), reference(tmp_path / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
     finally:
         srv.stop()
     (tmp_path / "b" / "cloud" / "tiny_suffix_input" / "1" / "model.py").write_text("print('mine')\n")
@@ -258,21 +246,22 @@ def test_split_runner_against_a_server_without_extensions(build):
     from nscompile.runtime import SplitRunner
     from nscompile.serve import create_app
 
-    srv = rt.ServerThread(triton_like(create_app(build / "cloud")))
+    srv = ServerThread(triton_like(create_app(build / "cloud")))
     try:
-        x = rt.sample_inputs(9)
-        want = rt.reference(build.parent / "tiny.onnx", x)
+        x = sample_inputs(9)
+        want = reference(build.parent / "tiny.onnx", x)
         with SplitRunner(build / "device", srv.url, initial_bandwidth_mbps=500.0) as runner:
             for _ in range(3):
                 got, rec = runner.run(x, with_record=True)
                 assert not rec.fell_back, rec.error
                 np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
             assert rec.cut == "input" and rec.load == 1.0 and rec.server_ms == 0.0
-            assert runner._probe_supported is False
+            assert runner.transport.probe_supported is False
     finally:
         srv.stop()
 
 
+@pytest.mark.slow
 def test_serve_with_several_workers(build, served):
     """Two worker processes share one listening socket; answers are correct, and no response
     stalls on Nagle/delayed-ACK (a fixed 40 ms on Linux): measured side by side with the
@@ -283,10 +272,10 @@ def test_serve_with_several_workers(build, served):
 
     from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
-    srv = rt.ServerProcess(build / "cloud", None, "--workers", "2", "--drain-seconds", "0")
+    srv = ServerProcess(build / "cloud", None, "--workers", "2", "--drain-seconds", "0")
     try:
-        x = rt.sample_inputs(10)
-        want = rt.reference(build.parent / "tiny.onnx", x)
+        x = sample_inputs(10)
+        want = reference(build.parent / "tiny.onnx", x)
         times: dict[str, list[float]] = {"one": [], "two": []}
         with httpx.Client(timeout=10) as c:
             for i in range(24):

@@ -10,7 +10,6 @@ skip, saying which part is missing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -23,22 +22,15 @@ import numpy as np
 import onnx
 import pytest
 
+from helpers import (ServerProcess, check_kill_and_restart, make_handmade_build, make_model, reference, sample_inputs,
+                     through_kill_and_restart)
 from nscompile.runtime.protocol import encode_request
 
-pytestmark = pytest.mark.triton
+pytestmark = [pytest.mark.triton, pytest.mark.slow]
 REPO = Path(__file__).parents[1]
 PYTHON_MODEL = REPO / "nscompile" / "serve" / "triton_python_model.py"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"_nscompile_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rt = _load("test_runtime")
-faults = _load("test_serve_faults")
 httpclient = pytest.importorskip("tritonclient.http")
 
 
@@ -81,10 +73,10 @@ def builds(tmp_path_factory):
     from nscompile import compiler, zoo
 
     root = tmp_path_factory.mktemp("triton_real")
-    hand = rt.make_handmade_build(root)
+    hand = make_handmade_build(root)
     to_python_backend(hand / "cloud")
     out = {"tiny": (hand, root / "tiny.onnx")}
-    onnx.save(rt.make_model(), root / "dag.onnx")
+    onnx.save(make_model(), root / "dag.onnx")
     onnx.save(zoo.build_model("resnet18", size="small", seed=0), root / "resnet18.onnx")
     for name in ("dag", "resnet18"):
         compiler.build(root / f"{name}.onnx", root / name, report=False, include_all_cloud=True, triton_backend="python")
@@ -190,8 +182,8 @@ def test_split_runner_end_to_end_on_triton(triton, builds, name):
             for o in want:
                 np.testing.assert_allclose(got[o], want[o], rtol=1e-5, atol=1e-5, err_msg=f"{name} cut {cut}")
             if cut is None and rec.reason != "plan":  # it probed (a plan may be all-device everywhere)
-                assert runner._probe_supported is False, rec  # Triton has no nscompile endpoints
-                assert runner._triton_load.last, "the load was not read from Triton's statistics"
+                assert runner.transport.probe_supported is False, rec  # Triton has no nscompile endpoints
+                assert runner.transport.triton_load.last, "the load was not read from Triton's statistics"
                 assert rec.load >= 1.0
 
 
@@ -204,7 +196,7 @@ def _hammer(url: str, model: str, inputs: dict, stop: threading.Event, statuses:
 
 @pytest.fixture(scope="module")
 def nscompile_server(builds):
-    srv = rt.ServerProcess(builds["tiny"][0] / "cloud")
+    srv = ServerProcess(builds["tiny"][0] / "cloud")
     yield srv
     srv.kill()
 
@@ -220,7 +212,7 @@ def test_loaded_server_moves_decisions_to_the_device(request, builds, server_kin
     build = builds["tiny"][0]
     plan = json.loads((build / "plan.json").read_text())
     nodes = {c["id"]: c["device_nodes"] for c in plan["cuts"]}
-    x = rt.sample_inputs(2)
+    x = sample_inputs(2)
     want = run_onnx(builds["tiny"][1], x)
 
     def decide() -> tuple[str, float]:
@@ -256,7 +248,7 @@ def test_triton_metrics_give_queue_pressure(triton, builds):
     """The metrics half of the signal: nv_inference_pending_request_count under 16 clients."""
     from nscompile.runtime.triton_load import TritonLoad
 
-    x = rt.sample_inputs(3)
+    x = sample_inputs(3)
     stop, statuses = threading.Event(), []
     clients = [threading.Thread(target=_hammer, args=(triton.url, "tiny_suffix_input", x, stop, statuses)) for _ in range(16)]
     with httpx.Client(timeout=10) as c:
@@ -286,10 +278,10 @@ def test_kill9_triton_with_16_threads_on_one_runner_and_restart(triton_install, 
     ports = {"http_port": servers[0].http_port, "metrics_port": servers[0].metrics_port}
     runner = SplitRunner(build / "device", servers[0].url, bandwidth_mbps=500.0, load=1.0, deadline_ms=2000)
     try:
-        out = faults.through_kill_and_restart(runner, build, servers[0].kill,
+        out = through_kill_and_restart(runner, build, servers[0].kill,
                                               lambda: servers.append(start_triton(triton_install, build / "cloud", **ports)))
     finally:
         runner.close()
         for srv in servers:
             srv.kill()
-    faults.check_kill_and_restart(out, "Triton")
+    check_kill_and_restart(out, "Triton")

@@ -65,6 +65,7 @@ def run(
     output_dir: Optional[Path] = typer.Option(None, help="Write each output as NAME.npy here."),
     cut: Optional[str] = typer.Option(None, help="Force this cut instead of looking it up."),
     bandwidth_mbps: Optional[float] = typer.Option(None, help="Use this uplink bandwidth instead of measuring it."),
+    device_load: Optional[float] = typer.Option(None, help="Use this device slowdown (1 = as profiled) instead of learning it."),
     deadline_ms: float = typer.Option(5000.0, help="Finish on the device if the server takes longer."),
     as_json: bool = typer.Option(False, "--json", help="Print the record and output summaries as JSON."),
 ) -> None:
@@ -73,7 +74,8 @@ def run(
 
     inputs = dict(_parse_input(s) for s in input)
     with SplitRunner(
-        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps
+        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
+        device_load=device_load,
     ) as runner:
         outputs, record = runner.run(inputs, with_record=True)
     if output_dir is not None:

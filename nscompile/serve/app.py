@@ -47,6 +47,7 @@ from starlette.exceptions import HTTPException
 
 import nscompile
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import INFLIGHT_HEADER, LOAD_HEADER, LOAD_PATH, PROBE_PATH, SERVER_MS_HEADER
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, encode_response, read_tensors, split_body
 from nscompile.serve.drain import CloseWhileDraining, Drain
 from nscompile.serve.load import LoadTracker
@@ -218,11 +219,11 @@ def create_app(
     async def ready():
         return Response(status_code=503 if drain.draining else 200)
 
-    @app.get("/v2/nscompile/load")
+    @app.get(LOAD_PATH)
     async def load_report():
         return load.snapshot()
 
-    @app.post("/v2/nscompile/probe")
+    @app.post(PROBE_PATH)
     async def probe(request: Request):
         body = await _read_body(request, max_body_bytes)
         return {**load.snapshot(), "received_bytes": len(body)}
@@ -337,9 +338,9 @@ def create_app(
         request_id = header.get("id") if isinstance(header.get("id"), str) else None
         out_body, head_len = encode_response(entry.name, entry.version, dict(zip(wanted, results)), wanted, request_id)
         headers = {
-            "nscompile-load": f"{load.load(exclude_self=True):.4f}",
-            "nscompile-inflight": str(load.in_flight - 1),
-            "nscompile-server-ms": f"{(time.perf_counter() - t0) * 1e3:.4f}",
+            LOAD_HEADER: f"{load.load(exclude_self=True):.4f}",
+            INFLIGHT_HEADER: str(load.in_flight - 1),
+            SERVER_MS_HEADER: f"{(time.perf_counter() - t0) * 1e3:.4f}",
         }
         if head_len is None:
             return Response(out_body, media_type="application/json", headers=headers)

@@ -21,11 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER
 from nscompile.runtime.protocol import ORT_TO_V2, V2_TO_NUMPY
 from nscompile.serve.pbtxt import parse_pbtxt
-
-SHA_PARAMETER = "nscompile_model_sha256"
-SHA_METADATA = "nscompile.model_sha256"
 
 
 @dataclass(frozen=True)
@@ -112,7 +110,7 @@ class ModelEntry:
             "parameters": {},
         }
         if self.sha256:
-            cfg["parameters"][SHA_PARAMETER] = {"string_value": self.sha256}
+            cfg["parameters"][MODEL_SHA_PARAMETER] = {"string_value": self.sha256}
         return cfg
 
     def ensure_loaded(self, providers: list, threads: int | None) -> object:
@@ -155,7 +153,7 @@ class ModelEntry:
         want = {t.name: t.datatype for t in self.inputs}
         if got != want:
             raise NscompileError(f"model {self.name!r}: {self.model_file} takes {got} but config.pbtxt says {want}; rebuild it")
-        meta_sha = sess.get_modelmeta().custom_metadata_map.get(SHA_METADATA)
+        meta_sha = sess.get_modelmeta().custom_metadata_map.get(MODEL_SHA_METADATA)
         if meta_sha and self.sha256 and meta_sha != self.sha256:
             raise NscompileError(
                 f"model {self.name!r}: {self.model_file} was built from sha256 {meta_sha} but config.pbtxt "
@@ -241,7 +239,7 @@ def read_model(directory: Path) -> ModelEntry:
         raise NscompileError(f"{directory} has no version directory with {filename}; expected {directory}/1/{filename}")
     sha = None
     for p in cfg.get("parameters", []):
-        if isinstance(p, dict) and p.get("key", [None])[0] == SHA_PARAMETER:
+        if isinstance(p, dict) and p.get("key", [None])[0] == MODEL_SHA_PARAMETER:
             value = (p.get("value") or [{}])[0]
             sha = str((value.get("string_value") or [None])[0]) if isinstance(value, dict) else None
     return ModelEntry(

@@ -34,6 +34,7 @@ from pathlib import Path
 from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile
 from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
+from nscompile.runtime.plan import Cut
 from nscompile.testbed.energy import RADIO_OF_PRESET, request_energy_mj
 from nscompile.testbed.link import Rates
 from nscompile.testbed.report import summary, write_report
@@ -154,12 +155,9 @@ def _median(xs) -> float:
 
 
 def predicted_ms(cut: dict, rates: Rates, load: float) -> float:
-    """The plan's latency prediction for ``cut`` under ``rates`` and server slowdown ``load``."""
-    p = cut["predicted"]
-    if not cut.get("cloud_model"):
-        return p["device_ms"]
-    return (p["device_ms"] + load * p["cloud_ms"] + p["upload_bytes"] * 8e-3 / rates.up_mbps
-            + p["download_bytes"] * 8e-3 / rates.down_mbps + rates.rtt_ms)
+    """The plan's latency prediction for ``cut`` (its ``plan.json`` entry) under ``rates`` and server slowdown ``load``."""
+    down = rates.down_mbps if rates.down_mbps is not None else math.inf  # an unshaped downlink
+    return Cut.from_doc(cut).latency_ms(rates.up_mbps, load, rates.rtt_ms, down)
 
 
 @dataclass
