@@ -180,11 +180,13 @@ def build(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(build):
     srv = ServerProcess(build / "cloud", None, "--max-queue", "64")
-    with httpx.Client(timeout=30) as c:
-        assert_serves(c, srv, build)  # sessions warm: the memory baseline includes them
-    srv.baseline_mb = memory_mb(srv.proc.pid)["VmRSS"]
-    yield srv
-    srv.kill()
+    try:
+        with httpx.Client(timeout=30) as c:
+            assert_serves(c, srv, build)  # sessions warm: the memory baseline includes them
+        srv.baseline_mb = memory_mb(srv.proc.pid)["VmRSS"]
+        yield srv
+    finally:
+        srv.kill()
 
 
 def memory_mb(pid: int) -> dict[str, float]:

@@ -245,27 +245,46 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL after ``timeout_s``; returns the exit code."""
+        stubs = self._stubs()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-        return self._reap()
+        return self._reap(stubs)
 
     def kill(self) -> int | None:
-        """SIGKILL, at once; returns the exit code."""
+        """SIGKILL, at once (its Python-backend stubs too, once it is dead); returns the exit code."""
+        stubs = self._stubs()
         if self.proc.poll() is None:
             self.proc.kill()
-        return self._reap()
+        return self._reap(stubs)
 
-    def _reap(self) -> int | None:
+    def _stubs(self) -> list[int]:
+        """The server's child processes (one Python-backend stub per model instance), by pid."""
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.proc.pid:
+                pids.append(int(stat.parent.name))
+        return pids
+
+    def _reap(self, stubs: list[int]) -> int | None:
         try:
             code = self.proc.wait(10)
         except subprocess.TimeoutExpired:
             code = None
+        # A stub whose server died in the middle of a request can wait for it forever.
+        for pid in stubs:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass  # gone already
         self._log.close()
-        # The Python backend's stubs are the server's children; a killed server leaves them to exit alone.
         shutil.rmtree(self._workdir, ignore_errors=True)
         return code
 
