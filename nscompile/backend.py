@@ -10,6 +10,7 @@ refuses to load external data with several links, a guard against link attacks.)
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,15 @@ import onnx
 from onnx import TensorProto, helper
 
 from nscompile import __version__
+from nscompile.errors import NscompileError
 from nscompile.frontend import LoadedModel
 from nscompile.planner import CutChoice, Plan, prefix_io
 from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
+
+#: How Triton runs a suffix: its onnxruntime backend, or the Python backend running
+#: nscompile/serve/triton_python_model.py (copied to 1/model.py) with onnxruntime.
+TRITON_BACKENDS = ("onnxruntime", "python")
+_PYTHON_MODEL = resources.files("nscompile.serve") / "triton_python_model.py"
 _ALIGN = 64  # keeps every tensor SIMD-aligned when a runtime maps the file
 
 _TRITON_TYPES = {
@@ -84,8 +91,30 @@ def _value(model: LoadedModel, name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(info.dtype), list(info.shape))
 
 
-def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: list[str]) -> str:
-    """A Triton ``config.pbtxt`` for a suffix: names, dtypes and dims match its ONNX file."""
+def check_triton_backend(backend: str) -> None:
+    """Refuse a Triton backend nscompile cannot emit.
+
+    Raises:
+        NscompileError: ``backend`` is not one of :data:`TRITON_BACKENDS`.
+    """
+    if backend not in TRITON_BACKENDS:
+        raise NscompileError(f"--triton-backend {backend!r} is not known; use one of {', '.join(TRITON_BACKENDS)}")
+
+
+def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: list[str], backend: str = "onnxruntime") -> str:
+    """A Triton ``config.pbtxt`` for a suffix: names, dtypes and dims match its ONNX file.
+
+    Args:
+        model: the loaded model (tensor dtypes and shapes).
+        name: the Triton model name (its directory's name).
+        inputs: the suffix's input tensor names, in order.
+        outputs: its output tensor names, in order.
+        backend: "onnxruntime" (``platform: "onnxruntime_onnx"``) or "python" (``backend:
+            "python"``, running ``1/model.py``).
+
+    Returns:
+        The config in protobuf text format.
+    """
 
     def block(kind: str, names: list[str]) -> str:
         items = []
@@ -95,11 +124,12 @@ def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: lis
                          f'    dims: [ {", ".join(str(d) for d in info.shape)} ]\n  }}')
         return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
-    return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", inputs) + block("output", outputs)
+    engine = 'platform: "onnxruntime_onnx"' if backend == "onnxruntime" else f'backend: "{backend}"'
+    return (f'name: "{name}"\n{engine}\nmax_batch_size: 0\n' + block("input", inputs) + block("output", outputs)
             + f'parameters {{\n  key: "{MODEL_SHA_PARAMETER}"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
 
 
-def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
+def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict, triton_backend: str = "onnxruntime") -> dict:
     """Write prefixes, suffixes, the Triton repository and plan.json into ``out_dir``.
 
     Args:
@@ -107,6 +137,7 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
         plan: the solved plan whose cuts are emitted (all-device included).
         out_dir: an empty directory (the caller renames it into place when all is well).
         profiles: ``{"device": {"name", "sha256"}, "cloud": {...}}`` for plan.json.
+        triton_backend: how Triton runs the suffixes, one of :data:`TRITON_BACKENDS`.
 
     Returns:
         The plan document as written to ``plan.json``.
@@ -118,7 +149,7 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     offsets = write_weights(model, weights_path)
     cut_docs = []
     for cut in plan.cuts:
-        cut_docs.append(_emit_cut(model, cut, offsets, device_dir, cloud_dir))
+        cut_docs.append(_emit_cut(model, cut, offsets, device_dir, cloud_dir, triton_backend))
     doc = plan_document(model, plan, cut_docs, profiles)
     text = json.dumps(doc, indent=1)
     (out_dir / "plan.json").write_text(text)
@@ -126,7 +157,7 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     return doc
 
 
-def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path) -> dict:
+def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str) -> dict:
     prefix = suffix = cloud_model = None
     sent = cut.upload
     if not cut.is_all_cloud:
@@ -143,7 +174,10 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
         suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored) if stored else {}
         sub = submodel(model, ~cut.device, sent, cut.download, suffix_offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
         onnx.save(sub, version_dir / "model.onnx")
-        (cloud_dir / cloud_model / "config.pbtxt").write_text(triton_config(model, cloud_model, sent, cut.download))
+        config = triton_config(model, cloud_model, sent, cut.download, triton_backend)
+        (cloud_dir / cloud_model / "config.pbtxt").write_text(config)
+        if triton_backend == "python":
+            (version_dir / "model.py").write_text(_PYTHON_MODEL.read_text())
         suffix = f"cloud/{cloud_model}/1/model.onnx"
     return {
         "id": cut.id,

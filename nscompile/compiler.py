@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nscompile.annotate import annotate, calibration
-from nscompile.backend import emit
+from nscompile.backend import check_triton_backend, emit
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.errors import NscompileError
 from nscompile.frontend import load_model
@@ -34,7 +34,7 @@ class BuildResult:
 
 def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objective: str = "latency",
           grid: GridSpec | None = None, input_shapes=None, verify: bool = True, report: bool = True,
-          include_all_cloud: bool = False,
+          include_all_cloud: bool = False, triton_backend: str = "onnxruntime",
           on_stage: Callable[[str], None] | None = None) -> BuildResult:
     """Compile ``model_path`` into split artifacts under ``out_dir``.
 
@@ -47,6 +47,8 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
         input_shapes: ``{input name: shape}`` pinning dynamic dimensions.
         verify: run every emitted pair against the whole model.
         include_all_cloud: emit the all-cloud cut even if no bucket selects it.
+        triton_backend: how Triton runs the suffixes in ``cloud/``: "onnxruntime" (its
+            onnxruntime backend) or "python" (its Python backend, ``1/model.py`` beside ``model.onnx``).
         report: write ``report.html`` (``layers.json``, which ``inspect`` reads, is always written).
         on_stage: called with each stage's name as it starts (for progress display).
 
@@ -58,6 +60,7 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
     """
     stage = on_stage or (lambda name: None)
     out_dir = Path(out_dir)
+    check_triton_backend(triton_backend)
     _check_target(out_dir)
     timings: dict[str, float] = {}
     clock = time.perf_counter()
@@ -85,7 +88,7 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
     try:
         profiles = {side: {"name": prof.name, "sha256": prof.sha256, "calibrated": calibration(model, prof) is not None}
                     for side, prof in (("device", device), ("cloud", cloud))}
-        doc = emit(model, solved, staging, profiles)
+        doc = emit(model, solved, staging, profiles, triton_backend)
         lap("emit")
         verification = None
         if verify:

@@ -388,3 +388,77 @@ def layered_dag(rng: np.random.Generator, n: int, width: int) -> CutGraph:
         prev.append(layer)
     is_output = np.array([not c and p >= 0 for p, c in zip(producers, consumers)])
     return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
+
+
+# ---------------------------------------------------------------------------------------
+# A server killed and restarted under 16 threads sharing one SplitRunner
+# ---------------------------------------------------------------------------------------
+
+
+def through_kill_and_restart(runner, build: Path, kill, restart, *, threads: int = 16, split_cut: str = "input") -> dict:
+    """``threads`` threads call one shared runner in a loop, checking every answer against the
+    whole model, while ``kill()`` kills the server and ``restart()`` brings it back.
+
+    Returns:
+        ``wrong`` (messages), ``records`` [(time, cut, fell back)], and the times
+        ``killed_at``, ``restart_at``, ``ready_at``.
+    """
+    inputs = [sample_inputs(seed) for seed in range(8)]
+    wants = [reference(build.parent / "tiny.onnx", x) for x in inputs]
+    out: dict = {"records": [], "wrong": []}
+    stop = threading.Event()
+
+    def work(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            x, want = inputs[i % len(inputs)], wants[i % len(inputs)]
+            got, rec = runner.run(x, with_record=True)
+            for name in want:
+                if not np.allclose(got[name], want[name], rtol=1e-5, atol=1e-6):
+                    out["wrong"].append(f"thread {k} call {i} ({rec.cut}, {rec.reason}): {name} differs")
+            out["records"].append((time.monotonic(), rec.cut, rec.fell_back))
+            i += threads
+
+    workers = [threading.Thread(target=work, args=(k,), daemon=True) for k in range(threads)]
+    try:
+        for t in workers:
+            t.start()
+        time.sleep(1.5)
+        out["killed_at"] = time.monotonic()
+        kill()
+        time.sleep(1.0)
+        out["restart_at"] = time.monotonic()
+        restart()
+        out["ready_at"] = ready_at = time.monotonic()
+        deadline = ready_at + 45
+        while time.monotonic() < deadline:
+            if any(t > ready_at and cut == split_cut and not fell for t, cut, fell in out["records"][-64:]):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(timeout=30)
+    return out
+
+
+def check_kill_and_restart(out: dict, what: str, split_cut: str = "input") -> float:
+    """The assertions both servers must pass; returns seconds from restart until the server is used again."""
+    records = out["records"]
+    assert not out["wrong"], out["wrong"][:5]
+    before = [r for r in records if r[0] < out["killed_at"]]
+    during = [r for r in records if out["killed_at"] <= r[0] < out["ready_at"]]
+    used_again = [r for r in records if r[0] > out["ready_at"] and r[1] == split_cut and not r[2]]
+    assert before and all(cut == split_cut and not fell for _, cut, fell in before[-16:])
+    assert any(fell for _, _, fell in during), "no call was in flight when the server died"
+    assert used_again, "the runner never used the restarted server"
+    back_s = used_again[0][0] - out["restart_at"]
+    print(f"\n{what} kill -9: {len(records)} calls by 16 threads on one runner, all right; "
+          f"{sum(f for *_, f in records)} fell back; server start {out['ready_at'] - out['restart_at']:.2f} s, "
+          f"restart -> used again {back_s:.2f} s")
+    # One outage is one back-off step per failed retry, not one per thread that saw it fail
+    # (16 steps would be the 30 s cap). Retries double from 0.5 s, so the first one after the
+    # server is back comes before twice its downtime (+ the first step and some slack).
+    down_s = out["ready_at"] - out["killed_at"]
+    assert used_again[0][0] - out["killed_at"] < 2 * down_s + 2.0, (back_s, down_s)
+    return back_s

@@ -5,13 +5,17 @@ ModelConfig schema (the model_config.proto shipped inside tritonclient)."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from pathlib import Path
+
+import httpx
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from helpers import ServerProcess, ServerThread, compiled_tiny_build, make_handmade_build, reference, sample_inputs
+from helpers import (ServerProcess, ServerThread, compiled_tiny_build, make_handmade_build, make_model, nscompile_cmd,
+                     reference, sample_inputs)
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -118,11 +122,16 @@ def check_triton_repository(cloud: Path) -> list[str]:
     for model_dir in sorted(p for p in cloud.iterdir() if p.is_dir()):
         cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())  # strict: unknown fields fail
         assert cfg.name == model_dir.name
-        assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
         assert cfg.max_batch_size == 0
         versions = [p for p in model_dir.iterdir() if p.is_dir()]
         assert versions and all(p.name.isdigit() for p in versions)
-        model_file = max(versions, key=lambda p: int(p.name)) / (cfg.default_model_filename or "model.onnx")
+        newest = max(versions, key=lambda p: int(p.name))
+        if cfg.backend == "python":  # Triton runs 1/model.py, which runs model.onnx beside it
+            assert not cfg.platform and (newest / "model.py").read_text() == PYTHON_MODEL.read_text()
+            model_file = newest / "model.onnx"
+        else:
+            assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
+            model_file = newest / (cfg.default_model_filename or "model.onnx")
         sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
         for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
             assert [t.name for t in declared] == [t.name for t in actual]
@@ -137,6 +146,9 @@ def check_triton_repository(cloud: Path) -> list[str]:
     return names
 
 
+PYTHON_MODEL = Path(__file__).parents[1] / "nscompile" / "serve" / "triton_python_model.py"
+
+
 def test_cloud_is_a_valid_triton_repository(build):
     assert check_triton_repository(build / "cloud") == ["tiny_suffix_input", "tiny_suffix_relu1", "tiny_suffix_relu2"]
 
@@ -144,6 +156,70 @@ def test_cloud_is_a_valid_triton_repository(build):
 def test_real_build_is_a_valid_triton_repository(tmp_path):
     """The compiler's own output, built with the shipped profiles."""
     assert check_triton_repository(compiled_tiny_build(tmp_path) / "cloud")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_every_zoo_build_is_a_valid_triton_repository(tmp_path, backend):
+    """config.pbtxt of every zoo network's build (small size, all-cloud cut included so that
+    every input signature is emitted), for both backends, parsed by Triton's own ModelConfig."""
+    import onnx
+
+    from nscompile import compiler, zoo
+
+    for info in zoo.list_models():
+        onnx.save(zoo.build_model(info.name, size="small", seed=0), tmp_path / f"{info.name}.onnx")
+        out = tmp_path / f"{info.name}_{backend}"
+        compiler.build(tmp_path / f"{info.name}.onnx", out, report=False, verify=False, include_all_cloud=True,
+                       triton_backend=backend)
+        names = check_triton_repository(out / "cloud")
+        assert names and all(n.startswith(f"{info.name}_suffix_") for n in names), (info.name, names)
+
+
+def test_unknown_triton_backend_is_one_line_and_writes_nothing(tmp_path):
+    import onnx
+
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
+    out = subprocess.run([*nscompile_cmd(), "build", str(tmp_path / "tiny.onnx"), "-o", str(tmp_path / "b"),
+                          "--triton-backend", "tensorrt"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "--triton-backend 'tensorrt'" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
+def test_python_backend_build_is_served_by_nscompile_serve(tmp_path):
+    """nscompile serve runs a --triton-backend python repository from its model.onnx, and
+    refuses a model.py that is not nscompile's (serving the ONNX file could answer differently)."""
+    import onnx
+
+    from nscompile import compiler
+    from nscompile.errors import NscompileError
+    from nscompile.serve import create_app
+    from nscompile.serve.repository import read_repository
+
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
+    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, include_all_cloud=True, triton_backend="python")
+    srv = ServerThread(create_app(tmp_path / "b" / "cloud"))
+    try:
+        x = sample_inputs(4)
+        with httpx.Client(timeout=30) as c:
+            meta = c.get(f"{srv.url}/v2/models/tiny_suffix_input").json()
+            assert meta["platform"] == "python"
+            assert c.get(f"{srv.url}/v2/models/tiny_suffix_input/config").json()["backend"] == "python"
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{srv.port}", network_timeout=30)
+        inputs = []
+        for name, a in x.items():
+            i = httpclient.InferInput(name, list(a.shape), "FP32")
+            i.set_data_from_numpy(a)
+            inputs.append(i)
+        result = client.infer("tiny_suffix_input", inputs)
+        client.close()
+        np.testing.assert_allclose(result.as_numpy("prob"), reference(tmp_path / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+    finally:
+        srv.stop()
+    (tmp_path / "b" / "cloud" / "tiny_suffix_input" / "1" / "model.py").write_text("print('mine')\n")
+    with pytest.raises(NscompileError, match="not the model.py nscompile writes"):
+        read_repository(tmp_path / "b" / "cloud")
 
 
 def triton_like(app):
@@ -196,7 +272,7 @@ def test_serve_with_several_workers(build, served):
 
     from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
-    srv = ServerProcess(build / "cloud", None, "--workers", "2")
+    srv = ServerProcess(build / "cloud", None, "--workers", "2", "--drain-seconds", "0")
     try:
         x = sample_inputs(10)
         want = reference(build.parent / "tiny.onnx", x)
@@ -214,4 +290,7 @@ def test_serve_with_several_workers(build, served):
         # The fastest of a dozen answers: a stall on every response shows in the minimum, noise does not.
         assert min(times["two"][2:]) < min(times["one"][2:]) + 0.030, times
     finally:
+        # SIGTERM: the supervisor stops its workers (SIGKILL would leave them running, orphaned).
+        srv.proc.terminate()
+        srv.proc.wait(timeout=30)
         srv.kill()

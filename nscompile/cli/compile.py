@@ -32,6 +32,7 @@ def build(
     input_bytes: Optional[int] = typer.Option(None, "--input-bytes", help="Upload size of the raw input (e.g. a JPEG) instead of its tensor size."),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Pin an input's shape: NAME=1x3x224x224 (repeatable)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every emitted prefix+suffix against the whole model."),
+    triton_backend: str = typer.Option("onnxruntime", "--triton-backend", help="How Triton runs cloud/: onnxruntime (its ONNX backend) or python (1/model.py runs the ONNX file with onnxruntime)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Annotate, partition for every bandwidth x load bucket, emit and verify split artifacts."""
@@ -49,7 +50,8 @@ def build(
             progress.update(task, completed=stages.index(stage), description=f"{model.name}: {stage}")
 
         result = run_build(model, output, device_profile=device, cloud_profile=cloud, objective=objective, grid=grid,
-                           input_shapes=parse_input_shapes(input_shape), verify=verify, on_stage=on_stage)
+                           input_shapes=parse_input_shapes(input_shape), verify=verify,
+                           triton_backend=triton_backend, on_stage=on_stage)
     if as_json:
         print(json.dumps({"output": str(result.out_dir), "cuts": [c["id"] for c in result.plan["cuts"]],
                           "timings_s": result.timings, "verification_max_abs_diff": result.verification}))

@@ -22,13 +22,14 @@ def serve(
     concurrency: Optional[int] = typer.Option(None, help="Inferences computed at once (default: CPUs, at most 4)."),
     max_queue: int = typer.Option(64, help="In-flight requests admitted before answering 503."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model."),
+    drain_seconds: float = typer.Option(5.0, help="After SIGTERM: report not ready but keep answering this long, then finish what is in flight and exit 0."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
 
-    if workers < 1 or port < 0 or max_body_mb <= 0:
-        raise NscompileError("--workers must be >= 1, --port >= 0 and --max-body-mb > 0")
+    if workers < 1 or port < 0 or max_body_mb <= 0 or drain_seconds < 0:
+        raise NscompileError("--workers must be >= 1, --port >= 0, --max-body-mb > 0 and --drain-seconds >= 0")
     run_server(
         repository,
         host=host,
@@ -39,6 +40,7 @@ def serve(
         concurrency=concurrency,
         max_queue=max_queue,
         threads=threads,
+        drain_s=drain_seconds,
     )
 
 

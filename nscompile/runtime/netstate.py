@@ -88,6 +88,10 @@ class NetState:
     def failed(self, now: float) -> float:
         """Note a failed server call; return the back-off chosen, in seconds."""
         self.failures += 1
+        if now < self.retry_at:
+            # A call that started before the back-off began (threads sharing a runner): the
+            # same outage, so it must not double the back-off again.
+            return self.retry_at - now
         self._backoff = self.backoff_first if self._backoff == 0 else min(self._backoff * 2, self.backoff_max)
         self.retry_at = now + self._backoff
         return self._backoff

@@ -16,6 +16,7 @@ from nscompile.errors import NscompileError
 from nscompile.runtime.netstate import DeviceLoad, NetState
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS, Cut, Plan
 from nscompile.runtime.transport import SERVER_ERRORS, Answer, V2Transport
+from nscompile.runtime.triton_load import TritonLoad
 
 
 @dataclass
@@ -203,6 +204,8 @@ class CutPolicy:
         now = time.monotonic()
         if answer.load is not None:
             self.net.set_load(answer.load, now)
+        elif self.fixed_load is None and now - self.net.load_at > TritonLoad.refresh_s:
+            self.probe_due = True  # no load header (Triton): re-read the server's statistics soon
         server_ms = answer.server_ms
         if server_ms is None:  # a server without our headers (Triton): use the plan's guess
             server_ms = float(cut.predicted.get("cloud_ms", 0.0)) * self.net.load
@@ -230,7 +233,7 @@ class CutPolicy:
             est.add(sample, now)
 
         try:
-            answer = transport.ping()
+            answer = transport.ping(read_load=self.fixed_load is None)
             if answer is None:
                 return False
             rtt, load = answer

@@ -54,7 +54,12 @@ class _Delegated:
 class SplitRunner:
     """Run a model split between this device and an inference server.
 
-    Not thread-safe: give each thread its own runner (they may share a device directory).
+    Threads: one runner may be shared by several threads, calling :meth:`run` at the same
+    time. They share the estimates (bandwidth, RTT, load), the back-off, the onnxruntime
+    sessions (whose ``run`` is thread-safe) and the HTTP client's connections; calls in flight
+    when the server fails count as one back-off step. ``last_record`` is whichever call
+    finished last: pass ``with_record=True`` for each call's own record. (Tested with 16
+    threads on one runner through a kill -9 of the server: tests/test_serve_faults.py.)
 
     Args:
         device_dir: the ``device/`` directory of a build: plan.json and prefix models.
@@ -126,7 +131,8 @@ class SplitRunner:
         self.policy = CutPolicy(self.plan, objective, force_cut=force_cut, bandwidth_mbps=bandwidth_mbps, load=load,
                                 device_load=device_load,
                                 initial_bandwidth_mbps=initial_bandwidth_mbps, stale_s=stale_s, backoff_s=backoff_s)
-        self.transport = V2Transport(server_url, self.plan.model_sha256, deadline_ms / 1000.0, client, probe_bytes)
+        self.transport = V2Transport(server_url, self.plan.model_sha256, deadline_ms / 1000.0, client, probe_bytes,
+                                     models=[c.cloud_model for c in self.plan.cuts.values() if c.cloud_model])
         self.sessions = PrefixSessions(providers, session_options)
         self._probe_lock = threading.Lock()
         self._probe_thread: threading.Thread | None = None

@@ -22,6 +22,7 @@ from nscompile.errors import NscompileError
 from nscompile.runtime.contract import LOAD_HEADER, LOAD_PATH, MODEL_SHA_PARAMETER, PROBE_PATH, SERVER_MS_HEADER
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, decode_response, encode_request
+from nscompile.runtime.triton_load import TritonLoad
 
 #: What a failing, slow or foreign server raises; the runner absorbs these by running on
 #: the device. (A server serving another build raises NscompileError instead: that is a
@@ -53,10 +54,12 @@ class V2Transport:
         client: an httpx.Client to use; one is made (and closed by :meth:`close`) if None.
         probe_bytes: (first, max) size of the uplink probe; it grows until one transfer
             takes at least ~20 ms.
+        models: the server models this device uses, whose statistics give the load of a
+            server that sends no load header (Triton; see :mod:`nscompile.runtime.triton_load`).
     """
 
     def __init__(self, server_url: str, model_sha256: str, deadline_s: float, client: httpx.Client | None = None,
-                 probe_bytes: tuple[int, int] = (4096, 1 << 20)):
+                 probe_bytes: tuple[int, int] = (4096, 1 << 20), models: list[str] = ()):
         self.server_url = server_url.rstrip("/")
         self.model_sha256 = model_sha256
         self.deadline_s = deadline_s
@@ -66,6 +69,7 @@ class V2Transport:
         self._own_client = client is None
         self._client = client or make_client(deadline_s)
         self._verified: set[str] = set()
+        self.triton_load = TritonLoad(self._client, self.server_url, list(models), timeout_s=min(deadline_s, 2.0))
 
     def close(self) -> None:
         """Close the HTTP client if this transport made it."""
@@ -138,12 +142,13 @@ class V2Transport:
 
     # -- probing ---------------------------------------------------------------------
 
-    def ping(self) -> tuple[float, float | None] | None:
+    def ping(self, read_load: bool = True) -> tuple[float, float | None] | None:
         """Time a round trip and read the load: ``(rtt_ms, load or None)``; None if the server is not ready.
 
         Against ``nscompile serve`` this is its load report, timed twice (the first may pay
         for opening the connection); against any other server ``/v2/health/ready``, after
-        which :attr:`probe_supported` is False.
+        which :attr:`probe_supported` is False, and the load from its statistics (two polls,
+        :class:`~nscompile.runtime.triton_load.TritonLoad`) when `read_load`.
 
         Raises:
             One of SERVER_ERRORS: the server did not answer.
@@ -162,7 +167,7 @@ class V2Transport:
             return None
         rtts.append(r.elapsed.total_seconds() * 1e3)
         self.probe_supported = False
-        return min(rtts), None
+        return min(rtts), self.triton_load.read() if read_load else None
 
     def measure_uplink(self, rtt_ms: float) -> float | None:
         """One uplink bandwidth sample in Mbit/s from timed uploads; None if the server refused them.
