@@ -17,6 +17,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from nscompile import __version__
+from nscompile.encoding import ENCODINGS, WireTensor, decode_inputs, encode_outputs, encoded_nbytes
 from nscompile.frontend import LoadedModel
 from nscompile.planner import CutChoice, Plan, prefix_io
 from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
@@ -84,15 +85,20 @@ def _value(model: LoadedModel, name: str) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(info.dtype), list(info.shape))
 
 
-def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: list[str]) -> str:
-    """A Triton ``config.pbtxt`` for a suffix: names, dtypes and dims match its ONNX file."""
+def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: list[str],
+                  wire: list[WireTensor] | None = None) -> str:
+    """A Triton ``config.pbtxt`` for a suffix: names, dtypes and dims match its ONNX file.
+
+    ``wire`` describes inputs that are encoded forms of model tensors (their names are not the model's).
+    """
+    specs = {w.name: (w.dtype, w.shape) for w in wire or []}
 
     def block(kind: str, names: list[str]) -> str:
         items = []
         for n in names:
-            info = model.tensors[n]
-            items.append(f'  {{\n    name: "{n}"\n    data_type: {_TRITON_TYPES.get(info.dtype.name, "TYPE_STRING")}\n'
-                         f'    dims: [ {", ".join(str(d) for d in info.shape)} ]\n  }}')
+            dtype, shape = specs[n] if n in specs else (model.tensors[n].dtype.name, model.tensors[n].shape)
+            items.append(f'  {{\n    name: "{n}"\n    data_type: {_TRITON_TYPES.get(dtype, "TYPE_STRING")}\n'
+                         f'    dims: [ {", ".join(str(d) for d in shape)} ]\n  }}')
         return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
 
     return (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + block("input", inputs) + block("output", outputs)
@@ -126,12 +132,21 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
     return doc
 
 
+def write_plan(out_dir: Path, doc: dict) -> None:
+    """Write ``doc`` as the build's ``plan.json`` and the device's copy (after the accuracy gate added to it)."""
+    text = json.dumps(doc, indent=1)
+    (out_dir / "plan.json").write_text(text)
+    (out_dir / "device" / "plan.json").write_text(text)
+
+
 def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path) -> dict:
     prefix = suffix = cloud_model = None
     sent = cut.upload
     if not cut.is_all_cloud:
         inputs, outputs = prefix_io(model, cut.device, sent, cut.device_outputs)
         sub = submodel(model, cut.device, inputs, outputs, offsets, WEIGHTS_FILE, f"{model.name}_prefix_{cut.id}", cut.id, "prefix")
+        if cut.is_lossy:
+            encode_outputs(sub.graph, cut.wire, keep=set(cut.device_outputs))
         prefix = f"device/prefix_{cut.id}.onnx"
         onnx.save(sub, device_dir / f"prefix_{cut.id}.onnx")
     if not cut.is_all_device:
@@ -142,17 +157,26 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
         stored = used & model.weights.arrays.keys()
         suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored) if stored else {}
         sub = submodel(model, ~cut.device, sent, cut.download, suffix_offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
+        if cut.is_lossy:
+            decode_inputs(sub.graph, cut.wire)
         onnx.save(sub, version_dir / "model.onnx")
-        (cloud_dir / cloud_model / "config.pbtxt").write_text(triton_config(model, cloud_model, sent, cut.download))
+        config = triton_config(model, cloud_model, [w.name for w in cut.wire], cut.download, cut.wire)
+        (cloud_dir / cloud_model / "config.pbtxt").write_text(config)
         suffix = f"cloud/{cloud_model}/1/model.onnx"
     return {
         "id": cut.id,
         "device_nodes": int(cut.device.sum()),
-        "tensors": [_tensor_doc(model, t) for t in sent],
+        "encoding": cut.encoding,
+        "tensors": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype, "bytes": w.nbytes, "source": w.source}
+                    for w in cut.wire],
+        # What the same tensors take under every encoding (graph inputs always travel as they are).
+        "upload_bytes_by_encoding": {e: sum(encoded_nbytes(model.tensors[t].shape, model.tensors[t].dtype.name, e,
+                                                           model.tensors[t].is_input) for t in sent) for e in ENCODINGS},
         "device_outputs": cut.device_outputs,
         "prefix": prefix,
         "suffix": suffix,
         "cloud_model": cloud_model,
+        "accuracy": None,  # a lossy cut's accuracy-gate figures (nscompile.accuracy), filled in after emission
         "predicted": {"device_ms": round(cut.device_ms, 4), "cloud_ms": round(cut.cloud_ms, 4),
                       "upload_bytes": cut.upload_bytes, "download_bytes": cut.download_bytes,
                       "device_compute_mj": round(cut.device_compute_mj, 4)},
