@@ -23,7 +23,7 @@ This module holds what the planner (bytes and codec times per tensor) and the ba
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,11 +39,11 @@ INT8_MIN_OPSET = 11
 _ROLES = {"fp16": ("values",), "int8": ("values", "scale", "zero_point")}
 
 
-def parse_encodings(text: str | Sequence[str]) -> tuple[str, ...]:
+def parse_encodings(text: str | Iterable[str]) -> tuple[str, ...]:
     """The encodings of ``--encodings fp32,fp16,int8``, in canonical order.
 
     Args:
-        text: a comma list, or a sequence of names.
+        text: a comma list, or names.
 
     Returns:
         The names, ``fp32`` first (it breaks ties: the lossless pair wins).

@@ -241,11 +241,11 @@ def encoded_weights(objective: str, ann: Annotation, base: Weights, slope: Weigh
     return replace(base, upload=base.upload * ratio + codec_cost), replace(slope, upload=slope.upload * ratio)
 
 
-def usable_encodings(model: LoadedModel, encodings: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
-    """The requested encodings this model can use, and a note for each it cannot."""
+def usable_encodings(model: LoadedModel, encodings: str | Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The requested encodings (names, or a comma list) this model can use, and a note for each it cannot."""
     opset = max((o.version for o in model.model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     usable, notes = [], []
-    for enc in parse_encodings(list(encodings)):
+    for enc in parse_encodings(encodings):
         if enc == "int8" and opset < INT8_MIN_OPSET:
             notes.append(f"int8 left out: it needs ONNX opset >= {INT8_MIN_OPSET} (DynamicQuantizeLinear), the model imports {opset}")
         else:
@@ -254,7 +254,7 @@ def usable_encodings(model: LoadedModel, encodings: Iterable[str]) -> tuple[tupl
 
 
 def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "latency",
-         include_all_cloud: bool = False, encodings: Iterable[str] = (LOSSLESS,)) -> Plan:
+         include_all_cloud: bool = False, encodings: str | Iterable[str] = (LOSSLESS,)) -> Plan:
     """Solve every load row of the grid for both objectives and name the chosen cuts.
 
     Args:
