@@ -10,6 +10,7 @@ refuses to load external data with several links, a guard against link attacks.)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +31,28 @@ _TRITON_TYPES = {
 }
 
 
+def weights_layout(model: LoadedModel, names: set[str] | None = None) -> dict[str, tuple[int, int]]:
+    """Where :func:`write_weights` puts each stored initializer (all, or those in ``names``): name -> (offset, length)."""
+    offsets, position = {}, 0
+    for tensor in model.model.graph.initializer:
+        array = model.weights.arrays.get(tensor.name)
+        if array is None or (names is not None and tensor.name not in names):
+            continue
+        position += -position % _ALIGN
+        offsets[tensor.name] = (position, array.nbytes)
+        position += array.nbytes
+    return offsets
+
+
 def write_weights(model: LoadedModel, path: Path, names: set[str] | None = None) -> dict[str, tuple[int, int]]:
     """Write the stored initializers (all, or those in ``names``) aligned; return name -> (offset, length)."""
-    offsets, position = {}, 0
+    offsets = weights_layout(model, names)
     with open(path, "wb") as out:
-        for tensor in model.model.graph.initializer:
-            array = model.weights.arrays.get(tensor.name)
-            if array is None or (names is not None and tensor.name not in names):
-                continue
-            pad = -position % _ALIGN
-            out.write(b"\0" * pad)
-            position += pad
+        for name, (offset, _) in offsets.items():
+            out.write(b"\0" * (offset - out.tell()))
+            array = model.weights.arrays[name]
             data = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
             out.write(memoryview(data).cast("B"))
-            offsets[tensor.name] = (position, data.nbytes)
-            position += data.nbytes
     return offsets
 
 
@@ -105,7 +113,8 @@ def triton_config(model: LoadedModel, name: str, inputs: list[str], outputs: lis
             + f'parameters {{\n  key: "{MODEL_SHA_PARAMETER}"\n  value {{ string_value: "{model.sha256}" }}\n}}\n')
 
 
-def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
+def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict,
+         previous: tuple[Plan, dict] | None = None) -> dict:
     """Write prefixes, suffixes, the Triton repository and plan.json into ``out_dir``.
 
     Args:
@@ -113,27 +122,46 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict) -> dict:
         plan: the solved plan whose cuts are emitted (all-device included).
         out_dir: an empty directory (the caller renames it into place when all is well).
         profiles: ``{"device": {"name", "sha256"}, "cloud": {...}}`` for plan.json.
+        previous: a plan and its document already emitted into ``out_dir`` (the accuracy
+            gate solved again without some lossy cuts): the cuts both plans have, same id,
+            device set and encoding, stay as written; the others are written or deleted.
 
     Returns:
         The plan document as written to ``plan.json``.
     """
     device_dir, cloud_dir = out_dir / "device", out_dir / "cloud"
-    device_dir.mkdir(parents=True)
-    cloud_dir.mkdir()
-    weights_path = device_dir / WEIGHTS_FILE
-    offsets = write_weights(model, weights_path)
-    cut_docs = []
-    for cut in plan.cuts:
-        cut_docs.append(_emit_cut(model, cut, offsets, device_dir, cloud_dir))
+    kept: dict[tuple, dict] = {}
+    if previous is None:
+        device_dir.mkdir(parents=True)
+        cloud_dir.mkdir()
+        offsets = write_weights(model, device_dir / WEIGHTS_FILE)
+    else:
+        offsets = weights_layout(model)
+        wanted = {_identity(c) for c in plan.cuts}
+        for cut, entry in zip(previous[0].cuts, previous[1]["cuts"]):
+            if _identity(cut) in wanted:
+                kept[_identity(cut)] = entry
+            else:
+                _remove_cut(out_dir, entry)
+    cut_docs = [kept.get(_identity(cut)) or _emit_cut(model, cut, offsets, device_dir, cloud_dir) for cut in plan.cuts]
     doc = plan_document(model, plan, cut_docs, profiles)
-    text = json.dumps(doc, indent=1)
-    (out_dir / "plan.json").write_text(text)
-    (device_dir / "plan.json").write_text(text)
+    write_plan(out_dir, doc)
     return doc
 
 
+def _identity(cut: CutChoice) -> tuple:
+    return cut.id, cut.device.tobytes(), cut.encoding
+
+
+def _remove_cut(out_dir: Path, entry: dict) -> None:
+    if entry["prefix"]:
+        (out_dir / entry["prefix"]).unlink()
+    if entry["cloud_model"]:
+        shutil.rmtree(out_dir / "cloud" / entry["cloud_model"])
+
+
 def write_plan(out_dir: Path, doc: dict) -> None:
-    """Write ``doc`` as the build's ``plan.json`` and the device's copy (after the accuracy gate added to it)."""
+    """Write ``doc`` as the build's ``plan.json`` and the device's copy (again after the accuracy gate added to it)."""
     text = json.dumps(doc, indent=1)
     (out_dir / "plan.json").write_text(text)
     (out_dir / "device" / "plan.json").write_text(text)

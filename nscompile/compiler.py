@@ -5,7 +5,7 @@ sibling directory that is renamed into place only after verification passed.
 
 With lossy cut-tensor encodings (fp16, int8) the emitted lossy pairs are measured
 against the whole model; a pair beyond the tolerance is dropped, the tables are solved
-again without it and the plan is emitted again, until every lossy pair left passes.
+again without it and the cuts that changed are emitted, until every lossy pair left passes.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def build(model_path, out_dir, *, device_profile=None, cloud_profile=None, objec
 
 def _accuracy_gate(model, annotation, solved: Plan, doc: dict, staging: Path, profiles: dict,
                    gate: AccuracyGate) -> tuple[Plan, dict]:
-    """Measure every lossy pair; drop those beyond the tolerance, solve again and re-emit until all pass.
+    """Measure every lossy pair; drop those beyond the tolerance, solve again and emit the changes until all pass.
 
     Each pair is measured once (results are kept by device set and encoding), and each
     round drops at least one candidate, so this ends.
@@ -147,10 +147,9 @@ def _accuracy_gate(model, annotation, solved: Plan, doc: dict, staging: Path, pr
                     dropped.append({"cut": cut.id, "violations": measured[key]["violations"]})
         if not failing:
             break
+        previous = (solved, doc)
         solved = replan(model, annotation, solved, failing)
-        shutil.rmtree(staging)
-        staging.mkdir()
-        doc = emit(model, solved, staging, profiles)
+        doc = emit(model, solved, staging, profiles, previous)
     for cut, entry in zip(solved.cuts, doc["cuts"]):
         if cut.is_lossy:
             entry["accuracy"] = measured[(cut.device.tobytes(), cut.encoding)]

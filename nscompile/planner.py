@@ -95,7 +95,7 @@ def _parse_load(text: str) -> tuple[float, ...]:
 
 @dataclass
 class CutChoice:
-    """One distinct device set that some bucket selects."""
+    """One distinct (device set, encoding) pair that some bucket selects."""
 
     id: str
     device: np.ndarray  # bool mask over nodes
@@ -328,15 +328,15 @@ def replan(model: LoadedModel, ann: Annotation, previous: Plan, drop: Iterable[s
         The new plan; its ``dropped`` lists every cut dropped so far.
 
     Raises:
-        NscompileError: an id that is not a lossy cut of ``previous``.
+        ValueError: an id that is not a lossy cut of ``previous``, or a plan without candidates.
     """
     by_id = {c.id: c for c in previous.cuts}
     drop = list(drop)
     bad = [d for d in drop if d not in by_id or not by_id[d].is_lossy]
     if bad:
-        raise NscompileError(f"cannot drop '{bad[0]}': it is not a lossy cut of the plan")
+        raise ValueError(f"cannot drop '{bad[0]}': it is not a lossy cut of the plan")
     if previous.candidates is None:
-        raise NscompileError("this plan keeps no candidates to solve again; make it with planner.plan")
+        raise ValueError("this plan keeps no candidates to solve again; make it with planner.plan")
     keys = {(by_id[d].device.tobytes(), by_id[d].encoding) for d in drop}
     candidates = replace(previous.candidates, excluded=previous.candidates.excluded | keys)
     return _tabulate(model, ann, previous.grid, previous.objective, candidates, previous.encodings, dict(previous.stats),
@@ -417,6 +417,18 @@ def prefix_io(model: LoadedModel, mask: np.ndarray, upload: list[str], device_ou
     return inputs, list(dict.fromkeys(sent + device_outputs))
 
 
+def _set_name(model: LoadedModel, mask: np.ndarray, producers: list[int]) -> str:
+    """A device set's name: the layer it cuts behind (``producers``: the nodes making its upload)."""
+    nodes = model.nodes
+    if not mask.any():
+        return "input"
+    if mask.all():
+        return _safe(nodes[max(model.tensors[o].producer for o in model.outputs)].name)
+    if producers:
+        return _safe(nodes[_layer_of(model, producers[-1])].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
+    return "input_and_device"
+
+
 def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: list[str], wire: np.ndarray,
                    masks: list[np.ndarray], encodings: list[str] | None = None,
                    codecs: dict[str, Codec] | None = None) -> list[CutChoice]:
@@ -427,7 +439,6 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
     """
     encodings = encodings or [LOSSLESS] * len(masks)
     cuts, taken, named = [], set(), {}
-    nodes = model.nodes
     order = sorted(range(len(masks)), key=lambda i: (int(masks[i].sum()), masks[i].tobytes(), ENCODINGS.index(encodings[i])))
     for i in order:
         mask, encoding = masks[i], encodings[i]
@@ -436,15 +447,8 @@ def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: 
         producers = sorted({int(graph.producers[t]) for t in up if graph.producers[t] >= 0})
         ident = named.get(mask.tobytes())
         if ident is None:
-            if not mask.any():
-                ident = "input"
-            elif mask.all():
-                ident = _safe(nodes[max(model.tensors[o].producer for o in model.outputs)].name)
-            elif producers:
-                ident = _safe(nodes[_layer_of(model, producers[-1])].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
-            else:
-                ident = "input_and_device"
-            base, k = ident, 2
+            base = ident = _set_name(model, mask, producers)
+            k = 2
             while ident in taken:
                 ident, k = f"{base}_{k}", k + 1
             taken.add(ident)
