@@ -741,14 +741,14 @@ def lines_envelope(intercepts, slopes, x_lo: float, x_hi: float) -> list[tuple[f
         to the line with the smaller slope just after the tie, then to the lower index.
 
     Raises:
-        NscompileError: no lines, lengths differ, or a bad interval.
+        SolverInputError: no lines, lengths differ, or a bad interval.
     """
     a = np.asarray(intercepts, dtype=np.float64)
     d = np.asarray(slopes, dtype=np.float64)
     if a.ndim != 1 or a.shape != d.shape or a.size == 0:
-        raise NscompileError(f"lines_envelope: need as many intercepts as slopes, at least one; got {a.shape} and {d.shape}")
+        raise SolverInputError(f"lines_envelope: need as many intercepts as slopes, at least one; got {a.shape} and {d.shape}")
     if not (np.isfinite(x_lo) and np.isfinite(x_hi) and x_lo <= x_hi):
-        raise NscompileError(f"lines_envelope: need x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]")
+        raise SolverInputError(f"lines_envelope: need x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]")
     index = np.arange(a.size)
     x = float(x_lo)
     current = int(np.lexsort((index, d, a + x * d))[0])

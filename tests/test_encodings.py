@@ -17,6 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from helpers import all_closed_sets, brute_costs, random_dag, run_cli
 from nscompile.accuracy import Tolerance, compare, load_calibration, violations
 from nscompile.annotate import annotate
 from nscompile.compiler import build
@@ -26,8 +27,6 @@ from nscompile.errors import NscompileError
 from nscompile.frontend import load_model
 from nscompile.partition import Weights, evaluate, is_closed, lines_envelope, lower_envelope, solve
 from nscompile.planner import GridSpec, cut_graph, encoded_weights, objective_weights, plan, replan, tensor_wire_bytes
-from conftest import run_cli
-from test_partition import all_closed_sets, brute_costs, random_dag
 
 PHONE = default_profile_path("device").with_name("epyc-ort-cpu-1thread-quota25.json")
 
@@ -180,7 +179,7 @@ def test_every_encoded_pair_emits_and_reproduces_the_whole_model(tmp_path):
     from nscompile.backend import emit
     from nscompile.encoding import codec_costs
     from nscompile.planner import Plan, _describe_cuts
-    from test_build import transformer_block
+    from helpers import transformer_block
 
     path = tmp_path / "block.onnx"
     onnx.save(transformer_block(seq=8, dim=16, heads=2), path)
@@ -378,7 +377,7 @@ def test_cli_summary_names_the_gate_and_inspect_shows_bytes_per_encoding(lenet, 
 def test_runner_sends_encoded_tensors_and_gets_the_model_s_answer(lenet, tmp_path):
     from nscompile.runtime import SplitRunner
     from nscompile.serve import create_app
-    from test_runtime import ServerThread
+    from helpers import ServerThread
 
     out = tmp_path / "b"
     result = build(lenet, out, device_profile=PHONE, encodings="fp32,fp16,int8", include_all_cloud=True)
@@ -431,8 +430,9 @@ def test_sweep_times_the_codec_ops_and_old_profiles_still_predict_them(lenet):
 
 def test_encoded_suffixes_are_a_valid_triton_repository_that_tritonclient_drives(lenet, tmp_path):
     """Wire dtypes FP16, UINT8 and FP32 scales: Triton's config schema takes them, tritonclient sends them."""
-    from test_runtime import ServerProcess
-    from test_triton_interop import check_triton_repository, httpclient
+    from helpers import ServerProcess, check_triton_repository
+
+    httpclient = pytest.importorskip("tritonclient.http")
 
     out = tmp_path / "b"
     doc = build(lenet, out, device_profile=PHONE, encodings="fp32,fp16,int8", tolerance=Tolerance(0.5, 0.0)).plan
