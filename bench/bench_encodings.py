@@ -8,6 +8,7 @@ side, and prints per model:
   (a prefix and a suffix), under each setting;
 * in those cells, the predicted latency gain over the better extreme (all-device or
   all-cloud at the same conditions, from plan.json's predictions): median and largest;
+* where the encodings changed the choice, the predicted gain over the fp32 plan's choice;
 * the accuracy gate's figures of every emitted lossy pair (relative L2 error of each
   output, top-1 agreement), and the pairs it dropped;
 * build time of each setting (median of ``--repeats`` interleaved runs).
@@ -31,32 +32,34 @@ import numpy as np
 
 from nscompile.compiler import build
 from nscompile.cost_model import COST_MODELS_DIR
-from nscompile.testbed.experiments import Rates, predicted_ms
+from nscompile.runtime.plan import Cut
 
 PHONE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"
 SETTINGS = {"fp32": "fp32", "fp32,fp16,int8": "fp32,fp16,int8"}
 
 
-def cell_figures(plan: dict) -> dict:
-    """Real-split cells of the latency table and their predicted gain over the better extreme."""
+def cell_latencies(plan: dict) -> list[tuple[dict, float, float, float]]:
+    """Per latency-table cell: (chosen cut, its predicted ms, all-device ms, all-cloud ms) at the cell's point."""
     cuts = {c["id"]: c for c in plan["cuts"]}
-    device = cuts[plan["fallback"]]
-    cloud = next(c for c in plan["cuts"] if c["prefix"] is None)  # built with include_all_cloud
+    device = Cut.from_doc(cuts[plan["fallback"]])
+    cloud = Cut.from_doc(next(c for c in plan["cuts"] if c["prefix"] is None))  # built with include_all_cloud
     grid = plan["grid"]
     bw = np.array(grid["bandwidth_mbps"])
     centres = np.append(np.sqrt(bw[:-1] * bw[1:]), bw[-1])  # each bucket's representative point
-    splits, gains, cells = 0, [], 0
+    out = []
     for load, row in zip(grid["load"], plan["tables"]["latency"]):
         for centre, cut_id in zip(centres, row):
-            cells += 1
-            cut = cuts[cut_id]
-            if not (cut["prefix"] and cut["suffix"]):
-                continue
-            rates = Rates(float(centre), float(grid["downlink_mbps"] or centre), float(grid["rtt_ms"]))
-            extreme = min(predicted_ms(device, rates, load), predicted_ms(cloud, rates, load))
-            splits += 1
-            gains.append(extreme / predicted_ms(cut, rates, load))
-    return {"cells": cells, "splits": splits, "gains": gains}
+            conditions = (float(centre), load, float(grid["rtt_ms"]), grid["downlink_mbps"])
+            out.append((cuts[cut_id], Cut.from_doc(cuts[cut_id]).latency_ms(*conditions),
+                        device.latency_ms(*conditions), cloud.latency_ms(*conditions)))
+    return out
+
+
+def cell_figures(plan: dict) -> dict:
+    """Real-split cells of the latency table and their predicted gain over the better extreme."""
+    cells = cell_latencies(plan)
+    gains = [min(dev, cloud) / ms for cut, ms, dev, cloud in cells if cut["prefix"] and cut["suffix"]]
+    return {"cells": len(cells), "splits": len(gains), "gains": gains}
 
 
 def lossy_accuracy(plan: dict) -> list[dict]:
@@ -99,6 +102,9 @@ def main() -> None:
                                      "accuracy": lossy_accuracy(plans[label]),
                                      "dropped": (plans[label].get("accuracy_gate") or {}).get("dropped", [])}
                              for label in SETTINGS}
+            # Where the encodings changed the choice: the new choice's predicted gain over the old one's.
+            results[name]["changed"] = [old[1] / new[1] for old, new in zip(cell_latencies(plans["fp32"]), cell_latencies(plans["fp32,fp16,int8"]))
+                                        if old[0]["id"] != new[0]["id"]]
             print_model(name, results[name], flush=True)
         print_summary(results)
         if args.json:
@@ -113,8 +119,11 @@ def _gain_text(gains: list[float]) -> str:
 
 def print_model(name: str, figures: dict, flush: bool = False) -> None:
     parts = []
-    for label, f in figures.items():
+    for label in SETTINGS:
+        f = figures[label]
         parts.append(f"{label}: {f['splits']}/{f['cells']} split cells, gain {_gain_text(f['gains'])}, build {f['build_s']:.1f}s")
+    changed = figures["changed"]
+    parts.append(f"{len(changed)} cells changed, gain over the fp32 choice {_gain_text(changed)}")
     print(f"{name:12s} " + " | ".join(parts), flush=flush)
     for pair in figures["fp32,fp16,int8"]["accuracy"]:
         outs = ", ".join(f"{o} rel L2 {v['rel_l2']:.2g}" + (f" top-1 {v['top1_agreement']:.2f}" if "top1_agreement" in v else "")
@@ -125,7 +134,10 @@ def print_model(name: str, figures: dict, flush: bool = False) -> None:
 
 
 def print_summary(results: dict) -> None:
-    print("\n| setting | real-split cells | share | median gain over the better extreme | largest | build s (sum) |")
+    changed = [g for r in results.values() for g in r["changed"]]
+    print(f"\ncells whose choice the encodings changed: {len(changed)}; predicted gain over the fp32 plan's choice there "
+          f"(median / largest): {_gain_text(changed)}")
+    print("| setting | real-split cells | share | median gain over the better extreme | largest | build s (sum) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for label in SETTINGS:
         cells = sum(r[label]["cells"] for r in results.values())

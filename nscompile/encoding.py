@@ -36,8 +36,6 @@ LOSSLESS = "fp32"
 #: DynamicQuantizeLinear exists from ONNX opset 11 on.
 INT8_MIN_OPSET = 11
 
-_ROLES = {"fp16": ("values",), "int8": ("values", "scale", "zero_point")}
-
 
 def parse_encodings(text: str | Iterable[str]) -> tuple[str, ...]:
     """The encodings of ``--encodings fp32,fp16,int8``, in canonical order.
@@ -132,7 +130,7 @@ def encoded_nbytes(shape: Sequence[int], dtype: str, encoding: str, is_input: bo
     return 2 * count if encoding == "fp16" else count + 4 + 1
 
 
-def groups(wire: Sequence[WireTensor]) -> dict[str, list[WireTensor]]:
+def encoded_parts(wire: Sequence[WireTensor]) -> dict[str, list[WireTensor]]:
     """The encoded tensors of a wire layout: source name -> its wire parts (unencoded ones left out)."""
     out: dict[str, list[WireTensor]] = {}
     for w in wire:
@@ -201,7 +199,7 @@ def encode_outputs(graph, wire: Sequence[WireTensor], keep: set[str]) -> None:
     outputs is replaced by its wire tensors (and stays an output too if it is in ``keep``,
     a graph output the device returns itself).
     """
-    encoded = groups(wire)
+    encoded = encoded_parts(wire)
     outputs = []
     for out in graph.output:
         parts = encoded.get(out.name)
@@ -218,7 +216,7 @@ def encode_outputs(graph, wire: Sequence[WireTensor], keep: set[str]) -> None:
 
 def decode_inputs(graph, wire: Sequence[WireTensor]) -> None:
     """Make a suffix graph take the wire tensors and decode them first, in place."""
-    encoded = groups(wire)
+    encoded = encoded_parts(wire)
     inputs, first, inits = [], [], []
     for inp in graph.input:
         parts = encoded.get(inp.name)
@@ -291,7 +289,7 @@ def codec_costs(model, ann, names: Sequence[str], wire: np.ndarray, encoding: st
     layouts = [wire_layout(model, [names[i]], encoding) for i in index]
     for i, parts in zip(index, layouts):
         wire_bytes[i] = sum(w.nbytes for w in parts)
-    extra = len(_ROLES[encoding]) - 1  # tensors bound beyond the one a plain cut sends
+    extra = len(layouts[0]) - 1  # tensors bound beyond the one a plain cut sends
     for side, build, out, profile in (("device", encoder, device_ms, ann.device), ("cloud", decoder, cloud_ms, ann.cloud)):
         nodes, owner, consts, shapes = [], [], set(), {}
         for i, parts in zip(index, layouts):

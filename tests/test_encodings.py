@@ -454,3 +454,12 @@ def test_encoded_suffixes_are_a_valid_triton_repository_that_tritonclient_drives
     finally:
         server.kill()
     np.testing.assert_allclose(got, _run_pair(out, cut, x)["prob"], rtol=1e-6, atol=1e-7)
+
+
+def test_int8_is_left_out_where_the_opset_lacks_dynamic_quantization():
+    from nscompile.examples import light_model_path
+    from nscompile.planner import usable_encodings
+
+    model = load_model(light_model_path("squeezenet"))  # as the onnx package ships it: opset 9
+    usable, notes = usable_encodings(model, "fp32,fp16,int8")
+    assert usable == ("fp32", "fp16") and notes == ["int8 left out: it needs ONNX opset >= 11 (DynamicQuantizeLinear), the model imports 9"]
