@@ -335,6 +335,7 @@ def test_calibration_inputs_are_used_and_checked(lenet, tmp_path):
     assert len(load_calibration(load_model(lenet), tmp_path / "dir").feeds) == 3
 
 
+@pytest.mark.slow
 def test_bad_encoding_input_is_one_line_exit_2_nothing_written(lenet, tmp_path):
     np.savez(tmp_path / "names.npz", image=np.zeros((1, 1, 28, 28), np.float32))
     np.savez(tmp_path / "shape.npz", data=np.zeros((1, 3, 28, 28), np.float32))
@@ -358,6 +359,7 @@ def test_bad_encoding_input_is_one_line_exit_2_nothing_written(lenet, tmp_path):
         assert not out.exists() and not list(tmp_path.glob(".out.*")), extra
 
 
+@pytest.mark.slow
 def test_cli_summary_names_the_gate_and_inspect_shows_bytes_per_encoding(lenet, tmp_path):
     out = tmp_path / "b"
     proc = run_cli("build", lenet, "-o", out, "--device", PHONE, "--encodings", "fp32,fp16,int8", "--tolerance", "rel_l2=0.001")
@@ -401,6 +403,7 @@ def test_runner_sends_encoded_tensors_and_gets_the_model_s_answer(lenet, tmp_pat
 # --------------------------------------------------------------------------- profiles
 
 
+@pytest.mark.slow
 def test_sweep_times_the_codec_ops_and_old_profiles_still_predict_them(lenet):
     from nscompile.encoding import codec_costs
     from nscompile.features import graph_features, static_shapes
@@ -428,6 +431,7 @@ def test_sweep_times_the_codec_ops_and_old_profiles_still_predict_them(lenet):
         assert (codec.device_ms[~codec.encodable] == 0).all() and (codec.wire_bytes[~codec.encodable] == wire[~codec.encodable]).all()
 
 
+@pytest.mark.slow
 def test_encoded_suffixes_are_a_valid_triton_repository_that_tritonclient_drives(lenet, tmp_path):
     """Wire dtypes FP16, UINT8 and FP32 scales: Triton's config schema takes them, tritonclient sends them."""
     from helpers import ServerProcess, check_triton_repository
