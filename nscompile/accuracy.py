@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nscompile.errors import NscompileError
+from nscompile.errors import InternalError, NscompileError
 from nscompile.frontend import LoadedModel
 
 #: How many of the verification's random inputs the gate uses without --calibration.
@@ -118,16 +118,14 @@ def load_calibration(model: LoadedModel, path: str | Path) -> GateInputs:
 
 
 def _read_arrays(model: LoadedModel, file: Path) -> dict[str, np.ndarray]:
+    if file.suffix == ".npy" and len(model.inputs) != 1:
+        raise NscompileError(f"calibration '{file}' is a .npy but the model has inputs {model.inputs}; "
+                             "use .npz files with one array per input")
     try:
         if file.suffix == ".npy":
-            if len(model.inputs) != 1:
-                raise NscompileError(f"calibration '{file}' is a .npy but the model has inputs {model.inputs}; "
-                                     "use .npz files with one array per input")
             return {model.inputs[0]: np.load(file, allow_pickle=False)}
         with np.load(file, allow_pickle=False) as npz:
             return {k: npz[k] for k in npz.files}
-    except NscompileError:
-        raise
     except (OSError, ValueError) as exc:
         raise NscompileError(f"cannot read calibration '{file}' ({exc}); write it with numpy.savez") from None
 
@@ -172,8 +170,8 @@ def compare(reference: Sequence[dict[str, np.ndarray]], got: Sequence[dict[str, 
         want = np.stack([r[name] for r in reference])
         have = np.stack([g[name] for g in got])
         if want.shape != have.shape:
-            raise NscompileError(f"output '{name}' has shape {list(have.shape[1:])}, the whole model's is "
-                                 f"{list(want.shape[1:])}; this is a compiler bug, please report it")
+            raise InternalError(f"output '{name}' has shape {list(have.shape[1:])}, the whole model's is "
+                                f"{list(want.shape[1:])}; this is a compiler bug, please report it")
         if want.dtype.kind != "f":
             figures[name] = {"agreement": float(np.mean(want == have)) if want.size else 1.0}
             continue
@@ -257,13 +255,12 @@ class AccuracyGate:
         reference = self.reference()
         missing = sorted({name for name in reference[0] for g in got if name not in g})
         if missing:
-            raise NscompileError(f"cut '{cut['id']}' does not produce outputs {missing}; this is a compiler bug, please report it")
+            raise InternalError(f"cut '{cut['id']}' does not produce outputs {missing}; this is a compiler bug, please report it")
         figures = compare(reference, got)
         bad = violations(figures, self.tolerance)
         return {"inputs": len(self.inputs.feeds), "real_data": self.inputs.real_data, "source": self.inputs.source,
                 "outputs": {k: {m: round(v, 8) for m, v in f.items()} for k, f in figures.items()},
                 "passed": not bad, "violations": bad}
-
 
 
 def _session(path: Path):

@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from nscompile import __version__
-from nscompile.encoding import ENCODINGS, WireTensor, decode_inputs, encode_outputs, encoded_nbytes
+from nscompile.encoding import ENCODINGS, WireTensor, decode_inputs, encode_outputs, wire_layout
 from nscompile.frontend import LoadedModel
 from nscompile.planner import CutChoice, Plan, prefix_io
 from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
@@ -198,8 +198,7 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
         "tensors": [{"name": w.name, "shape": list(w.shape), "dtype": w.dtype, "bytes": w.nbytes, "source": w.source}
                     for w in cut.wire],
         # What the same tensors take under every encoding (graph inputs always travel as they are).
-        "upload_bytes_by_encoding": {e: sum(encoded_nbytes(model.tensors[t].shape, model.tensors[t].dtype.name, e,
-                                                           model.tensors[t].is_input) for t in sent) for e in ENCODINGS},
+        "upload_bytes_by_encoding": {e: sum(w.nbytes for w in wire_layout(model, sent, e)) for e in ENCODINGS},
         "device_outputs": cut.device_outputs,
         "prefix": prefix,
         "suffix": suffix,

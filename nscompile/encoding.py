@@ -122,14 +122,6 @@ def _derived_names(base: str, encoding: str) -> list[str]:
                                                     "shape_1", "shape_scalar")]
 
 
-def encoded_nbytes(shape: Sequence[int], dtype: str, encoding: str, is_input: bool = False) -> int:
-    """Bytes a tensor of this shape and dtype takes on the wire under ``encoding``."""
-    count = int(np.prod(shape, dtype=np.int64))
-    if encoding == LOSSLESS or is_input or np.dtype(dtype) != np.float32:
-        return count * np.dtype(dtype).itemsize
-    return 2 * count if encoding == "fp16" else count + 4 + 1
-
-
 def encoded_parts(wire: Sequence[WireTensor]) -> dict[str, list[WireTensor]]:
     """The encoded tensors of a wire layout: source name -> its wire parts (unencoded ones left out)."""
     out: dict[str, list[WireTensor]] = {}
