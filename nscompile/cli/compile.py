@@ -33,8 +33,8 @@ def build(
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="Pin an input's shape: NAME=1x3x224x224 (repeatable)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Check every emitted prefix+suffix against the whole model."),
     encodings: str = typer.Option("fp32,fp16", "--encodings", help="How cut tensors may travel: comma list of fp32, fp16, int8 (fp32 required; int8 is lossy)."),
-    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Real inputs (a directory or .npz) for the accuracy gate of lossy cuts [default: random inputs]."),
-    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="What a lossy cut may change: REL_L2, or rel_l2=0.01,top1=0.99 [default: that]."),
+    calibration: Optional[Path] = typer.Option(None, "--calibration", help="Real inputs (a directory or .npz) for the accuracy gate of lossy cuts (default: random inputs)."),
+    tolerance: Optional[str] = typer.Option(None, "--tolerance", help="What a lossy cut may change: REL_L2, or rel_l2=0.01,top1=0.99 (default: that)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ):
     """Annotate, partition for every bandwidth x load bucket, emit and verify split artifacts."""
