@@ -60,6 +60,7 @@ __all__ = [
     "evaluate",
     "solve",
     "lower_envelope",
+    "lines_envelope",
 ]
 
 # Capacities are int32 in scipy's max-flow. The optimum's cut value is scaled to at most
@@ -720,3 +721,49 @@ def lower_envelope(
     for xf, xt, (mask, a_val, d_val, gap) in merged:
         env.append(Segment(xf, xt, Cut(mask, a_val + xf * d_val, gap), a_val, d_val))
     return env
+
+
+def lines_envelope(intercepts, slopes, x_lo: float, x_hi: float) -> list[tuple[float, float, int]]:
+    """The lower envelope over [x_lo, x_hi] of explicit lines ``intercepts[i] + x * slopes[i]``.
+
+    The planner combines the envelopes of several objectives over the same x with it (one
+    per cut-tensor encoding): the minimum of lower envelopes is the lower envelope of all
+    their lines, each extended over the whole interval (a line is a real set's cost
+    everywhere, so extending it never undercuts a true minimum).
+
+    Args:
+        intercepts, slopes: one entry per line (at least one).
+        x_lo, x_hi: the interval, x_lo <= x_hi.
+
+    Returns:
+        Pieces ``(x_from, x_to, line index)`` covering the interval in order; the line of
+        a piece is the lowest on it, adjacent pieces meet where their lines cross. Ties go
+        to the line with the smaller slope just after the tie, then to the lower index.
+
+    Raises:
+        SolverInputError: no lines, lengths differ, or a bad interval.
+    """
+    a = np.asarray(intercepts, dtype=np.float64)
+    d = np.asarray(slopes, dtype=np.float64)
+    if a.ndim != 1 or a.shape != d.shape or a.size == 0:
+        raise SolverInputError(f"lines_envelope: need as many intercepts as slopes, at least one; got {a.shape} and {d.shape}")
+    if not (np.isfinite(x_lo) and np.isfinite(x_hi) and x_lo <= x_hi):
+        raise SolverInputError(f"lines_envelope: need x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]")
+    index = np.arange(a.size)
+    x = float(x_lo)
+    current = int(np.lexsort((index, d, a + x * d))[0])
+    pieces = []
+    # Each switch goes to a strictly smaller slope: at most one per line.
+    while True:
+        lower = np.flatnonzero(d < d[current])
+        cross = np.maximum((a[lower] - a[current]) / (d[current] - d[lower]), x) if lower.size else lower
+        x_next = float(cross.min()) if lower.size else np.inf
+        if x_next >= x_hi:
+            pieces.append((x, float(x_hi), current))
+            break
+        pieces.append((x, x_next, current))
+        at = lower[cross == x_next]
+        current = int(at[np.lexsort((at, d[at]))[0]])
+        x = x_next
+    kept = [p for p in pieces if p[1] > p[0]]
+    return kept or pieces[-1:]

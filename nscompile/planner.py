@@ -7,19 +7,26 @@ and for device energy alike (Huang et al.'s radio power ``alpha * Mbps + beta`` 
 transfer time ``bits / Mbps`` is also affine in x). So the best cut over the whole
 bandwidth axis is a lower envelope of lines whose exact breakpoints a handful of min-cuts
 find; the bucket table is read off those breakpoints.
+
+Cut-tensor encodings (:mod:`nscompile.encoding`) make the candidates pairs (device set,
+encoding). An encoding only changes the upload terms (bytes, plus the codec's time on
+each side), so its cost stays linear in x: each encoding gets its own weights and its
+own exact envelope, and the table is read off the lower envelope of all their lines.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from nscompile.annotate import Annotation
+from nscompile.encoding import ENCODINGS, INT8_MIN_OPSET, LOSSLESS, Codec, WireTensor, codec_costs, parse_encodings, wire_layout
 from nscompile.errors import NscompileError
 from nscompile.frontend import LoadedModel
-from nscompile.partition import CutGraph, Weights, lower_envelope, upload_set
+from nscompile.partition import CutGraph, Weights, lines_envelope, lower_envelope, upload_set
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS
 
 OBJECTIVES = ("latency", "energy")
@@ -88,7 +95,7 @@ def _parse_load(text: str) -> tuple[float, ...]:
 
 @dataclass
 class CutChoice:
-    """One distinct device set that some bucket selects."""
+    """One distinct (device set, encoding) pair that some bucket selects."""
 
     id: str
     device: np.ndarray  # bool mask over nodes
@@ -98,8 +105,14 @@ class CutChoice:
     device_ms: float
     cloud_ms: float
     device_compute_mj: float
-    upload_bytes: int
+    upload_bytes: int  # on the wire, encoded
     download_bytes: int
+    encoding: str = LOSSLESS
+    wire: list[WireTensor] = field(default_factory=list)  # what travels: the upload, encoded
+
+    @property
+    def is_lossy(self) -> bool:
+        return self.encoding != LOSSLESS
 
     @property
     def is_all_device(self) -> bool:
@@ -122,6 +135,33 @@ class Plan:
     breakpoints: dict[str, list[list[tuple[float, str]]]]  # objective -> [load] -> (from_mbps, cut id)
     fallback: str
     stats: dict = field(default_factory=dict)
+    encodings: tuple[str, ...] = (LOSSLESS,)
+    dropped: list[str] = field(default_factory=list)  # lossy cuts removed by the accuracy gate
+    candidates: _Candidates | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Line:
+    """A candidate (device set, encoding) of one load row: cost = intercept + x * slope, x = 1/uplink."""
+
+    intercept: float
+    slope: float
+    mask: bytes
+    encoding: str
+
+
+@dataclass
+class _Candidates:
+    """Every pair on some encoding's envelope, per objective and load row: what re-solving starts from."""
+
+    graph: CutGraph
+    names: list[str]
+    wire: np.ndarray
+    codecs: dict[str, Codec]
+    masks: dict[bytes, np.ndarray]
+    lines: dict[str, list[list[_Line]]]
+    always: list[tuple[bytes, str]]  # emitted whatever the tables say
+    excluded: frozenset = frozenset()
 
 
 def cut_graph(model: LoadedModel) -> tuple[CutGraph, list[str]]:
@@ -184,8 +224,37 @@ def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_byt
     return base, slope
 
 
+def encoded_weights(objective: str, ann: Annotation, base: Weights, slope: Weights, wire: np.ndarray,
+                    codec: Codec, load: float) -> tuple[Weights, Weights]:
+    """The objective at load ``load`` when the cut tensors travel under ``codec``'s encoding.
+
+    Every upload term of :func:`objective_weights` is proportional to the tensor's bytes,
+    so it scales with the encoded size; each encoded tensor adds its codec's time: encoding
+    on the device (at compute power, for energy) and decoding on the server (times the
+    load, the device idle meanwhile).
+    """
+    ratio = np.divide(codec.wire_bytes, wire, out=np.ones_like(wire), where=wire > 0)
+    if objective == "latency":
+        codec_cost = codec.device_ms + load * codec.cloud_ms
+    else:
+        codec_cost = codec.device_ms * ann.device.compute_power_w + load * codec.cloud_ms * ann.device.idle_power_w
+    return replace(base, upload=base.upload * ratio + codec_cost), replace(slope, upload=slope.upload * ratio)
+
+
+def usable_encodings(model: LoadedModel, encodings: str | Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
+    """The requested encodings (names, or a comma list) this model can use, and a note for each it cannot."""
+    opset = max((o.version for o in model.model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    usable, notes = [], []
+    for enc in parse_encodings(encodings):
+        if enc == "int8" and opset < INT8_MIN_OPSET:
+            notes.append(f"int8 left out: it needs ONNX opset >= {INT8_MIN_OPSET} (DynamicQuantizeLinear), the model imports {opset}")
+        else:
+            usable.append(enc)
+    return tuple(usable), notes
+
+
 def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "latency",
-         include_all_cloud: bool = False) -> Plan:
+         include_all_cloud: bool = False, encodings: str | Iterable[str] = (LOSSLESS,)) -> Plan:
     """Solve every load row of the grid for both objectives and name the chosen cuts.
 
     Args:
@@ -195,38 +264,103 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
         objective: the objective whose table goes into ``plan.json``'s ``table``.
         include_all_cloud: emit the all-cloud cut even where no bucket selects it (a
             benchmark measuring "everything on the server" needs it; no table refers to it).
+        encodings: cut-tensor encodings to consider (:mod:`nscompile.encoding`; ``fp32``
+            must be among them). The default is the plain problem, fp32 only.
 
     Returns:
         The plan: distinct cuts (all-device always among them), tables and breakpoints.
+
+    Raises:
+        NscompileError: an unknown objective or encoding.
     """
     if objective not in OBJECTIVES:
         raise NscompileError(f"unknown objective '{objective}'; use one of {', '.join(OBJECTIVES)}")
+    usable, notes = usable_encodings(model, encodings)
     graph, names = cut_graph(model)
     wire = tensor_wire_bytes(model, names, grid.input_bytes)
+    codecs = {enc: codec_costs(model, ann, names, wire, enc) for enc in usable if enc != LOSSLESS}
+    bandwidth = np.asarray(grid.bandwidth_mbps)
+    x_lo, x_hi = 1.0 / bandwidth[-1], 1.0 / bandwidth[0]
+
+    full = np.ones(graph.n_nodes, dtype=bool)
+    masks = {full.tobytes(): full}
+    always = [(full.tobytes(), LOSSLESS)]
+    if include_all_cloud:
+        masks[(~full).tobytes()] = ~full
+        always.append(((~full).tobytes(), LOSSLESS))
+    lines: dict[str, list[list[_Line]]] = {}
+    solves = 0
+    for obj in OBJECTIVES:
+        lines[obj] = []
+        for load in grid.load:
+            base, slope = objective_weights(obj, ann, graph, wire, load, grid)
+            row: dict[tuple[bytes, str], _Line] = {}  # fp32 first: the lossless pair wins exact ties
+            for enc in usable:
+                weights = (base, slope) if enc == LOSSLESS else encoded_weights(obj, ann, base, slope, wire, codecs[enc], load)
+                segments = lower_envelope(graph, *weights, x_lo, x_hi)
+                solves += segments.n_solves
+                for seg in segments:
+                    key = seg.cut.device.tobytes()
+                    masks.setdefault(key, seg.cut.device.copy())
+                    # A set that uploads nothing encodable costs the same under every encoding: it is the fp32 pair.
+                    changes = enc != LOSSLESS and codecs[enc].encodable[upload_set(graph, seg.cut.device)].any()
+                    actual = enc if changes else LOSSLESS
+                    row.setdefault((key, actual), _Line(seg.intercept, seg.slope, key, actual))
+            lines[obj].append(list(row.values()))
+    candidates = _Candidates(graph, names, wire, codecs, masks, lines, always)
+    stats = {"min_cuts": solves, "nodes": graph.n_nodes, "tensors": len(names), "notes": notes}
+    return _tabulate(model, ann, grid, objective, candidates, usable, stats, dropped=[])
+
+
+def replan(model: LoadedModel, ann: Annotation, previous: Plan, drop: Iterable[str]) -> Plan:
+    """The plan solved again without some of its lossy cuts (the accuracy gate's rejects).
+
+    The tables are re-read off the lower envelope of the remaining candidates: every pair
+    that lay on some encoding's envelope, less every pair dropped so far. No min-cut is
+    solved again.
+
+    Args:
+        model, ann: as for :func:`plan`.
+        previous: a plan made by :func:`plan` (or this function).
+        drop: ids of lossy cuts of ``previous``.
+
+    Returns:
+        The new plan; its ``dropped`` lists every cut dropped so far.
+
+    Raises:
+        ValueError: an id that is not a lossy cut of ``previous``, or a plan without candidates.
+    """
+    by_id = {c.id: c for c in previous.cuts}
+    drop = list(drop)
+    bad = [d for d in drop if d not in by_id or not by_id[d].is_lossy]
+    if bad:
+        raise ValueError(f"cannot drop '{bad[0]}': it is not a lossy cut of the plan")
+    if previous.candidates is None:
+        raise ValueError("this plan keeps no candidates to solve again; make it with planner.plan")
+    keys = {(by_id[d].device.tobytes(), by_id[d].encoding) for d in drop}
+    candidates = replace(previous.candidates, excluded=previous.candidates.excluded | keys)
+    return _tabulate(model, ann, previous.grid, previous.objective, candidates, previous.encodings, dict(previous.stats),
+                     dropped=previous.dropped + drop)
+
+
+def _tabulate(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str, cands: _Candidates,
+              encodings: tuple[str, ...], stats: dict, dropped: list[str]) -> Plan:
+    """Tables, breakpoints and cuts from the candidates' combined lower envelope per load row."""
     bandwidth = np.asarray(grid.bandwidth_mbps)
     # A bucket's representative point: its geometric centre; the open last bucket, its start.
     centres = np.append(np.sqrt(bandwidth[:-1] * bandwidth[1:]), bandwidth[-1])
     x_lo, x_hi = 1.0 / bandwidth[-1], 1.0 / bandwidth[0]
-
-    sets: dict[bytes, np.ndarray] = {}
-    full = np.ones(graph.n_nodes, dtype=bool)
-    sets[full.tobytes()] = full
-    if include_all_cloud:
-        sets[(~full).tobytes()] = ~full
-    raw_tables, raw_mixed, raw_breaks, solves = {}, {}, {}, 0
-    for obj in OBJECTIVES:
+    pairs = dict.fromkeys(cands.always)
+    raw_tables, raw_mixed, raw_breaks = {}, {}, {}
+    for obj, rows in cands.lines.items():
         raw_tables[obj], raw_mixed[obj], raw_breaks[obj] = [], [], []
-        for load in grid.load:
-            base, slope = objective_weights(obj, ann, graph, wire, load, grid)
-            segments = lower_envelope(graph, base, slope, x_lo, x_hi)
-            solves += segments.n_solves
-            keys = []
-            for seg in segments:
-                key = seg.cut.device.tobytes()
-                sets.setdefault(key, seg.cut.device.copy())
-                keys.append(key)
-            # Segments run in x = 1/B ascending, i.e. bandwidth descending.
-            starts_x = np.array([seg.x_from for seg in segments])
+        for row_lines in rows:
+            live = [ln for ln in row_lines if (ln.mask, ln.encoding) not in cands.excluded]
+            pieces = lines_envelope([ln.intercept for ln in live], [ln.slope for ln in live], x_lo, x_hi)
+            keys = [(live[i].mask, live[i].encoding) for _, _, i in pieces]
+            pairs.update(dict.fromkeys(keys))
+            # Pieces run in x = 1/B ascending, i.e. bandwidth descending.
+            starts_x = np.array([x_from for x_from, _, _ in pieces])
             row, mixed = [], []
             for b, centre in enumerate(centres):
                 row.append(keys[_segment_at(starts_x, 1.0 / centre)])
@@ -235,15 +369,17 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
                 mixed.append(bool(inner.any()))
             raw_tables[obj].append(row)
             raw_mixed[obj].append(mixed)
-            breaks = [(0.0 if i == len(segments) - 1 else 1.0 / segments[i + 1].x_from, keys[i]) for i in range(len(segments))]
-            raw_breaks[obj].append(sorted(breaks))
+            breaks = [(0.0 if i == len(pieces) - 1 else 1.0 / pieces[i + 1][0], keys[i]) for i in range(len(pieces))]
+            raw_breaks[obj].append(sorted(breaks, key=lambda b: b[0]))
 
-    cuts = _describe_cuts(model, ann, graph, names, wire, list(sets.values()))
-    by_key = {c.device.tobytes(): c.id for c in cuts}
+    chosen = list(pairs)
+    cuts = _describe_cuts(model, ann, cands.graph, cands.names, cands.wire, [cands.masks[m] for m, _ in chosen],
+                          [e for _, e in chosen], cands.codecs)
+    by_key = {(c.device.tobytes(), c.encoding): c.id for c in cuts}
     tables = {o: [[by_key[k] for k in row] for row in rows] for o, rows in raw_tables.items()}
     breakpoints = {o: [[(round(b, 6), by_key[k]) for b, k in row] for row in rows] for o, rows in raw_breaks.items()}
     return Plan(grid=grid, objective=objective, cuts=cuts, tables=tables, mixed=raw_mixed, breakpoints=breakpoints,
-                fallback=by_key[full.tobytes()], stats={"min_cuts": solves, "nodes": graph.n_nodes, "tensors": len(names)})
+                fallback=by_key[cands.always[0]], stats=stats, encodings=encodings, dropped=dropped, candidates=cands)
 
 
 def _segment_at(starts_x: np.ndarray, x: float) -> int:
@@ -281,42 +417,63 @@ def prefix_io(model: LoadedModel, mask: np.ndarray, upload: list[str], device_ou
     return inputs, list(dict.fromkeys(sent + device_outputs))
 
 
-def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: list[str], wire: np.ndarray,
-                   masks: list[np.ndarray]) -> list[CutChoice]:
-    """Name each device set after the layer it cuts behind, as the paper names split points."""
-    cuts, taken = [], set()
+def _set_name(model: LoadedModel, mask: np.ndarray, producers: list[int]) -> str:
+    """A device set's name: the layer it cuts behind (``producers``: the nodes making its upload)."""
     nodes = model.nodes
-    for mask in sorted(masks, key=lambda m: (int(m.sum()), m.tobytes())):
+    if not mask.any():
+        return "input"
+    if mask.all():
+        return _safe(nodes[max(model.tensors[o].producer for o in model.outputs)].name)
+    if producers:
+        return _safe(nodes[_layer_of(model, producers[-1])].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
+    return "input_and_device"
+
+
+def _describe_cuts(model: LoadedModel, ann: Annotation, graph: CutGraph, names: list[str], wire: np.ndarray,
+                   masks: list[np.ndarray], encodings: list[str] | None = None,
+                   codecs: dict[str, Codec] | None = None) -> list[CutChoice]:
+    """Name each device set after the layer it cuts behind, as the paper names split points.
+
+    ``encodings[i]`` is the encoding of ``masks[i]`` (default: all fp32; a set may come
+    with several); a lossy pair's id is its set's name plus ``@<encoding>``.
+    """
+    encodings = encodings or [LOSSLESS] * len(masks)
+    cuts, taken, named = [], set(), {}
+    order = sorted(range(len(masks)), key=lambda i: (int(masks[i].sum()), masks[i].tobytes(), ENCODINGS.index(encodings[i])))
+    for i in order:
+        mask, encoding = masks[i], encodings[i]
         up = list(upload_set(graph, mask))
         up_names = [names[t] for t in up]
         producers = sorted({int(graph.producers[t]) for t in up if graph.producers[t] >= 0})
-        if not mask.any():
-            ident = "input"
-        elif mask.all():
-            ident = _safe(nodes[max(model.tensors[o].producer for o in model.outputs)].name)
-        elif producers:
-            ident = _safe(nodes[_layer_of(model, producers[-1])].name) + (f"_and{len(producers) - 1}" if len(producers) > 1 else "")
-        else:
-            ident = "input_and_device"
-        base, k = ident, 2
-        while ident in taken:
-            ident, k = f"{base}_{k}", k + 1
-        taken.add(ident)
+        ident = named.get(mask.tobytes())
+        if ident is None:
+            base = ident = _set_name(model, mask, producers)
+            k = 2
+            while ident in taken:
+                ident, k = f"{base}_{k}", k + 1
+            taken.add(ident)
+            named[mask.tobytes()] = ident
+        codec = (codecs or {}).get(encoding)
+        wire_bytes = wire if codec is None else codec.wire_bytes
+        encode_ms = float(codec.device_ms[up].sum()) if codec is not None else 0.0
+        decode_ms = float(codec.cloud_ms[up].sum()) if codec is not None else 0.0
         device_outputs = [o for o in model.outputs if model.tensors[o].producer >= 0 and mask[model.tensors[o].producer]]
         download = [o for o in model.outputs if o not in device_outputs]
         # Each side that runs anything pays its session's fixed per-run cost once, and a
         # little per tensor it binds. The solver leaves these microseconds out (a constant
         # per non-empty side is not a cut cost); the predictions reported here include them.
-        nodes_ms = float(ann.device_ms[mask].sum())
+        # The codec times include binding the extra tensors an encoding sends.
+        nodes_ms = float(ann.device_ms[mask].sum()) + encode_ms
         prefix_in, prefix_out = prefix_io(model, mask, up_names, device_outputs)
         device_ms = ann.device.run_ms(nodes_ms, len(prefix_in), len(prefix_out))
         run_mj = (device_ms - nodes_ms) * ann.device.compute_power_w
-        cloud_ms = ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum()), len(up_names), len(download))
+        cloud_ms = ann.cloud.run_ms(float(ann.cloud_ms[~mask].sum()) + decode_ms, len(up_names), len(download))
         cuts.append(CutChoice(
-            id=ident, device=mask, upload=up_names, device_outputs=device_outputs, download=download,
-            device_ms=device_ms, cloud_ms=cloud_ms,
-            device_compute_mj=float((ann.device_ms * ann.device_power_w)[mask].sum()) + run_mj,
-            upload_bytes=int(wire[up].sum()) if up else 0,
+            id=ident if encoding == LOSSLESS else f"{ident}@{encoding}", device=mask, upload=up_names,
+            device_outputs=device_outputs, download=download, device_ms=device_ms, cloud_ms=cloud_ms,
+            device_compute_mj=float((ann.device_ms * ann.device_power_w)[mask].sum()) + (encode_ms * ann.device.compute_power_w) + run_mj,
+            upload_bytes=int(wire_bytes[up].sum()) if up else 0,
             download_bytes=int(sum(model.tensors[o].nbytes for o in download)),
+            encoding=encoding, wire=wire_layout(model, up_names, encoding),
         ))
     return cuts

@@ -57,10 +57,13 @@ def session(path: Path) -> ort.InferenceSession:
 
 
 def verify_build(model: LoadedModel, build_dir: Path, plan_doc: dict, seed: int = 0) -> dict[str, float]:
-    """Check every cut of ``plan_doc`` against the whole model.
+    """Check every lossless cut of ``plan_doc`` against the whole model.
+
+    Lossy cuts (fp16, int8 cut tensors) cannot meet this tolerance; the accuracy gate
+    (:mod:`nscompile.accuracy`) measures them instead.
 
     Returns:
-        Cut id -> largest absolute difference seen over all outputs.
+        Lossless cut id -> largest absolute difference seen over all outputs.
 
     Raises:
         NscompileError: a pair whose outputs differ beyond tolerance (a compiler bug worth reporting).
@@ -71,6 +74,8 @@ def verify_build(model: LoadedModel, build_dir: Path, plan_doc: dict, seed: int 
     reference = dict(zip(names, whole.run(None, feeds)))
     errors = {}
     for cut in plan_doc["cuts"]:
+        if cut.get("encoding", "fp32") != "fp32":
+            continue
         values = dict(feeds)
         if cut["prefix"]:
             prefix = session(build_dir / cut["prefix"])

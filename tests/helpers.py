@@ -1,4 +1,4 @@
-"""Helpers shared by the test modules: tiny models, a hand-made build, servers, random DAGs.
+"""Helpers shared by the test modules: tiny models, a hand-made build, servers, random DAGs, Triton's rules.
 
 Fixtures live in conftest.py; the plain functions and classes that more than one test module
 (or a benchmark) uses live here, so that no test module imports another. pytest puts tests/
@@ -8,6 +8,7 @@ on ``sys.path`` (``pythonpath`` in pyproject.toml): ``from helpers import ...``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import socket
 import subprocess
@@ -20,9 +21,10 @@ import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from nscompile.partition import CutGraph
+from nscompile.partition import CutGraph, Weights
 
 # ---------------------------------------------------------------------------------------
 # nscompile as a user runs it
@@ -462,3 +464,90 @@ def check_kill_and_restart(out: dict, what: str, split_cut: str = "input") -> fl
     down_s = out["ready_at"] - out["killed_at"]
     assert used_again[0][0] - out["killed_at"] < 2 * down_s + 2.0, (back_s, down_s)
     return back_s
+
+
+def all_closed_sets(g: CutGraph) -> np.ndarray:
+    """Every closed device set, as rows of a bool matrix (written independently of the solver)."""
+    n = g.n_nodes
+    masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
+    ok = np.ones(len(masks), dtype=bool)
+    for t, cs in enumerate(g.consumers):
+        p = g.producers[t]
+        if p >= 0:
+            for c in cs:
+                ok &= ~masks[:, c] | masks[:, p]
+    return masks[ok]
+
+
+def brute_costs(g: CutGraph, w: Weights, masks: np.ndarray) -> np.ndarray:
+    """The objective of every row of masks, straight from the definition, vectorized."""
+    cost = masks @ w.device + (~masks) @ w.cloud
+    for t, cs in enumerate(g.consumers):
+        p = g.producers[t]
+        made_on_device = np.ones(len(masks), bool) if p < 0 else masks[:, p]
+        if cs:
+            cost += w.upload[t] * (made_on_device & ~masks[:, list(cs)].all(axis=1))
+        if g.is_output[t] and p >= 0:
+            cost += w.download[t] * ~masks[:, p]
+    cost += w.remote * ~masks.all(axis=1)
+    return cost
+
+
+# ---------------------------------------------------------------------------------------
+# Triton's model repository rules (tests/test_triton_interop.py, tests/test_encodings.py)
+# ---------------------------------------------------------------------------------------
+
+
+def _model_config_class():
+    """Triton's ModelConfig message, from the generated module tritonclient ships."""
+    pytest.importorskip("google.protobuf")
+    import tritonclient
+
+    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
+    if not path.is_file():
+        pytest.skip("tritonclient without model_config_pb2")
+    spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelConfig
+
+
+ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
+                 "tensor(int32)": "TYPE_INT32", "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL",
+                 "tensor(uint8)": "TYPE_UINT8", "tensor(int8)": "TYPE_INT8"}
+
+
+PYTHON_MODEL = Path(__file__).parents[1] / "nscompile" / "serve" / "triton_python_model.py"
+
+
+def check_triton_repository(cloud: Path) -> list[str]:
+    """The rules Triton applies when it loads a repository; returns the model names."""
+    from google.protobuf import text_format
+
+    ModelConfig = _model_config_class()
+    names = []
+    for model_dir in sorted(p for p in cloud.iterdir() if p.is_dir()):
+        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())  # strict: unknown fields fail
+        assert cfg.name == model_dir.name
+        assert cfg.max_batch_size == 0
+        versions = [p for p in model_dir.iterdir() if p.is_dir()]
+        assert versions and all(p.name.isdigit() for p in versions)
+        newest = max(versions, key=lambda p: int(p.name))
+        if cfg.backend == "python":  # Triton runs 1/model.py, which runs model.onnx beside it
+            assert not cfg.platform and (newest / "model.py").read_text() == PYTHON_MODEL.read_text()
+            model_file = newest / "model.onnx"
+        else:
+            assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
+            model_file = newest / (cfg.default_model_filename or "model.onnx")
+        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
+        for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
+            assert [t.name for t in declared] == [t.name for t in actual]
+            for t, a in zip(declared, actual):
+                assert ModelConfig.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
+                    "data_type"].enum_type.values_by_number[t.data_type].name == ORT_TO_TRITON[a.type]
+                assert list(t.dims) == list(a.shape)
+        params = dict(cfg.parameters)
+        meta = sess.get_modelmeta().custom_metadata_map
+        assert params["nscompile_model_sha256"].string_value == meta["nscompile.model_sha256"]
+        names.append(cfg.name)
+    return names

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from helpers import layered_dag, random_dag
+from helpers import all_closed_sets, brute_costs, layered_dag, random_dag
 from nscompile.partition import (
     CutGraph,
     SolverInputError,
@@ -44,33 +44,6 @@ def random_weights(rng: np.random.Generator, g: CutGraph, ints: bool) -> Weights
 
     remote = float(draw(1)[0])
     return Weights(draw(g.n_nodes), draw(g.n_nodes), draw(g.n_tensors), draw(g.n_tensors), remote)
-
-
-def all_closed_sets(g: CutGraph) -> np.ndarray:
-    """Every closed device set, as rows of a bool matrix (written independently of the solver)."""
-    n = g.n_nodes
-    masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-    ok = np.ones(len(masks), dtype=bool)
-    for t, cs in enumerate(g.consumers):
-        p = g.producers[t]
-        if p >= 0:
-            for c in cs:
-                ok &= ~masks[:, c] | masks[:, p]
-    return masks[ok]
-
-
-def brute_costs(g: CutGraph, w: Weights, masks: np.ndarray) -> np.ndarray:
-    """The objective of every row of masks, straight from the definition, vectorized."""
-    cost = masks @ w.device + (~masks) @ w.cloud
-    for t, cs in enumerate(g.consumers):
-        p = g.producers[t]
-        made_on_device = np.ones(len(masks), bool) if p < 0 else masks[:, p]
-        if cs:
-            cost += w.upload[t] * (made_on_device & ~masks[:, list(cs)].all(axis=1))
-        if g.is_output[t] and p >= 0:
-            cost += w.download[t] * ~masks[:, p]
-    cost += w.remote * ~masks.all(axis=1)
-    return cost
 
 
 # --------------------------------------------------------------------------- hand-made diamond

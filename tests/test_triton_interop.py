@@ -4,18 +4,14 @@ ModelConfig schema (the model_config.proto shipped inside tritonclient)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
 
 import httpx
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from helpers import (ServerProcess, ServerThread, compiled_tiny_build, make_handmade_build, make_model, nscompile_cmd,
-                     reference, sample_inputs)
+from helpers import (ServerProcess, ServerThread, check_triton_repository, compiled_tiny_build, make_handmade_build,
+                     make_model, nscompile_cmd, reference, sample_inputs)
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -92,61 +88,6 @@ def test_tritonclient_sees_errors_as_errors(client):
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.infer("nope", [i])
     assert client.is_server_live()
-
-
-def _model_config_class():
-    """Triton's ModelConfig message, from the generated module tritonclient ships."""
-    pytest.importorskip("google.protobuf")
-    import tritonclient
-
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    if not path.is_file():
-        pytest.skip("tritonclient without model_config_pb2")
-    spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ModelConfig
-
-
-ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
-                 "tensor(int32)": "TYPE_INT32", "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL",
-                 "tensor(uint8)": "TYPE_UINT8", "tensor(int8)": "TYPE_INT8"}
-
-
-def check_triton_repository(cloud: Path) -> list[str]:
-    """The rules Triton applies when it loads a repository; returns the model names."""
-    from google.protobuf import text_format
-
-    ModelConfig = _model_config_class()
-    names = []
-    for model_dir in sorted(p for p in cloud.iterdir() if p.is_dir()):
-        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())  # strict: unknown fields fail
-        assert cfg.name == model_dir.name
-        assert cfg.max_batch_size == 0
-        versions = [p for p in model_dir.iterdir() if p.is_dir()]
-        assert versions and all(p.name.isdigit() for p in versions)
-        newest = max(versions, key=lambda p: int(p.name))
-        if cfg.backend == "python":  # Triton runs 1/model.py, which runs model.onnx beside it
-            assert not cfg.platform and (newest / "model.py").read_text() == PYTHON_MODEL.read_text()
-            model_file = newest / "model.onnx"
-        else:
-            assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
-            model_file = newest / (cfg.default_model_filename or "model.onnx")
-        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
-            assert [t.name for t in declared] == [t.name for t in actual]
-            for t, a in zip(declared, actual):
-                assert ModelConfig.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
-                    "data_type"].enum_type.values_by_number[t.data_type].name == ORT_TO_TRITON[a.type]
-                assert list(t.dims) == list(a.shape)
-        params = dict(cfg.parameters)
-        meta = sess.get_modelmeta().custom_metadata_map
-        assert params["nscompile_model_sha256"].string_value == meta["nscompile.model_sha256"]
-        names.append(cfg.name)
-    return names
-
-
-PYTHON_MODEL = Path(__file__).parents[1] / "nscompile" / "serve" / "triton_python_model.py"
 
 
 def test_cloud_is_a_valid_triton_repository(build):

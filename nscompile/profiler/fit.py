@@ -54,6 +54,9 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "Gelu": ("elems_out",),
     "Erf": ("elems_out",),
     "LayerNormalization": ("bytes_total", "elems_out"),
+    # The cut-tensor casts go both ways: fp32->fp16 reads 4 bytes per element and writes
+    # 2, fp16->fp32 the reverse. Equal totals, so separate terms let the fit price each.
+    "Cast": ("bytes_in", "bytes_out"),
 }
 _DEFAULT_FEATURES = ("bytes_total", "elems_out")
 # Keys fitted with linear forms only: few samples, and models run them far beyond the

@@ -39,6 +39,7 @@ class Cut:
     prefix: Path | None  # resolved inside the device directory
     cloud_model: str | None
     predicted: dict = field(default_factory=dict)
+    encoding: str = "fp32"  # how the tensors travel: fp32, fp16 or int8 (the prefix encodes them itself)
 
     @property
     def all_device(self) -> bool:
@@ -72,6 +73,7 @@ class Cut:
             prefix=prefix,
             cloud_model=cloud,
             predicted=dict(doc.get("predicted") or {}),
+            encoding=str(doc.get("encoding") or "fp32"),
         )
 
     def latency_ms(self, uplink_mbps: float, load: float = 1.0, rtt_ms: float = 0.0,

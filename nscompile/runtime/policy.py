@@ -49,6 +49,7 @@ class RunRecord:
     download_bytes: int = 0
     fell_back: bool = False
     error: str | None = None
+    encoding: str = "fp32"  # the chosen cut's cut-tensor encoding (fp32, fp16, int8)
 
     def as_dict(self) -> dict:
         """The record as a JSON-ready dict."""

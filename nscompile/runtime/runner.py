@@ -165,6 +165,7 @@ class SplitRunner:
         feeds = self._check_inputs(inputs)
         policy = self.policy
         cut, rec = policy.choose(time.monotonic(), self.transport)
+        rec.encoding = cut.encoding
         outputs = None
         if not cut.all_device:
             outputs = self._split(cut, feeds, rec)
