@@ -261,11 +261,16 @@ def plan_document(model: LoadedModel, plan: Plan, cut_docs: list[dict], profiles
         "cuts": cut_docs,
         "fallback": plan.fallback,
         "grid": {"objective": plan.objective, "bandwidth_mbps": [round(b, 6) for b in grid.bandwidth_mbps],
-                 "load": list(grid.load), "rtt_ms": grid.rtt_ms, "downlink_mbps": grid.downlink_mbps,
+                 "load": list(grid.load), "device_load": list(grid.device_load), "rtt_ms": grid.rtt_ms,
+                 "downlink_mbps": grid.downlink_mbps,
                  "radio": grid.radio, "input_bytes": grid.input_bytes},
         "table": plan.tables[plan.objective],
         "tables": plan.tables,
         "mixed": plan.mixed,
         "breakpoints": {o: [[{"from_mbps": b, "cut": c} for b, c in row] for row in rows]
                         for o, rows in plan.breakpoints.items()},
+        # Every device level, outermost (grid.device_load); the keys above are the slice at device load 1.
+        "device_tables": plan.device_tables,
+        "device_breakpoints": {o: [[[{"from_mbps": b, "cut": c} for b, c in row] for row in rows] for rows in levels]
+                               for o, levels in plan.device_breakpoints.items()},
     }

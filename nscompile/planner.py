@@ -47,20 +47,30 @@ class GridSpec:
     bandwidth_mbps: tuple[float, ...]  # bucket starts, ascending (uplink)
     load: tuple[float, ...]  # server slowdown factors K >= 1
     rtt_ms: float = 0.0
+    device_load: tuple[float, ...] = (1.0,)  # device slowdown factors Kd against its profile; 1.0 among them
     downlink_mbps: float | None = None  # None: symmetric, the downlink equals the uplink
     radio: str = "wifi"  # radio power model for the energy objective
     input_bytes: int | None = None  # upload size of the raw model input (e.g. a JPEG)
 
     @staticmethod
-    def parse(bandwidth: str = "0.1:1000:32", load: str = "1,2,4,8", **kwargs) -> GridSpec:
-        """Build a grid from the CLI's ``--bandwidth MIN:MAX:N`` (or a preset list) and ``--load L1,L2``.
+    def parse(bandwidth: str = "0.1:1000:32", load: str = "1,2,4,8", device_load: str = "1,1.5,2,4", **kwargs) -> GridSpec:
+        """Build a grid from the CLI's ``--bandwidth MIN:MAX:N`` (or a preset list), ``--load L1,L2``
+        and ``--device-load D1,D2``.
 
         ``bandwidth`` may also be a comma list of preset names or numbers ("3G,LTE,WIFI").
+        The device levels always include 1 (the device as profiled), whose slice is what
+        readers of plans without the device axis see.
 
         Raises:
             NscompileError: malformed or non-positive values.
         """
-        return GridSpec(bandwidth_mbps=_parse_bandwidth(bandwidth), load=_parse_load(load), **kwargs)
+        return GridSpec(bandwidth_mbps=_parse_bandwidth(bandwidth), load=_parse_load(load),
+                        device_load=_parse_device_load(device_load), **kwargs)
+
+    @property
+    def profiled_level(self) -> int:
+        """Index of device load 1 (the device as profiled) in :attr:`device_load`."""
+        return self.device_load.index(1.0)
 
 
 def _parse_bandwidth(text: str) -> tuple[float, ...]:
@@ -91,6 +101,16 @@ def _parse_load(text: str) -> tuple[float, ...]:
         return values
     except ValueError:
         raise NscompileError(f"bad --load '{text}': write server slowdown factors >= 1, e.g. 1,2,4,8") from None
+
+
+def _parse_device_load(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(sorted({1.0, *(float(v) for v in text.split(","))}))
+        if values[0] <= 0 or not all(np.isfinite(values)):
+            raise ValueError
+        return values
+    except ValueError:
+        raise NscompileError(f"bad --device-load '{text}': write device slowdown factors > 0, e.g. 1,1.5,2,4") from None
 
 
 @dataclass
@@ -130,14 +150,31 @@ class Plan:
     grid: GridSpec
     objective: str
     cuts: list[CutChoice]
-    tables: dict[str, list[list[str]]]  # objective -> [load][bucket] -> cut id
-    mixed: dict[str, list[list[bool]]]  # objective -> [load][bucket]: optimum changes inside
-    breakpoints: dict[str, list[list[tuple[float, str]]]]  # objective -> [load] -> (from_mbps, cut id)
+    # Each table is kept per device level (outermost); ``tables``, ``mixed`` and
+    # ``breakpoints`` are the slice at device load 1 (the device as profiled).
+    device_tables: dict[str, list[list[list[str]]]]  # objective -> [device level][load][bucket] -> cut id
+    device_mixed: dict[str, list[list[list[bool]]]]  # ... -> [bucket]: the optimum changes inside it
+    device_breakpoints: dict[str, list[list[list[tuple[float, str]]]]]  # ... -> [load] -> (from_mbps, cut id)
     fallback: str
     stats: dict = field(default_factory=dict)
     encodings: tuple[str, ...] = (LOSSLESS,)
     dropped: list[str] = field(default_factory=list)  # lossy cuts removed by the accuracy gate
     candidates: _Candidates | None = field(default=None, repr=False)
+
+    @property
+    def tables(self) -> dict[str, list[list[str]]]:
+        """objective -> [load][bucket] -> cut id, at device load 1."""
+        return {o: levels[self.grid.profiled_level] for o, levels in self.device_tables.items()}
+
+    @property
+    def mixed(self) -> dict[str, list[list[bool]]]:
+        """objective -> [load][bucket]: the optimum changes inside the bucket, at device load 1."""
+        return {o: levels[self.grid.profiled_level] for o, levels in self.device_mixed.items()}
+
+    @property
+    def breakpoints(self) -> dict[str, list[list[tuple[float, str]]]]:
+        """objective -> [load] -> (from_mbps, cut id), at device load 1."""
+        return {o: levels[self.grid.profiled_level] for o, levels in self.device_breakpoints.items()}
 
 
 @dataclass(frozen=True)
@@ -152,14 +189,15 @@ class _Line:
 
 @dataclass
 class _Candidates:
-    """Every pair on some encoding's envelope, per objective and load row: what re-solving starts from."""
+    """Every pair on some encoding's envelope, per objective, device level and load row: what
+    re-solving starts from."""
 
     graph: CutGraph
     names: list[str]
     wire: np.ndarray
     codecs: dict[str, Codec]
     masks: dict[bytes, np.ndarray]
-    lines: dict[str, list[list[_Line]]]
+    lines: dict[str, list[list[list[_Line]]]]  # objective -> [device level][load] -> lines
     always: list[tuple[bytes, str]]  # emitted whatever the tables say
     excluded: frozenset = frozenset()
 
@@ -187,12 +225,14 @@ def tensor_wire_bytes(model: LoadedModel, names: list[str], input_bytes: int | N
 
 
 def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_bytes: np.ndarray,
-                      load: float, grid: GridSpec) -> tuple[Weights, Weights]:
-    """The objective at load ``load`` as ``base + x * slope`` with x = 1/uplink Mbps.
+                      load: float, grid: GridSpec, device_load: float = 1.0) -> tuple[Weights, Weights]:
+    """The objective at server load ``load`` and device load ``device_load`` as
+    ``base + x * slope`` with x = 1/uplink Mbps.
 
-    Latency is in ms (DESIGN.md's Latency(S)); energy in mJ on the device (Energy(S)):
-    compute at the profile's power, idle while the server works and during the RTT, the
-    radio at Huang et al.'s ``alpha * Mbps + beta`` while sending and receiving. This is
+    Latency is in ms (DESIGN.md's Latency(S), the device's time times Kd); energy in mJ on
+    the device (Energy(S)): compute at the profile's power for Kd times the profiled time,
+    idle while the server works and during the RTT, the radio at Huang et al.'s
+    ``alpha * Mbps + beta`` while sending and receiving. This is
     the solver's form over every device set at once; one emitted cut's predicted latency
     is :meth:`nscompile.runtime.plan.Cut.latency_ms`, which reports and the testbed use.
     """
@@ -203,7 +243,7 @@ def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_byt
     down_ms = down_bytes * MS_PER_BYTE_AT_1MBPS
     symmetric = grid.downlink_mbps is None
     if objective == "latency":
-        base = Weights(device=ann.device_ms, cloud=load * ann.cloud_ms, upload=zeros_t,
+        base = Weights(device=device_load * ann.device_ms, cloud=load * ann.cloud_ms, upload=zeros_t,
                        download=zeros_t if symmetric else down_ms / grid.downlink_mbps, remote=grid.rtt_ms)
         slope = Weights(device=zeros_n, cloud=zeros_n, upload=up_ms_slope,
                         download=down_ms if symmetric else zeros_t, remote=0.0)
@@ -218,15 +258,16 @@ def objective_weights(objective: str, ann: Annotation, graph: CutGraph, wire_byt
     else:
         rx_ms = down_ms / grid.downlink_mbps
         down_base, down_slope = rx_ms * (radio.down_alpha_w_per_mbps * grid.downlink_mbps + radio.down_beta_w), zeros_t
-    base = Weights(device=ann.device_ms * ann.device_power_w, cloud=load * ann.cloud_ms * idle_w,
+    base = Weights(device=device_load * ann.device_ms * ann.device_power_w, cloud=load * ann.cloud_ms * idle_w,
                    upload=up_ms_slope * radio.up_alpha_w_per_mbps, download=down_base, remote=grid.rtt_ms * idle_w)
     slope = Weights(device=zeros_n, cloud=zeros_n, upload=up_ms_slope * radio.up_beta_w, download=down_slope, remote=0.0)
     return base, slope
 
 
 def encoded_weights(objective: str, ann: Annotation, base: Weights, slope: Weights, wire: np.ndarray,
-                    codec: Codec, load: float) -> tuple[Weights, Weights]:
-    """The objective at load ``load`` when the cut tensors travel under ``codec``'s encoding.
+                    codec: Codec, load: float, device_load: float = 1.0) -> tuple[Weights, Weights]:
+    """The objective at server load ``load`` and device load ``device_load`` when the cut
+    tensors travel under ``codec``'s encoding.
 
     Every upload term of :func:`objective_weights` is proportional to the tensor's bytes,
     so it scales with the encoded size; each encoded tensor adds its codec's time: encoding
@@ -235,9 +276,10 @@ def encoded_weights(objective: str, ann: Annotation, base: Weights, slope: Weigh
     """
     ratio = np.divide(codec.wire_bytes, wire, out=np.ones_like(wire), where=wire > 0)
     if objective == "latency":
-        codec_cost = codec.device_ms + load * codec.cloud_ms
+        codec_cost = device_load * codec.device_ms + load * codec.cloud_ms
     else:
-        codec_cost = codec.device_ms * ann.device.compute_power_w + load * codec.cloud_ms * ann.device.idle_power_w
+        codec_cost = (device_load * codec.device_ms * ann.device.compute_power_w
+                      + load * codec.cloud_ms * ann.device.idle_power_w)
     return replace(base, upload=base.upload * ratio + codec_cost), replace(slope, upload=slope.upload * ratio)
 
 
@@ -288,25 +330,29 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
     if include_all_cloud:
         masks[(~full).tobytes()] = ~full
         always.append(((~full).tobytes(), LOSSLESS))
-    lines: dict[str, list[list[_Line]]] = {}
+    lines: dict[str, list[list[list[_Line]]]] = {}
     solves = 0
     for obj in OBJECTIVES:
         lines[obj] = []
-        for load in grid.load:
-            base, slope = objective_weights(obj, ann, graph, wire, load, grid)
-            row: dict[tuple[bytes, str], _Line] = {}  # fp32 first: the lossless pair wins exact ties
-            for enc in usable:
-                weights = (base, slope) if enc == LOSSLESS else encoded_weights(obj, ann, base, slope, wire, codecs[enc], load)
-                segments = lower_envelope(graph, *weights, x_lo, x_hi)
-                solves += segments.n_solves
-                for seg in segments:
-                    key = seg.cut.device.tobytes()
-                    masks.setdefault(key, seg.cut.device.copy())
-                    # A set that uploads nothing encodable costs the same under every encoding: it is the fp32 pair.
-                    changes = enc != LOSSLESS and codecs[enc].encodable[upload_set(graph, seg.cut.device)].any()
-                    actual = enc if changes else LOSSLESS
-                    row.setdefault((key, actual), _Line(seg.intercept, seg.slope, key, actual))
-            lines[obj].append(list(row.values()))
+        for device_load in grid.device_load:
+            level = []
+            for load in grid.load:
+                base, slope = objective_weights(obj, ann, graph, wire, load, grid, device_load)
+                row: dict[tuple[bytes, str], _Line] = {}  # fp32 first: the lossless pair wins exact ties
+                for enc in usable:
+                    weights = ((base, slope) if enc == LOSSLESS
+                               else encoded_weights(obj, ann, base, slope, wire, codecs[enc], load, device_load))
+                    segments = lower_envelope(graph, *weights, x_lo, x_hi)
+                    solves += segments.n_solves
+                    for seg in segments:
+                        key = seg.cut.device.tobytes()
+                        masks.setdefault(key, seg.cut.device.copy())
+                        # A set that uploads nothing encodable costs the same under every encoding: it is the fp32 pair.
+                        changes = enc != LOSSLESS and codecs[enc].encodable[upload_set(graph, seg.cut.device)].any()
+                        actual = enc if changes else LOSSLESS
+                        row.setdefault((key, actual), _Line(seg.intercept, seg.slope, key, actual))
+                level.append(list(row.values()))
+            lines[obj].append(level)
     candidates = _Candidates(graph, names, wire, codecs, masks, lines, always)
     stats = {"min_cuts": solves, "nodes": graph.n_nodes, "tensors": len(names), "notes": notes}
     return _tabulate(model, ann, grid, objective, candidates, usable, stats, dropped=[])
@@ -345,41 +391,48 @@ def replan(model: LoadedModel, ann: Annotation, previous: Plan, drop: Iterable[s
 
 def _tabulate(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str, cands: _Candidates,
               encodings: tuple[str, ...], stats: dict, dropped: list[str]) -> Plan:
-    """Tables, breakpoints and cuts from the candidates' combined lower envelope per load row."""
+    """Tables, breakpoints and cuts from the candidates' combined lower envelope per device level and load row."""
     bandwidth = np.asarray(grid.bandwidth_mbps)
     # A bucket's representative point: its geometric centre; the open last bucket, its start.
     centres = np.append(np.sqrt(bandwidth[:-1] * bandwidth[1:]), bandwidth[-1])
     x_lo, x_hi = 1.0 / bandwidth[-1], 1.0 / bandwidth[0]
     pairs = dict.fromkeys(cands.always)
     raw_tables, raw_mixed, raw_breaks = {}, {}, {}
-    for obj, rows in cands.lines.items():
+    for obj, levels in cands.lines.items():
         raw_tables[obj], raw_mixed[obj], raw_breaks[obj] = [], [], []
-        for row_lines in rows:
-            live = [ln for ln in row_lines if (ln.mask, ln.encoding) not in cands.excluded]
-            pieces = lines_envelope([ln.intercept for ln in live], [ln.slope for ln in live], x_lo, x_hi)
-            keys = [(live[i].mask, live[i].encoding) for _, _, i in pieces]
-            pairs.update(dict.fromkeys(keys))
-            # Pieces run in x = 1/B ascending, i.e. bandwidth descending.
-            starts_x = np.array([x_from for x_from, _, _ in pieces])
-            row, mixed = [], []
-            for b, centre in enumerate(centres):
-                row.append(keys[_segment_at(starts_x, 1.0 / centre)])
-                top = 1.0 / bandwidth[b + 1] if b + 1 < len(bandwidth) else x_lo
-                inner = (starts_x > top) & (starts_x < 1.0 / bandwidth[b])
-                mixed.append(bool(inner.any()))
-            raw_tables[obj].append(row)
-            raw_mixed[obj].append(mixed)
-            breaks = [(0.0 if i == len(pieces) - 1 else 1.0 / pieces[i + 1][0], keys[i]) for i in range(len(pieces))]
-            raw_breaks[obj].append(sorted(breaks, key=lambda b: b[0]))
+        for rows in levels:
+            tables, mixes, breaks = [], [], []
+            for row_lines in rows:
+                live = [ln for ln in row_lines if (ln.mask, ln.encoding) not in cands.excluded]
+                pieces = lines_envelope([ln.intercept for ln in live], [ln.slope for ln in live], x_lo, x_hi)
+                keys = [(live[i].mask, live[i].encoding) for _, _, i in pieces]
+                pairs.update(dict.fromkeys(keys))
+                # Pieces run in x = 1/B ascending, i.e. bandwidth descending.
+                starts_x = np.array([x_from for x_from, _, _ in pieces])
+                row, mixed = [], []
+                for b, centre in enumerate(centres):
+                    row.append(keys[_segment_at(starts_x, 1.0 / centre)])
+                    top = 1.0 / bandwidth[b + 1] if b + 1 < len(bandwidth) else x_lo
+                    inner = (starts_x > top) & (starts_x < 1.0 / bandwidth[b])
+                    mixed.append(bool(inner.any()))
+                tables.append(row)
+                mixes.append(mixed)
+                row_breaks = [(0.0 if i == len(pieces) - 1 else 1.0 / pieces[i + 1][0], keys[i]) for i in range(len(pieces))]
+                breaks.append(sorted(row_breaks, key=lambda b: b[0]))
+            raw_tables[obj].append(tables)
+            raw_mixed[obj].append(mixes)
+            raw_breaks[obj].append(breaks)
 
     chosen = list(pairs)
     cuts = _describe_cuts(model, ann, cands.graph, cands.names, cands.wire, [cands.masks[m] for m, _ in chosen],
                           [e for _, e in chosen], cands.codecs)
     by_key = {(c.device.tobytes(), c.encoding): c.id for c in cuts}
-    tables = {o: [[by_key[k] for k in row] for row in rows] for o, rows in raw_tables.items()}
-    breakpoints = {o: [[(round(b, 6), by_key[k]) for b, k in row] for row in rows] for o, rows in raw_breaks.items()}
-    return Plan(grid=grid, objective=objective, cuts=cuts, tables=tables, mixed=raw_mixed, breakpoints=breakpoints,
-                fallback=by_key[cands.always[0]], stats=stats, encodings=encodings, dropped=dropped, candidates=cands)
+    tables = {o: [[[by_key[k] for k in row] for row in rows] for rows in levels] for o, levels in raw_tables.items()}
+    breakpoints = {o: [[[(round(b, 6), by_key[k]) for b, k in row] for row in rows] for rows in levels]
+                   for o, levels in raw_breaks.items()}
+    return Plan(grid=grid, objective=objective, cuts=cuts, device_tables=tables, device_mixed=raw_mixed,
+                device_breakpoints=breakpoints, fallback=by_key[cands.always[0]], stats=stats, encodings=encodings,
+                dropped=dropped, candidates=cands)
 
 
 def _segment_at(starts_x: np.ndarray, x: float) -> int:

@@ -130,7 +130,8 @@ def test_every_closed_cut_of_a_dag_emits_and_verifies(tmp_path):
     masks += [np.zeros(n, bool), np.ones(n, bool)]
     cuts = _describe_cuts(model, ann, graph, names, tensor_wire_bytes(model, names, None), masks)
     assert any(len(c.upload) > 1 for c in cuts), "the sample should include multi-tensor cuts"
-    plan = Plan(grid=GridSpec.parse(), objective="latency", cuts=cuts, tables={"latency": []}, mixed={}, breakpoints={}, fallback=cuts[-1].id)
+    plan = Plan(grid=GridSpec.parse(), objective="latency", cuts=cuts, device_tables={"latency": [[]]}, device_mixed={},
+                device_breakpoints={}, fallback=cuts[-1].id)
     (tmp_path / "out").mkdir()
     doc = emit(model, plan, tmp_path / "out", {"device": {}, "cloud": {}})
     errors = verify_build(model, tmp_path / "out", doc)
@@ -206,13 +207,16 @@ def test_table_cuts_are_fastest_by_cut_latency(tmp_path, random_light):
     """
     from nscompile.runtime import load_plan
 
-    grid = GridSpec.parse("0.01:10000:40", "1,2,4,8", rtt_ms=2.0, downlink_mbps=30.0)
+    grid = GridSpec.parse("0.01:10000:40", "1,2,4,8", "1,2,4", rtt_ms=2.0, downlink_mbps=30.0)
     build(random_light("squeezenet"), tmp_path / "b", grid=grid, verify=False, report=False)
     plan = load_plan(tmp_path / "b" / "device")
     assert len({c for row in plan.raw["table"] for c in row}) >= 3, "too few cuts chosen to check anything"
+    assert plan.raw["grid"]["device_load"] == [1.0, 2.0, 4.0] and plan.raw["device_tables"]["latency"][0] == plan.raw["table"]
     starts = grid.bandwidth_mbps
     centres = [(a * b) ** 0.5 for a, b in zip(starts, starts[1:])] + [starts[-1]]
-    for load, row in zip(grid.load, plan.raw["tables"]["latency"]):
-        for bw, chosen in zip(centres, row):
-            latency = {c.id: c.latency_ms(bw, load, grid.rtt_ms, grid.downlink_mbps) for c in plan.cuts.values()}
-            assert latency[chosen] <= min(latency.values()) + 0.05, (load, bw, chosen, latency)
+    for kd, rows in zip(grid.device_load, plan.raw["device_tables"]["latency"]):
+        for load, row in zip(grid.load, rows):
+            for bw, chosen in zip(centres, row):
+                latency = {c.id: c.latency_ms(bw, load, grid.rtt_ms, grid.downlink_mbps, kd) for c in plan.cuts.values()}
+                assert latency[chosen] <= min(latency.values()) + 0.05 * kd, (kd, load, bw, chosen, latency)
+                assert plan.lookup(bw, load, "latency", kd) == chosen  # the runtime reads the same cell

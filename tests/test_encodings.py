@@ -202,7 +202,7 @@ def test_every_encoded_pair_emits_and_reproduces_the_whole_model(tmp_path):
     cuts = _describe_cuts(model, ann, graph, names, wire, [m for m, _ in pairs], [e for _, e in pairs], codecs)
     assert any(len(c.upload) > 1 for c in cuts if c.is_lossy), "the sample should include multi-tensor cuts"
     (tmp_path / "out").mkdir()
-    doc = emit(model, Plan(GridSpec.parse(), "latency", cuts, {"latency": []}, {}, {}, cuts[-1].id), tmp_path / "out", {"device": {}, "cloud": {}})
+    doc = emit(model, Plan(GridSpec.parse(), "latency", cuts, {"latency": [[]]}, {}, {}, cuts[-1].id), tmp_path / "out", {"device": {}, "cloud": {}})
     x = {"x": rng.standard_normal((1, 8, 16)).astype(np.float32)}
     whole = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, x)[0]
     for cut, entry in zip(cuts, doc["cuts"]):

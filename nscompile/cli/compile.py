@@ -26,6 +26,7 @@ def build(
     objective: str = typer.Option("latency", help="Objective of plan.json's table: latency or energy (both are solved)."),
     bandwidth: str = typer.Option("0.1:1000:32", help="Uplink buckets: MIN:MAX:N Mbps (log-spaced), or a list such as 3G,LTE,WIFI."),
     load: str = typer.Option("1,2,4,8", help="Server load levels (slowdown factor K >= 1), comma separated."),
+    device_load: str = typer.Option("1,1.5,2,4", "--device-load", help="Device load levels (slowdown Kd against the device profile; 1 is always among them), comma separated."),
     rtt: float = typer.Option(0.0, "--rtt", help="Round-trip time in ms added to every split that uses the server."),
     downlink: Optional[float] = typer.Option(None, "--downlink", help="Downlink Mbps (default: equal to the uplink)."),
     radio: str = typer.Option("wifi", help="Radio power model for the energy objective: wifi, lte, 3g or cat1."),
@@ -46,7 +47,7 @@ def build(
     from nscompile.planner import GridSpec
     from nscompile.report import worst_rel_l2
 
-    grid = GridSpec.parse(bandwidth, load, rtt_ms=rtt, downlink_mbps=downlink, radio=radio, input_bytes=input_bytes)
+    grid = GridSpec.parse(bandwidth, load, device_load, rtt_ms=rtt, downlink_mbps=downlink, radio=radio, input_bytes=input_bytes)
     chosen_encodings, gate_tolerance = parse_encodings(encodings), Tolerance.parse(tolerance)
     output = output or Path("build") / model.stem
     lossy = any(e != LOSSLESS for e in chosen_encodings)
