@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,16 +130,23 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
     if not path.is_file():
         raise NscompileError(f"model file '{path}' does not exist; pass the path to an .onnx file")
     data = path.read_bytes()
-    sha256 = hashlib.sha256(data).hexdigest()
+    # hashlib lets go of the GIL on big buffers: hash on a second core while protobuf parses.
+    digest = hashlib.sha256()
+    hashing = threading.Thread(target=digest.update, args=(data,))
+    hashing.start()
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise NscompileError(f"'{path}' is not an ONNX model ({type(exc).__name__}); is the file truncated or of another format?") from None
+    finally:
+        hashing.join()
+    sha256 = digest.hexdigest()
     del data
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise NscompileError(f"'{path}' has an empty graph (no nodes); export the model again or pass another file")
+    external = any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
     weights = _take_weights(model, path.parent)  # first: it names a missing external data file best
-    _check(path)
+    _check(model, weights, path, external)
     _normalise_ir(model)
     _pin_input_shapes(model, dict(input_shapes or {}))
     _refuse_control_flow(model)
@@ -162,11 +170,31 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")
 
 
-def _check(path: Path) -> None:
+def _check(model: onnx.ModelProto, weights: WeightStore, path: Path, external: bool) -> None:
+    """Run the ONNX checker without parsing the weights a second time.
+
+    A model with external data is checked from its file, which is small then, so the
+    checker also vets every external data location (relative, inside the model's folder).
+    A self-contained model is checked as its light version, the stored initializers
+    posing as graph inputs of the same type and shape: their payloads were converted and
+    sized by :func:`_take_weights`, and every other check (nodes, attributes, opsets,
+    names, small initializers) runs unchanged on a proto of a few hundred KB instead of a
+    second parse of the whole file.
+    """
+    if external:
+        subject: str | onnx.ModelProto = str(path)
+    else:
+        subject = onnx.ModelProto()
+        subject.CopyFrom(model)  # cheap: the light model carries no payloads
+        graph = subject.graph
+        inputs = {i.name for i in graph.input}  # IR < 4 lists initializers among the inputs already
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in graph.initializer if t.name in weights.arrays and t.name not in inputs)
+        inline = [t for t in graph.initializer if t.name not in weights.arrays]
+        del graph.initializer[:]
+        graph.initializer.extend(inline)
     try:
-        # From the path: the C++ checker parses the file itself (no 2 GB serialisation of
-        # our proto) and resolves external data next to the model.
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise NscompileError(f"'{path}' fails the ONNX checker: {first}; fix or re-export the model") from None
@@ -181,10 +209,25 @@ def _take_weights(model: onnx.ModelProto, base_dir: Path) -> WeightStore:
         else:
             if _payload_bytes(tensor) <= INLINE_BYTES:
                 continue
-            array = numpy_helper.to_array(tensor)
+            array = _inline_array(tensor)
         store.arrays[tensor.name] = array
         _make_placeholder(tensor)
     return store
+
+
+# The value fields of a TensorProto besides raw_data (the checker wants exactly one set).
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _inline_array(tensor: TensorProto) -> np.ndarray:
+    """The payload of an inline initializer, checked as the ONNX checker would (see _check)."""
+    filled = tensor.HasField("raw_data") + sum(len(getattr(tensor, f)) > 0 for f in _TYPED_FIELDS)
+    try:
+        if filled != 1:
+            raise ValueError(f"{filled} value fields are set, the format wants one")
+        return numpy_helper.to_array(tensor)
+    except ValueError as exc:  # also a payload that does not fill the dims
+        raise NscompileError(f"initializer '{tensor.name}' (dims {list(tensor.dims)}) has a damaged payload ({exc}); re-export the model") from None
 
 
 def _payload_bytes(tensor: TensorProto) -> int:
