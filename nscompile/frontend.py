@@ -7,6 +7,12 @@ tensor's static shape and names unnamed nodes. What comes back is a *light*
 ``ModelProto``: its initializers keep name, dtype and dims but no data, so everything
 downstream (shape inference, slicing, serialising many subgraphs) is cheap however big
 the weights are; the backend writes the payloads once, into one shared weights file.
+
+The passes are written here rather than taken from onnx-graphsurgeon
+(``fold_constants().cleanup().toposort()``): on the light models its export of an IR 3
+graph fails the checker (initializers not among the inputs), and once the IR is
+normalised it is 2.5-7x slower than these passes (0.34 s against 0.06 s on ResNet-50 with
+random weights), because it folds and exports the full-weight graph.
 """
 
 from __future__ import annotations
