@@ -229,12 +229,14 @@ _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "doubl
 def _inline_array(tensor: TensorProto) -> np.ndarray:
     """The payload of an inline initializer, checked as the ONNX checker would (see _check)."""
     filled = tensor.HasField("raw_data") + sum(len(getattr(tensor, f)) > 0 for f in _TYPED_FIELDS)
-    try:
-        if filled != 1:
-            raise ValueError(f"{filled} value fields are set, the format wants one")
-        return numpy_helper.to_array(tensor)
-    except ValueError as exc:  # also a payload that does not fill the dims
-        raise NscompileError(f"initializer '{tensor.name}' (dims {list(tensor.dims)}) has a damaged payload ({exc}); re-export the model") from None
+    if filled != 1:
+        problem = f"{filled} value fields are set, the format wants one"
+    else:
+        try:
+            return numpy_helper.to_array(tensor)
+        except ValueError as exc:  # a payload that does not fill the dims
+            problem = str(exc)
+    raise NscompileError(f"initializer '{tensor.name}' (dims {list(tensor.dims)}) has a damaged payload ({problem}); re-export the model")
 
 
 def _payload_bytes(tensor: TensorProto) -> int:
