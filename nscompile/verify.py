@@ -101,14 +101,55 @@ def _compare(cut_id: str, reference: dict[str, np.ndarray], values: dict[str, np
     return worst
 
 
-def verify_build(model: LoadedModel, build_dir: Path, plan_doc: dict, seed: int = 0) -> dict[str, float]:
-    """Check every cut of ``plan_doc`` against the whole model.
+class Verifier:
+    """Checks a build's pairs against the whole model, whose run starts at construction.
 
-    The whole model and the pairs run as independent tasks on two workers, each session
-    on half the cores: at batch 1, two runs side by side on one thread each finish sooner
-    than one after the other on two threads (ResNet-50's three runs on two busy cores:
-    1.0 s against 1.9 s, medians), and no more than two sessions, so two copies of the
-    weights, are alive at once (the sequential loop kept three).
+    The whole model needs only the loaded model, so the compiler makes the verifier right
+    after loading: that run then overlaps annotation, planning and emission, and
+    :meth:`check` waits on the pairs alone. The whole model and the pairs run as
+    independent tasks on two workers, each session on half the cores: at batch 1, two
+    runs side by side on one thread each finish sooner than one after the other on two
+    threads (ResNet-50's three runs on two busy cores: 1.0 s against 1.9 s, medians), and
+    no more than two sessions, so two copies of the weights, are alive at once (the
+    sequential loop kept three). Use it as a context manager: leaving waits for the
+    runs in flight.
+    """
+
+    def __init__(self, model: LoadedModel, seed: int = 0):
+        """Start the whole model's run on seeded random inputs.
+
+        Raises:
+            NscompileError: an input dtype nscompile cannot make test data for.
+        """
+        self.feeds = random_inputs(model, seed)
+        cores = os.cpu_count() or 1
+        workers = 2 if cores >= 2 else 1
+        self.threads = max(1, cores // workers)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nscompile-verify")
+        self._whole = self._pool.submit(_run, model.path, self.feeds, self.threads)
+
+    def check(self, build_dir: Path, plan_doc: dict) -> dict[str, float]:
+        """Run every cut of ``plan_doc`` (paths relative to ``build_dir``) and compare.
+
+        Returns:
+            Cut id -> largest absolute difference seen over all outputs.
+
+        Raises:
+            NscompileError: a pair whose outputs differ beyond tolerance (a compiler bug worth reporting).
+        """
+        pairs = {cut["id"]: self._pool.submit(_run_pair, build_dir, cut, self.feeds, self.threads) for cut in plan_doc["cuts"]}
+        reference = self._whole.result()
+        return {cut_id: _compare(cut_id, reference, pair.result()) for cut_id, pair in pairs.items()}
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def verify_build(model: LoadedModel, build_dir: Path, plan_doc: dict, seed: int = 0) -> dict[str, float]:
+    """Check every cut of ``plan_doc`` against the whole model (see :class:`Verifier`).
 
     Returns:
         Cut id -> largest absolute difference seen over all outputs.
@@ -116,11 +157,5 @@ def verify_build(model: LoadedModel, build_dir: Path, plan_doc: dict, seed: int 
     Raises:
         NscompileError: a pair whose outputs differ beyond tolerance (a compiler bug worth reporting).
     """
-    feeds = random_inputs(model, seed)
-    workers = 2 if (os.cpu_count() or 1) >= 2 else 1
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ThreadPoolExecutor(workers) as pool:
-        whole = pool.submit(_run, model.path, feeds, threads)
-        pairs = {cut["id"]: pool.submit(_run_pair, build_dir, cut, feeds, threads) for cut in plan_doc["cuts"]}
-        reference = whole.result()
-        return {cut_id: _compare(cut_id, reference, pair.result()) for cut_id, pair in pairs.items()}
+    with Verifier(model, seed) as verifier:
+        return verifier.check(build_dir, plan_doc)
