@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,17 +136,11 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
     if not path.is_file():
         raise NscompileError(f"model file '{path}' does not exist; pass the path to an .onnx file")
     data = path.read_bytes()
-    # hashlib lets go of the GIL on big buffers: hash on a second core while protobuf parses.
-    digest = hashlib.sha256()
-    hashing = threading.Thread(target=digest.update, args=(data,))
-    hashing.start()
+    sha256 = hashlib.sha256(data).hexdigest()
     try:
         model = onnx.load_model_from_string(data)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise NscompileError(f"'{path}' is not an ONNX model ({type(exc).__name__}); is the file truncated or of another format?") from None
-    finally:
-        hashing.join()
-    sha256 = digest.hexdigest()
     del data
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise NscompileError(f"'{path}' has an empty graph (no nodes); export the model again or pass another file")
