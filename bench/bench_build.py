@@ -45,12 +45,16 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _timed(command: list[str], tree: Path, pycache: Path) -> tuple[float, float, str]:
-    """Wall and CPU time of one process run with ``tree`` first on the import path, and its stdout."""
-    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONPYCACHEPREFIX=str(pycache / tree.name))
+def _timed(command: list[str], tree: Path, work: Path) -> tuple[float, float, str]:
+    """Wall and CPU time of one process importing nscompile from ``tree``, and its stdout.
+
+    It runs in ``work``: ``python -m`` and ``-c`` put the working directory first on the
+    import path, so a run from inside a checkout would import that checkout instead.
+    """
+    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONPYCACHEPREFIX=str(work / "pycache" / tree.name))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     cpu, start = _cpu_seconds(), time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
     seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr}")
@@ -83,6 +87,10 @@ def main() -> None:
                 out = work / f"out{len(commands)}"
                 commands[label + suffix] = ([python, "-m", "nscompile", "build", str(source), "-o", str(out), "--json", *flags], tree, out)
             commands[f"build --help{suffix}"] = ([python, "-m", "nscompile", "build", "--help"], tree, None)
+        for tree in trees.values():  # each checkout must be the one its processes import
+            _, _, where = _timed([python, "-c", "import nscompile; print(nscompile.__file__)"], tree, work)
+            if not Path(where.strip()).is_relative_to(tree):
+                raise SystemExit(f"processes meant to use {tree} import {where.strip()}; is nscompile installed there?")
         times: dict[str, list[float]] = {label: [] for label in commands}
         cpu_times: dict[str, list[float]] = {label: [] for label in commands}
         stages: dict[str, dict[str, float]] = {}
@@ -90,7 +98,7 @@ def main() -> None:
             for label, (command, tree, output) in commands.items():
                 if output is not None:  # every run writes afresh, as a first build does
                     shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
-                seconds, cpu, out = _timed(command, tree, work / "pycache")
+                seconds, cpu, out = _timed(command, tree, work)
                 times[label].append(seconds)
                 cpu_times[label].append(cpu)
                 if "--json" in command:
