@@ -96,8 +96,10 @@ def main() -> None:
         stages: dict[str, dict[str, float]] = {}
         for _ in range(args.repeats):
             for label, (command, tree, output) in commands.items():
-                if output is not None:  # every run writes afresh, as a first build does
-                    shutil.rmtree(output, ignore_errors=True) if output.is_dir() else output.unlink(missing_ok=True)
+                if output is not None and output.is_dir():  # every run writes afresh, as a first build does
+                    shutil.rmtree(output)
+                elif output is not None:
+                    output.unlink(missing_ok=True)
                 seconds, cpu, out = _timed(command, tree, work)
                 times[label].append(seconds)
                 cpu_times[label].append(cpu)
