@@ -15,33 +15,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
 from nscompile.partition import CutGraph, Weights, lower_envelope, solve
 
-
-def layered_dag(rng: np.random.Generator, n_nodes: int, width: int = 8) -> CutGraph:
-    """A CNN-like DAG: layers of `width` nodes, each reading 1-3 tensors of the two
-    previous layers (so tensors often have several consumers, like ResNet skips)."""
-    producers = [-1]  # one graph input
-    consumers: list[set] = [set()]
-    prev: list[list[int]] = [[0]]  # tensor ids per layer
-    node = 0
-    while node < n_nodes:
-        layer = []
-        pool = [t for ts in prev[-2:] for t in ts]
-        for _ in range(min(width, n_nodes - node)):
-            for t in rng.choice(pool, size=min(len(pool), int(rng.integers(1, 4))), replace=False):
-                consumers[int(t)].add(node)
-            producers.append(node)
-            consumers.append(set())
-            layer.append(len(producers) - 1)
-            node += 1
-        prev.append(layer)
-    is_output = np.array([not c and p >= 0 for p, c in zip(producers, consumers)])
-    return CutGraph(n_nodes, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
+# The random DAGs are the ones the partition tests solve (tests/helpers.py).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import layered_dag  # noqa: E402
 
 
 def latency_weights(rng: np.random.Generator, g: CutGraph) -> tuple[Weights, Weights]:
@@ -114,7 +98,7 @@ def main() -> None:
     print(header)
     for n in args.sizes:
         rng = np.random.default_rng(args.seed)
-        g = layered_dag(rng, n)
+        g = layered_dag(rng, n, width=8)
         base, slope = latency_weights(rng, g)
         w = base.combine(slope, 1 / 5.85)  # LTE uplink
         cut = solve(g, w)

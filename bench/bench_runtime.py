@@ -33,9 +33,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from nscompile.runtime import SplitRunner, load_plan
+from nscompile.runtime import SplitRunner, load_plan, make_client
+from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, PROBE_PATH
 from nscompile.runtime.protocol import encode_request
-from nscompile.runtime.runner import make_client
 
 
 def minimal_build(model_path: Path, out: Path) -> None:
@@ -55,7 +55,7 @@ def minimal_build(model_path: Path, out: Path) -> None:
     init = {i.name for i in model.graph.initializer}
     inputs = [spec(v) for v in model.graph.input if v.name not in init]
     outputs = [spec(v) for v in model.graph.output]
-    onnx.helper.set_model_props(model, {"nscompile.model_sha256": sha, "nscompile.cut": "x"})
+    onnx.helper.set_model_props(model, {MODEL_SHA_METADATA: sha, "nscompile.cut": "x"})
     (out / "device").mkdir(parents=True)
     onnx.save(model, out / "device" / "prefix_all.onnx")
     cloud = f"{name}_suffix_input"
@@ -66,10 +66,10 @@ def minimal_build(model_path: Path, out: Path) -> None:
         f'{kind} {{ name: "{t["name"]}" data_type: TYPE_{v2[t["dtype"]]} dims: {t["shape"]} }}\n' for t in ts)
     (out / "cloud" / cloud / "config.pbtxt").write_text(
         f'name: "{cloud}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n' + tens("input", inputs) + tens("output", outputs)
-        + f'parameters {{ key: "nscompile_model_sha256" value {{ string_value: "{sha}" }} }}\n')
+        + f'parameters {{ key: "{MODEL_SHA_PARAMETER}" value {{ string_value: "{sha}" }} }}\n')
     bws = [0.1 * 10 ** (i / 4) for i in range(21)]
     plan = {
-        "schema": "nscompile.plan/1",
+        "schema": PLAN_SCHEMA,
         "model": {"name": name, "sha256": sha, "inputs": inputs, "outputs": outputs},
         "profiles": {},
         "cuts": [
@@ -207,7 +207,7 @@ def main() -> None:
         chooser.net.load_at = time.monotonic() + 1e9  # estimates fresh: no probe
         t = time.perf_counter()
         for _ in range(n // 10):
-            chooser._choose(time.monotonic())
+            chooser.policy.choose(time.monotonic(), chooser.transport)
         decide_us = (time.perf_counter() - t) / (n // 10) * 1e6
 
         # 3. transport on loopback
@@ -220,7 +220,7 @@ def main() -> None:
             ts = []
             for _ in range(7):
                 t = time.perf_counter()
-                client.post(server.url + "/v2/nscompile/probe", content=payload).raise_for_status()
+                client.post(server.url + PROBE_PATH, content=payload).raise_for_status()
                 ts.append((time.perf_counter() - t) * 1e3)
             post_ms.append(min(ts))
         raw_per_mb, _ = slope(sizes_mb, post_ms)

@@ -49,8 +49,15 @@ __all__ = [
 
 SCHEMA = "nscompile.profile/1"
 
-#: Where the shipped profiles live (repository root / cost_models).
-COST_MODELS_DIR = Path(__file__).resolve().parent.parent / "cost_models"
+def _shipped_profiles_dir() -> Path:
+    """``nscompile/cost_models`` in an installed wheel (package data), else the checkout's ``cost_models/``."""
+    package = Path(__file__).resolve().parent
+    inside = package / "cost_models"
+    return inside if inside.is_dir() else package.parent / "cost_models"
+
+
+#: Where the shipped profiles live.
+COST_MODELS_DIR = _shipped_profiles_dir()
 
 #: File names of the shipped default profiles per kind.
 DEFAULT_PROFILES = {

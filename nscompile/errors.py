@@ -8,3 +8,10 @@ escapes is a bug and keeps its traceback.
 
 class NscompileError(Exception):
     """A user error: the message names what is wrong and says what to do next."""
+
+
+class InternalError(Exception):
+    """A broken invariant inside nscompile: a bug, never the user's input.
+
+    The CLI lets it escape with its traceback, so that the report of the bug says where.
+    """

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import WEIGHTS_FILE
 
 # Initializers at most this big stay inline in the light model: shape inference reads
 # small constants (Reshape shapes, Slice starts) and copying them is free.
@@ -259,7 +260,7 @@ def _make_placeholder(tensor: TensorProto) -> None:
     tensor.dims.extend(dims)
     tensor.data_location = TensorProto.EXTERNAL
     entry = tensor.external_data.add()
-    entry.key, entry.value = "location", "weights.bin"
+    entry.key, entry.value = "location", WEIGHTS_FILE  # where the backend will write it
 
 
 def _set_weight(model: onnx.ModelProto, weights: WeightStore, name: str, value: np.ndarray) -> None:

@@ -37,9 +37,18 @@ import numpy as np
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 
-from nscompile.errors import NscompileError
+from nscompile.errors import InternalError
+
+
+class SolverInputError(InternalError, ValueError):
+    """The solver was handed inconsistent numbers (a graph, weights or mask that do not fit).
+
+    The planner builds these from a checked model, so inside nscompile this is a bug and
+    keeps its traceback; a direct caller of this module can catch it as a ValueError.
+    """
 
 __all__ = [
+    "SolverInputError",
     "CutGraph",
     "Weights",
     "Cut",
@@ -51,6 +60,7 @@ __all__ = [
     "evaluate",
     "solve",
     "lower_envelope",
+    "lines_envelope",
 ]
 
 # Capacities are int32 in scipy's max-flow. The optimum's cut value is scaled to at most
@@ -87,7 +97,7 @@ class CutGraph:
         is_output: bool[T], the tensor is a graph output.
 
     Raises:
-        NscompileError: if an id is out of range, lengths disagree, or a node consumes
+        SolverInputError: if an id is out of range, lengths disagree, or a node consumes
             its own output.
     """
 
@@ -100,33 +110,33 @@ class CutGraph:
     def __post_init__(self):
         n = self.n_nodes
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise NscompileError(f"CutGraph: n_nodes must be a non-negative int, got {n!r}")
+            raise SolverInputError(f"CutGraph: n_nodes must be a non-negative int, got {n!r}")
         prod = np.asarray(self.producers)
         if prod.ndim != 1 or (prod.size and not np.issubdtype(prod.dtype, np.integer)):
-            raise NscompileError("CutGraph: producers must be a 1-D integer array, one entry per tensor")
+            raise SolverInputError("CutGraph: producers must be a 1-D integer array, one entry per tensor")
         prod = prod.astype(np.int64)
         n_t = prod.size
         if n_t and (prod.min() < -1 or prod.max() >= n):
             bad = int(np.flatnonzero((prod < -1) | (prod >= n))[0])
-            raise NscompileError(
+            raise SolverInputError(
                 f"CutGraph: tensor {bad} has producer {int(prod[bad])}, outside -1..{n - 1}; "
                 "use -1 for graph inputs"
             )
         if len(self.consumers) != n_t:
-            raise NscompileError(
+            raise SolverInputError(
                 f"CutGraph: consumers has {len(self.consumers)} entries but there are {n_t} tensors"
             )
         cons = []
         for t, cs in enumerate(self.consumers):
             cs = tuple(sorted({int(c) for c in cs}))
             if cs and (cs[0] < 0 or cs[-1] >= n):
-                raise NscompileError(f"CutGraph: tensor {t} has a consumer outside 0..{n - 1}: {cs}")
+                raise SolverInputError(f"CutGraph: tensor {t} has a consumer outside 0..{n - 1}: {cs}")
             if prod[t] >= 0 and prod[t] in cs:
-                raise NscompileError(f"CutGraph: node {int(prod[t])} consumes its own output tensor {t}")
+                raise SolverInputError(f"CutGraph: node {int(prod[t])} consumes its own output tensor {t}")
             cons.append(cs)
         out = np.asarray(self.is_output, dtype=bool)
         if out.shape != (n_t,):
-            raise NscompileError(f"CutGraph: is_output must be bool[{n_t}], got shape {out.shape}")
+            raise SolverInputError(f"CutGraph: is_output must be bool[{n_t}], got shape {out.shape}")
         prod.setflags(write=False)
         out = out.copy()
         out.setflags(write=False)
@@ -149,13 +159,13 @@ class CutGraph:
 
 def _as_costs(name: str, values, length: int | None = None) -> np.ndarray:
     if np.ndim(values) != 1:
-        raise NscompileError(f"Weights: {name} must be a 1-D array of costs, got {np.ndim(values)} dimensions")
+        raise SolverInputError(f"Weights: {name} must be a 1-D array of costs, got {np.ndim(values)} dimensions")
     arr = np.array(values, dtype=np.float64, copy=True)
     if length is not None and arr.size != length:
-        raise NscompileError(f"Weights: {name} has {arr.size} entries, expected {length}")
+        raise SolverInputError(f"Weights: {name} has {arr.size} entries, expected {length}")
     if not np.all(np.isfinite(arr)) or (arr.size and arr.min() < 0):
         bad = int(np.flatnonzero(~np.isfinite(arr) | (arr < 0))[0])
-        raise NscompileError(
+        raise SolverInputError(
             f"Weights: {name}[{bad}] = {arr[bad]!r}; costs must be finite and >= 0"
         )
     arr.setflags(write=False)
@@ -179,7 +189,7 @@ class Weights:
         remote: fixed cost of using the server at all (e.g. the round-trip time).
 
     Raises:
-        NscompileError: on a negative, NaN or infinite entry, or mismatched lengths.
+        SolverInputError: on a negative, NaN or infinite entry, or mismatched lengths.
     """
 
     device: np.ndarray
@@ -195,7 +205,7 @@ class Weights:
         download = _as_costs("download", self.download, upload.size)
         remote = float(self.remote)
         if not np.isfinite(remote) or remote < 0:
-            raise NscompileError(f"Weights: remote = {self.remote!r}; it must be finite and >= 0")
+            raise SolverInputError(f"Weights: remote = {self.remote!r}; it must be finite and >= 0")
         object.__setattr__(self, "device", device)
         object.__setattr__(self, "cloud", cloud)
         object.__setattr__(self, "upload", upload)
@@ -227,10 +237,10 @@ class Weights:
             evaluate(self, S) + x * evaluate(o, S)``.
 
         Raises:
-            NscompileError: if sizes differ or an entry of the result is negative.
+            SolverInputError: if sizes differ or an entry of the result is negative.
         """
         if self.device.size != other.device.size or self.upload.size != other.upload.size:
-            raise NscompileError(
+            raise SolverInputError(
                 f"Weights.combine: sizes differ ({self.device.size} nodes/{self.upload.size} tensors "
                 f"vs {other.device.size}/{other.upload.size}); build both for the same CutGraph"
             )
@@ -245,7 +255,7 @@ class Weights:
 
     def _check(self, graph: CutGraph) -> None:
         if self.device.size != graph.n_nodes or self.upload.size != graph.n_tensors:
-            raise NscompileError(
+            raise SolverInputError(
                 f"Weights have {self.device.size} nodes and {self.upload.size} tensors but the "
                 f"graph has {graph.n_nodes} and {graph.n_tensors}; build them from the same graph"
             )
@@ -312,7 +322,7 @@ class Envelope(list):
 def _mask(graph: CutGraph, device_mask) -> np.ndarray:
     m = np.asarray(device_mask)
     if m.shape != (graph.n_nodes,):
-        raise NscompileError(f"device mask has shape {m.shape}, expected ({graph.n_nodes},)")
+        raise SolverInputError(f"device mask has shape {m.shape}, expected ({graph.n_nodes},)")
     return m.astype(bool, copy=False)
 
 
@@ -327,7 +337,7 @@ def is_closed(graph: CutGraph, device_mask) -> bool:
         True iff for every tensor edge p->c with p a node, c in S implies p in S.
 
     Raises:
-        NscompileError: if the mask has the wrong shape.
+        SolverInputError: if the mask has the wrong shape.
     """
     m = _mask(graph, device_mask)
     net = graph._network()
@@ -346,7 +356,7 @@ def upload_set(graph: CutGraph, device_mask) -> np.ndarray:
         Sorted int64 tensor ids, each once however many consumers it has on the cloud.
 
     Raises:
-        NscompileError: if the mask has the wrong shape.
+        SolverInputError: if the mask has the wrong shape.
     """
     m = _mask(graph, device_mask)
     net = graph._network()
@@ -368,7 +378,7 @@ def download_set(graph: CutGraph, device_mask) -> np.ndarray:
         Sorted int64 tensor ids. A graph input that is also an output is never downloaded.
 
     Raises:
-        NscompileError: if the mask has the wrong shape.
+        SolverInputError: if the mask has the wrong shape.
     """
     m = _mask(graph, device_mask)
     p = graph.producers
@@ -390,7 +400,7 @@ def evaluate(graph: CutGraph, weights: Weights, device_mask) -> float:
         cost(S) as a float.
 
     Raises:
-        NscompileError: if sizes of weights or mask do not match the graph.
+        SolverInputError: if sizes of weights or mask do not match the graph.
     """
     weights._check(graph)
     m = _mask(graph, device_mask)
@@ -604,7 +614,7 @@ def solve(graph: CutGraph, weights: Weights) -> Cut:
         are integers (more generally dyadic) at the chosen scale.
 
     Raises:
-        NscompileError: if the weights do not match the graph.
+        SolverInputError: if the weights do not match the graph.
     """
     return _solve(graph, weights)
 
@@ -636,11 +646,11 @@ def lower_envelope(
         are equal. ``Envelope.n_solves`` counts the min-cut solves.
 
     Raises:
-        NscompileError: on a bad interval or weights that do not match the graph.
+        SolverInputError: on a bad interval or weights that do not match the graph.
     """
     x_lo, x_hi = float(x_lo), float(x_hi)
     if not (np.isfinite(x_lo) and np.isfinite(x_hi) and 0 <= x_lo <= x_hi):
-        raise NscompileError(
+        raise SolverInputError(
             f"lower_envelope: need 0 <= x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]"
         )
     base._check(graph)
@@ -711,3 +721,49 @@ def lower_envelope(
     for xf, xt, (mask, a_val, d_val, gap) in merged:
         env.append(Segment(xf, xt, Cut(mask, a_val + xf * d_val, gap), a_val, d_val))
     return env
+
+
+def lines_envelope(intercepts, slopes, x_lo: float, x_hi: float) -> list[tuple[float, float, int]]:
+    """The lower envelope over [x_lo, x_hi] of explicit lines ``intercepts[i] + x * slopes[i]``.
+
+    The planner combines the envelopes of several objectives over the same x with it (one
+    per cut-tensor encoding): the minimum of lower envelopes is the lower envelope of all
+    their lines, each extended over the whole interval (a line is a real set's cost
+    everywhere, so extending it never undercuts a true minimum).
+
+    Args:
+        intercepts, slopes: one entry per line (at least one).
+        x_lo, x_hi: the interval, x_lo <= x_hi.
+
+    Returns:
+        Pieces ``(x_from, x_to, line index)`` covering the interval in order; the line of
+        a piece is the lowest on it, adjacent pieces meet where their lines cross. Ties go
+        to the line with the smaller slope just after the tie, then to the lower index.
+
+    Raises:
+        SolverInputError: no lines, lengths differ, or a bad interval.
+    """
+    a = np.asarray(intercepts, dtype=np.float64)
+    d = np.asarray(slopes, dtype=np.float64)
+    if a.ndim != 1 or a.shape != d.shape or a.size == 0:
+        raise SolverInputError(f"lines_envelope: need as many intercepts as slopes, at least one; got {a.shape} and {d.shape}")
+    if not (np.isfinite(x_lo) and np.isfinite(x_hi) and x_lo <= x_hi):
+        raise SolverInputError(f"lines_envelope: need x_lo <= x_hi, both finite; got [{x_lo}, {x_hi}]")
+    index = np.arange(a.size)
+    x = float(x_lo)
+    current = int(np.lexsort((index, d, a + x * d))[0])
+    pieces = []
+    # Each switch goes to a strictly smaller slope: at most one per line.
+    while True:
+        lower = np.flatnonzero(d < d[current])
+        cross = np.maximum((a[lower] - a[current]) / (d[current] - d[lower]), x) if lower.size else lower
+        x_next = float(cross.min()) if lower.size else np.inf
+        if x_next >= x_hi:
+            pieces.append((x, float(x_hi), current))
+            break
+        pieces.append((x, x_next, current))
+        at = lower[cross == x_next]
+        current = int(at[np.lexsort((at, d[at]))[0]])
+        x = x_next
+    kept = [p for p in pieces if p[1] > p[0]]
+    return kept or pieces[-1:]

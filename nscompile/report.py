@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import PLAN_SCHEMA
 
 LAYERS_FILE = "layers.json"
 
@@ -22,7 +23,7 @@ def layer_table(model, annotation, plan_doc: dict) -> list[dict]:
     behind = {}
     for cut in plan_doc["cuts"]:
         for t in cut["tensors"]:
-            behind.setdefault(t["name"], []).append(cut["id"])
+            behind.setdefault(t.get("source", t["name"]), []).append(cut["id"])
     rows = []
     for node, f, dms, cms in zip(model.nodes, annotation.features, annotation.device_ms, annotation.cloud_ms):
         out_bytes = sum(model.tensors[o].nbytes for o in node.output if o in model.tensors)
@@ -30,6 +31,11 @@ def layer_table(model, annotation, plan_doc: dict) -> list[dict]:
                      "cloud_ms": round(float(cms), 4), "output_kb": round(out_bytes / 1024, 2),
                      "cuts": sorted({c for o in node.output for c in behind.get(o, [])})})
     return rows
+
+
+def worst_rel_l2(accuracy: dict) -> float:
+    """A lossy cut's largest relative L2 error over its outputs (``cuts[].accuracy``)."""
+    return max((f.get("rel_l2", 0.0) for f in accuracy["outputs"].values()), default=0.0)
 
 
 def load_build(build_dir: Path) -> tuple[dict, list[dict]]:
@@ -46,8 +52,8 @@ def load_build(build_dir: Path) -> tuple[dict, list[dict]]:
         raise NscompileError(f"'{build_dir}' is not an nscompile build ({Path(exc.filename).name} missing); pass the directory `nscompile build -o` wrote") from None
     except json.JSONDecodeError as exc:
         raise NscompileError(f"'{build_dir}' has a damaged plan.json or {LAYERS_FILE} ({exc.msg}); rebuild it") from None
-    if plan_doc.get("schema") != "nscompile.plan/1":
-        raise NscompileError(f"'{build_dir}/plan.json' has schema {plan_doc.get('schema')!r}, not nscompile.plan/1; rebuild with this nscompile")
+    if plan_doc.get("schema") != PLAN_SCHEMA:
+        raise NscompileError(f"'{build_dir}/plan.json' has schema {plan_doc.get('schema')!r}, not {PLAN_SCHEMA}; rebuild with this nscompile")
     return plan_doc, layers
 
 
@@ -74,11 +80,21 @@ def render_html(plan_doc: dict, layers: list[dict]) -> str:
            f"<h1>{html.escape(model['name'])}</h1><p>sha256 {model['sha256'][:16]}… · {len(layers)} nodes · "
            f"device profile <b>{html.escape(plan_doc['profiles']['device']['name'])}</b>, server profile "
            f"<b>{html.escape(plan_doc['profiles']['cloud']['name'])}</b></p>",
-           "<h2>Cuts emitted</h2><table><tr><th>cut</th><th>device nodes</th><th>device ms</th><th>cloud ms</th><th>upload KB</th><th>download KB</th></tr>"]
+           "<h2>Cuts emitted</h2><p>Upload KB of each cut's tensors under every encoding (bold: the cut's own); "
+           "accuracy: the gate's largest relative L2 error over the outputs of a lossy cut.</p>"
+           "<table><tr><th>cut</th><th>encoding</th><th>device nodes</th><th>device ms</th><th>cloud ms</th><th>upload KB</th>"
+           "<th>fp32 KB</th><th>fp16 KB</th><th>int8 KB</th><th>download KB</th><th>accuracy</th></tr>"]
     for c in plan_doc["cuts"]:
         p = c["predicted"]
-        out.append(f"<tr><td><span class='sw' style='background:{colour[c['id']]}'></span>{html.escape(c['id'])}</td><td>{c['device_nodes']}</td>"
-                   f"<td>{p['device_ms']:.2f}</td><td>{p['cloud_ms']:.2f}</td><td>{p['upload_bytes'] / 1024:.1f}</td><td>{p['download_bytes'] / 1024:.1f}</td></tr>")
+        encoding = c.get("encoding", "fp32")
+        sizes = c.get("upload_bytes_by_encoding", {})
+        by_encoding = "".join(f"<td>{'<b>' if e == encoding else ''}{sizes[e] / 1024:.1f}{'</b>' if e == encoding else ''}</td>"
+                              if e in sizes else "<td></td>" for e in ("fp32", "fp16", "int8"))
+        acc = c.get("accuracy")
+        accuracy = "lossless" if not acc else f"rel L2 {worst_rel_l2(acc):.2g} ({acc['inputs']} {'real' if acc['real_data'] else 'random'} inputs)"
+        out.append(f"<tr><td><span class='sw' style='background:{colour[c['id']]}'></span>{html.escape(c['id'])}</td><td>{encoding}</td>"
+                   f"<td>{c['device_nodes']}</td><td>{p['device_ms']:.2f}</td><td>{p['cloud_ms']:.2f}</td><td>{p['upload_bytes'] / 1024:.1f}</td>"
+                   f"{by_encoding}<td>{p['download_bytes'] / 1024:.1f}</td><td>{accuracy}</td></tr>")
     out.append("</table>")
     grid = plan_doc["grid"]
     for objective, table in plan_doc.get("tables", {"latency": plan_doc["table"]}).items():

@@ -1,10 +1,7 @@
-"""Shared fixtures: real models on disk and a way to run the CLI as a user would."""
+"""Shared fixtures: real models on disk. Plain helper functions and classes are in helpers.py."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import onnx
@@ -30,19 +27,3 @@ def random_light(light_models_dir):
         return path
 
     return make
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m nscompile ARGS`` in a fresh process, as a user's shell would."""
-    return subprocess.run([sys.executable, "-m", "nscompile", *map(str, args)], capture_output=True, text=True, timeout=timeout)
-
-
-class SlowSession:
-    """Wraps an onnxruntime session so every run takes ``delay`` seconds longer (a slow server)."""
-
-    def __init__(self, inner, delay: float):
-        self.inner, self.delay = inner, delay
-
-    def run(self, *a, **kw):
-        time.sleep(self.delay)
-        return self.inner.run(*a, **kw)

@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
 
+from helpers import transformer_block
 from nscompile.compiler import build
 from nscompile.errors import NscompileError
 from nscompile.examples import LIGHT_MODELS, light_model_path
@@ -62,66 +63,27 @@ def device_bytes(out: Path) -> int:
     return sum(p.stat().st_size for p in (out / "device").iterdir())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_build_and_verify(name, random_light, tmp_path):
     """The nine real architectures of the onnx package, with seeded random weights."""
     result = build(random_light(name), tmp_path / name)
     plan = check_artifacts(tmp_path / name)
-    assert result.verification is not None and set(result.verification) == {c["id"] for c in plan["cuts"]}
+    # Lossless cuts pass the tight check; lossy ones (fp16 by default) the accuracy gate.
+    assert result.verification is not None and set(result.verification) == {c["id"] for c in plan["cuts"] if c["encoding"] == "fp32"}
+    assert all(c["accuracy"]["passed"] for c in plan["cuts"] if c["encoding"] != "fp32")
     # The device holds each weight once: all prefixes share device/weights.bin.
     model = load_model(random_light(name))
     deepest = model.weights.nbytes()  # the all-device prefix uses every weight
     assert device_bytes(tmp_path / name) <= 1.05 * deepest
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHT_MODELS)
 def test_light_models_build_as_shipped(name, tmp_path):
     """As shipped: IR 3, opset 9, weights made by ConstantOfShape (folded by the frontend)."""
     build(light_model_path(name), tmp_path / name)
     check_artifacts(tmp_path / name)
-
-
-def transformer_block(seq: int = 16, dim: int = 32, heads: int = 4, seed: int = 0) -> onnx.ModelProto:
-    """One pre-norm encoder block: LayerNorm, multi-head attention, residual, LayerNorm, GELU MLP."""
-    rng = np.random.default_rng(seed)
-    head = dim // heads
-
-    def w(name, *shape):
-        return numpy_helper.from_array((rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32), name)
-
-    inits = [w("wq", dim, dim), w("wk", dim, dim), w("wv", dim, dim), w("wo", dim, dim), w("w1", dim, 4 * dim), w("w2", 4 * dim, dim),
-             numpy_helper.from_array(np.ones(dim, np.float32), "g1"), numpy_helper.from_array(np.zeros(dim, np.float32), "b1"),
-             numpy_helper.from_array(np.ones(dim, np.float32), "g2"), numpy_helper.from_array(np.zeros(dim, np.float32), "b2"),
-             numpy_helper.from_array(np.array([1, seq, heads, head], np.int64), "split_shape"),
-             numpy_helper.from_array(np.array([1, seq, dim], np.int64), "merge_shape"),
-             numpy_helper.from_array(np.array(1 / np.sqrt(head), np.float32), "scale"),
-             numpy_helper.from_array(np.array(1 / np.sqrt(2), np.float32), "inv_sqrt2"),
-             numpy_helper.from_array(np.array(1.0, np.float32), "one"), numpy_helper.from_array(np.array(0.5, np.float32), "half")]
-    n = helper.make_node
-    nodes = [n("LayerNormalization", ["x", "g1", "b1"], ["ln1"], name="ln1", axis=-1)]
-    for p in "qkv":
-        nodes += [n("MatMul", ["ln1", f"w{p}"], [f"{p}_flat"], name=f"proj_{p}"),
-                  n("Reshape", [f"{p}_flat", "split_shape"], [f"{p}_split"], name=f"split_{p}"),
-                  n("Transpose", [f"{p}_split"], [f"{p}_heads"], name=f"heads_{p}", perm=[0, 2, 3, 1] if p == "k" else [0, 2, 1, 3])]
-    nodes += [n("MatMul", ["q_heads", "k_heads"], ["scores_raw"], name="scores"),
-              n("Mul", ["scores_raw", "scale"], ["scores_scaled"], name="scale_scores"),
-              n("Softmax", ["scores_scaled"], ["attn"], name="softmax", axis=-1),
-              n("MatMul", ["attn", "v_heads"], ["ctx_heads"], name="context"),
-              n("Transpose", ["ctx_heads"], ["ctx_t"], name="merge_heads", perm=[0, 2, 1, 3]),
-              n("Reshape", ["ctx_t", "merge_shape"], ["ctx"], name="merge"),
-              n("MatMul", ["ctx", "wo"], ["attn_out"], name="out_proj"),
-              n("Add", ["x", "attn_out"], ["res1"], name="residual1"),
-              n("LayerNormalization", ["res1", "g2", "b2"], ["ln2"], name="ln2", axis=-1),
-              n("MatMul", ["ln2", "w1"], ["ff1"], name="fc1"),
-              # GELU(x) = 0.5 x (1 + erf(x / sqrt 2))
-              n("Mul", ["ff1", "inv_sqrt2"], ["g_a"], name="gelu_scale"), n("Erf", ["g_a"], ["g_b"], name="gelu_erf"),
-              n("Add", ["g_b", "one"], ["g_c"], name="gelu_add"), n("Mul", ["ff1", "g_c"], ["g_d"], name="gelu_mul"),
-              n("Mul", ["g_d", "half"], ["gelu"], name="gelu_half"),
-              n("MatMul", ["gelu", "w2"], ["ff2"], name="fc2"),
-              n("Add", ["res1", "ff2"], ["y"], name="residual2")]
-    graph = helper.make_graph(nodes, "block", [helper.make_tensor_value_info("x", 1, [1, seq, dim])],
-                              [helper.make_tensor_value_info("y", 1, [1, seq, dim])], inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def test_transformer_block_builds_for_both_objectives(tmp_path):
@@ -168,7 +130,8 @@ def test_every_closed_cut_of_a_dag_emits_and_verifies(tmp_path):
     masks += [np.zeros(n, bool), np.ones(n, bool)]
     cuts = _describe_cuts(model, ann, graph, names, tensor_wire_bytes(model, names, None), masks)
     assert any(len(c.upload) > 1 for c in cuts), "the sample should include multi-tensor cuts"
-    plan = Plan(grid=GridSpec.parse(), objective="latency", cuts=cuts, tables={"latency": []}, mixed={}, breakpoints={}, fallback=cuts[-1].id)
+    plan = Plan(grid=GridSpec.parse(), objective="latency", cuts=cuts, device_tables={"latency": [[]]}, device_mixed={},
+                device_breakpoints={}, fallback=cuts[-1].id)
     (tmp_path / "out").mkdir()
     doc = emit(model, plan, tmp_path / "out", {"device": {}, "cloud": {}})
     errors = verify_build(model, tmp_path / "out", doc)
@@ -189,7 +152,7 @@ def test_verification_catches_a_wrong_suffix(tmp_path, random_light):
     from nscompile.verify import verify_build
 
     out = tmp_path / "sq"
-    build(random_light("squeezenet"), out, grid=GridSpec.parse("0.1:1000:32", "1"))
+    build(random_light("squeezenet"), out, grid=GridSpec.parse("0.1:1000:32", "1"), encodings="fp32")
     plan = json.loads((out / "plan.json").read_text())
     split = [c for c in plan["cuts"] if c["prefix"] and c["suffix"]]
     assert split, "expected at least one real split"
@@ -233,3 +196,27 @@ def test_all_cloud_cut_on_request(tmp_path):
     plan = check_artifacts(tmp_path / "forced")
     assert [c["id"] for c in plan["cuts"]] == ["input", plan["fallback"]]
     assert "input" not in {c for row in plan["table"] for c in row} and set(forced.verification) == {"input", plan["fallback"]}
+
+
+def test_table_cuts_are_fastest_by_cut_latency(tmp_path, random_light):
+    """At every bucket the solver's cut is the fastest emitted cut by the runtime's Cut.latency_ms.
+
+    The solver and the per-cut formula are written apart; they must agree. The solver
+    leaves out the sessions' fixed per-run microseconds that the predictions include,
+    and plan.json rounds to 0.1 us: hence the small tolerance.
+    """
+    from nscompile.runtime import load_plan
+
+    grid = GridSpec.parse("0.01:10000:40", "1,2,4,8", "1,2,4", rtt_ms=2.0, downlink_mbps=30.0)
+    build(random_light("squeezenet"), tmp_path / "b", grid=grid, verify=False, report=False)
+    plan = load_plan(tmp_path / "b" / "device")
+    assert len({c for row in plan.raw["table"] for c in row}) >= 3, "too few cuts chosen to check anything"
+    assert plan.raw["grid"]["device_load"] == [1.0, 2.0, 4.0] and plan.raw["device_tables"]["latency"][0] == plan.raw["table"]
+    starts = grid.bandwidth_mbps
+    centres = [(a * b) ** 0.5 for a, b in zip(starts, starts[1:])] + [starts[-1]]
+    for kd, rows in zip(grid.device_load, plan.raw["device_tables"]["latency"]):
+        for load, row in zip(grid.load, rows):
+            for bw, chosen in zip(centres, row):
+                latency = {c.id: c.latency_ms(bw, load, grid.rtt_ms, grid.downlink_mbps, kd) for c in plan.cuts.values()}
+                assert latency[chosen] <= min(latency.values()) + 0.05 * kd, (kd, load, bw, chosen, latency)
+                assert plan.lookup(bw, load, "latency", kd) == chosen  # the runtime reads the same cell

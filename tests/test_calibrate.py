@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
+from helpers import run_cli
 from nscompile import zoo
 from nscompile.cost_model import default_profile_path, load_profile
 
@@ -40,6 +40,7 @@ def test_calibration_matches_measurement_and_wins_in_build(lenet, tmp_path):
     assert calibrated.calibration_for(sha, {"data": [2, 1, 28, 28]}) is None
 
 
+@pytest.mark.slow
 def test_cli_profile_model(lenet, tmp_path):
     out = tmp_path / "cal.json"
     r = run_cli("profile", "--model", str(lenet), "--base", str(default_profile_path("device")), "-o", str(out), "--json")

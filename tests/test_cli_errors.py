@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from conftest import run_cli
+from helpers import run_cli
 
 DYNAMIC = """
 <ir_version: 8, opset_import: ["" : 17]>
@@ -82,6 +82,7 @@ def test_existing_foreign_directory_is_not_replaced(tmp_path, random_light):
     assert (out / "thesis.tex").read_text() == "keep me"
 
 
+@pytest.mark.slow
 def test_build_then_inspect(tmp_path, random_light):
     out = tmp_path / "sq"
     result = run_cli("build", random_light("squeezenet"), "-o", out, "--json")

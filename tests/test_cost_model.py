@@ -148,10 +148,7 @@ def test_default_profile_paths():
 def test_shipped_profiles_predict_every_light_model(kind):
     from nscompile.profiler.modelprep import light_model_paths, load_light_model
 
-    path = default_profile_path(kind)
-    if not path.exists():
-        pytest.skip(f"{path} not shipped yet")
-    p = load_profile(path)
+    p = load_profile(default_profile_path(kind))
     assert p.kind == kind and p.models and p.meta.get("cpu_model")
     for name in ("squeezenet", "shufflenet"):
         if name not in light_model_paths():

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from nscompile.errors import NscompileError
+from helpers import all_closed_sets, brute_costs, layered_dag, random_dag
 from nscompile.partition import (
     CutGraph,
+    SolverInputError,
     Weights,
     download_set,
     evaluate,
@@ -31,26 +32,6 @@ def diamond() -> CutGraph:
     )
 
 
-def random_dag(rng: np.random.Generator, n: int) -> CutGraph:
-    """A random DAG with several graph inputs, multi-consumer tensors and outputs."""
-    n_inputs = int(rng.integers(1, 4))
-    producers = [-1] * n_inputs
-    consumers: list[set] = [set() for _ in range(n_inputs)]
-    for node in range(n):
-        k = int(rng.integers(0, 4))  # a node may consume nothing (e.g. a constant generator)
-        for t in rng.choice(len(producers), size=min(k, len(producers)), replace=False):
-            consumers[int(t)].add(node)
-        for _ in range(int(rng.integers(1, 3))):
-            producers.append(node)
-            consumers.append(set())
-    is_output = rng.random(len(producers)) < 0.2
-    # Unconsumed node outputs are mostly graph outputs, as in a real model.
-    for t, cs in enumerate(consumers):
-        if not cs and producers[t] >= 0 and rng.random() < 0.7:
-            is_output[t] = True
-    return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
-
-
 def random_weights(rng: np.random.Generator, g: CutGraph, ints: bool) -> Weights:
     """Random non-negative weights; integer draws make zeros and exact ties common."""
 
@@ -63,33 +44,6 @@ def random_weights(rng: np.random.Generator, g: CutGraph, ints: bool) -> Weights
 
     remote = float(draw(1)[0])
     return Weights(draw(g.n_nodes), draw(g.n_nodes), draw(g.n_tensors), draw(g.n_tensors), remote)
-
-
-def all_closed_sets(g: CutGraph) -> np.ndarray:
-    """Every closed device set, as rows of a bool matrix (written independently of the solver)."""
-    n = g.n_nodes
-    masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(bool)
-    ok = np.ones(len(masks), dtype=bool)
-    for t, cs in enumerate(g.consumers):
-        p = g.producers[t]
-        if p >= 0:
-            for c in cs:
-                ok &= ~masks[:, c] | masks[:, p]
-    return masks[ok]
-
-
-def brute_costs(g: CutGraph, w: Weights, masks: np.ndarray) -> np.ndarray:
-    """The objective of every row of masks, straight from the definition, vectorized."""
-    cost = masks @ w.device + (~masks) @ w.cloud
-    for t, cs in enumerate(g.consumers):
-        p = g.producers[t]
-        made_on_device = np.ones(len(masks), bool) if p < 0 else masks[:, p]
-        if cs:
-            cost += w.upload[t] * (made_on_device & ~masks[:, list(cs)].all(axis=1))
-        if g.is_output[t] and p >= 0:
-            cost += w.download[t] * ~masks[:, p]
-    cost += w.remote * ~masks.all(axis=1)
-    return cost
 
 
 # --------------------------------------------------------------------------- hand-made diamond
@@ -274,24 +228,6 @@ def cut_lp_value(g: CutGraph, w: Weights) -> float:
     return float(res.fun + const)
 
 
-def layered_dag(rng: np.random.Generator, n: int, width: int) -> CutGraph:
-    """A CNN-like DAG: layers of ``width`` nodes reading 1-3 tensors of the two previous layers."""
-    producers, consumers, prev = [-1], [set()], [[0]]
-    node = 0
-    while node < n:
-        layer, pool = [], [t for ts in prev[-2:] for t in ts]
-        for _ in range(min(width, n - node)):
-            for t in rng.choice(pool, size=min(len(pool), int(rng.integers(1, 4))), replace=False):
-                consumers[int(t)].add(node)
-            producers.append(node)
-            consumers.append(set())
-            layer.append(len(producers) - 1)
-            node += 1
-        prev.append(layer)
-    is_output = np.array([not c and p >= 0 for p, c in zip(producers, consumers)])
-    return CutGraph(n, np.array(producers), tuple(tuple(sorted(c)) for c in consumers), is_output)
-
-
 def test_solve_matches_cut_lp_on_medium_graphs():
     # Hundreds of nodes: real augmenting paths through the infinite closure edges, with
     # flow on the opposite upload edges (an int32 overflow there once lost the optimum).
@@ -412,9 +348,9 @@ def test_lower_envelope_single_point_and_errors():
     w = Weights([1, 1, 1, 1], [2, 2, 2, 2], [1, 1, 1, 1, 1], [1] * 5, 0.0)
     env = lower_envelope(g, w, w, 2.0, 2.0)
     assert len(env) == 1 and env.n_solves == 1
-    with pytest.raises(NscompileError, match="x_lo"):
+    with pytest.raises(SolverInputError, match="x_lo"):
         lower_envelope(g, w, w, 3.0, 1.0)
-    with pytest.raises(NscompileError, match="x_lo"):
+    with pytest.raises(SolverInputError, match="x_lo"):
         lower_envelope(g, w, w, 0.0, np.inf)
 
 
@@ -422,22 +358,22 @@ def test_lower_envelope_single_point_and_errors():
 
 
 def test_user_errors_name_the_problem():
-    with pytest.raises(NscompileError, match="producer"):
+    with pytest.raises(SolverInputError, match="producer"):
         CutGraph(2, np.array([-1, 5]), ((0,), ()), np.array([False, True]))
-    with pytest.raises(NscompileError, match="consumers has 1"):
+    with pytest.raises(SolverInputError, match="consumers has 1"):
         CutGraph(2, np.array([-1, 0]), ((0,),), np.array([False, True]))
-    with pytest.raises(NscompileError, match="consumes its own"):
+    with pytest.raises(SolverInputError, match="consumes its own"):
         CutGraph(2, np.array([-1, 0]), ((0,), (0,)), np.array([False, True]))
-    with pytest.raises(NscompileError, match=r"device\[1\]"):
+    with pytest.raises(SolverInputError, match=r"device\[1\]"):
         Weights([1.0, -1.0], [1, 1], [0], [0])
-    with pytest.raises(NscompileError, match="1-D"):
+    with pytest.raises(SolverInputError, match="1-D"):
         Weights([[1.0]], [1.0], [0], [0])
-    with pytest.raises(NscompileError, match="remote"):
+    with pytest.raises(SolverInputError, match="remote"):
         Weights([1.0], [1.0], [0], [0], remote=np.nan)
     g = diamond()
-    with pytest.raises(NscompileError, match="same graph"):
+    with pytest.raises(SolverInputError, match="same graph"):
         solve(g, Weights([1, 1], [1, 1], [0], [0]))
-    with pytest.raises(NscompileError, match="mask"):
+    with pytest.raises(SolverInputError, match="mask"):
         evaluate(g, Weights.zeros(4, 5), [True])
 
 

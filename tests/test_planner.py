@@ -9,12 +9,12 @@ import numpy as np
 import onnx
 import pytest
 
+from helpers import transformer_block
 from nscompile.annotate import annotate
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.frontend import load_model
 from nscompile.partition import download_set, evaluate, solve, upload_set
 from nscompile.planner import GridSpec, cut_graph, objective_weights, plan, tensor_wire_bytes
-from test_build import transformer_block
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_table_and_breakpoints_agree_with_direct_solves(random_light):
     rng = np.random.default_rng(3)
     device_ms = rng.uniform(0.5, 5.0, len(model.nodes))
     ann = dataclasses.replace(profiled, device_ms=device_ms, cloud_ms=device_ms * rng.uniform(0.05, 0.2, len(model.nodes)))
-    grid = GridSpec.parse("0.01:10000:40", "1,3", rtt_ms=2.0)
+    grid = GridSpec.parse("0.01:10000:40", "1,3", "1,2.5", rtt_ms=2.0)
     solved = plan(model, ann, grid, "latency")
     graph, names = cut_graph(model)
     wire = tensor_wire_bytes(model, names, None)
@@ -78,28 +78,63 @@ def test_table_and_breakpoints_agree_with_direct_solves(random_light):
     bw = np.array(grid.bandwidth_mbps)
     centres = np.append(np.sqrt(bw[:-1] * bw[1:]), bw[-1])
     for objective in ("latency", "energy"):
-        for li, load in enumerate(grid.load):
-            base, slope = objective_weights(objective, ann, graph, wire, load, grid)
-            row = solved.tables[objective][li]
-            breaks = solved.breakpoints[objective][li]
-            starts = [b for b, _ in breaks]
-            assert starts[0] == 0.0 and starts == sorted(starts)
-            for b, centre in enumerate(centres):
-                weights = base.combine(slope, 1.0 / centre)
-                best = solve(graph, weights).cost
-                chosen = evaluate(graph, weights, by_id[row[b]].device)
-                assert chosen == pytest.approx(best, rel=1e-6, abs=1e-9), (objective, load, centre)
-                # The exact breakpoints name the same optimum (ties aside).
-                via_breaks = breaks[bisect.bisect_right(starts, centre) - 1][1]
-                assert evaluate(graph, weights, by_id[via_breaks].device) == pytest.approx(best, rel=1e-6, abs=1e-9)
+        for di, kd in enumerate(grid.device_load):
+            for li, load in enumerate(grid.load):
+                base, slope = objective_weights(objective, ann, graph, wire, load, grid, kd)
+                row = solved.device_tables[objective][di][li]
+                breaks = solved.device_breakpoints[objective][di][li]
+                starts = [b for b, _ in breaks]
+                assert starts[0] == 0.0 and starts == sorted(starts)
+                for b, centre in enumerate(centres):
+                    weights = base.combine(slope, 1.0 / centre)
+                    best = solve(graph, weights).cost
+                    chosen = evaluate(graph, weights, by_id[row[b]].device)
+                    assert chosen == pytest.approx(best, rel=1e-6, abs=1e-9), (objective, kd, load, centre)
+                    # The exact breakpoints name the same optimum (ties aside).
+                    via_breaks = breaks[bisect.bisect_right(starts, centre) - 1][1]
+                    assert evaluate(graph, weights, by_id[via_breaks].device) == pytest.approx(best, rel=1e-6, abs=1e-9)
+    assert solved.tables == {o: levels[0] for o, levels in solved.device_tables.items()}  # the slice at Kd = 1
     assert len({c for row in solved.tables["latency"] for c in row}) >= 3, "the synthetic costs should give several cuts"
-    assert solved.stats["min_cuts"] < 2 * len(grid.load) * len(bw), "the envelope must need far fewer cuts than buckets"
+    cells = len(grid.device_load) * len(grid.load) * len(bw)
+    assert solved.stats["min_cuts"] < 2 * cells, "the envelope must need far fewer cuts than buckets"
+
+
+def test_a_slower_device_moves_work_to_the_server(random_light):
+    """For every condition, the device's share of the chosen cut never grows as Kd rises (an
+    exchange argument: optimal at Kd1 < Kd2, the two sets' device costs D1 >= D2), and on a
+    phone-class device it does shrink somewhere."""
+    model = load_model(random_light("squeezenet"))
+    phone = load_profile(default_profile_path("device").with_name("epyc-ort-cpu-1thread-quota25.json"))
+    ann = annotate(model, phone, load_profile(default_profile_path("server")))
+    grid = GridSpec.parse("0.1:1000:24", "1,4", "1,1.5,2,4,8")
+    solved = plan(model, ann, grid, encodings=("fp32", "fp16"))
+    by_id = {c.id: c for c in solved.cuts}
+
+    def device_cost(objective, cut_id):  # what the device spends on the cut, encoding included
+        cut = by_id[cut_id]
+        return cut.device_ms if objective == "latency" else cut.device_compute_mj
+
+    moved = 0
+    for objective, levels in solved.device_tables.items():
+        for li in range(len(grid.load)):
+            for b in range(len(grid.bandwidth_mbps)):
+                costs = [device_cost(objective, levels[di][li][b]) for di in range(len(grid.device_load))]
+                assert all(a >= c - 1e-9 for a, c in zip(costs, costs[1:])), (objective, li, b, costs)
+                moved += costs[-1] < costs[0]
+    assert moved > 0, "no condition moved work to the server: the test checks nothing"
 
 
 def test_grid_parsing():
     assert GridSpec.parse("3G,LTE,wifi").bandwidth_mbps == (1.1, 5.85, 18.88)
     grid = GridSpec.parse("0.1:1000:5", "4,1")
     assert np.allclose(grid.bandwidth_mbps, [0.1, 1, 10, 100, 1000]) and grid.load == (1.0, 4.0)
+    assert grid.device_load == (1.0, 1.5, 2.0, 4.0) and grid.profiled_level == 0
+    assert GridSpec.parse(device_load="4,2").device_load == (1.0, 2.0, 4.0)  # 1, as profiled, is always there
+    from nscompile.errors import NscompileError
+
+    for bad in ("0,1", "x", "-2", "inf"):
+        with pytest.raises(NscompileError, match="--device-load"):
+            GridSpec.parse(device_load=bad)
 
 
 def test_cuts_are_named_after_layers_as_in_the_paper(tmp_path):

@@ -116,6 +116,7 @@ def _small_cases(monkeypatch, scale=1):
     monkeypatch.setattr(microbench, "generate_cases", few)
 
 
+@pytest.mark.slow
 def test_run_profile_end_to_end(monkeypatch, tmp_path):
     from nscompile.profiler import run_profile
 
@@ -143,6 +144,7 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     assert again.sha256 == prof.sha256
 
 
+@pytest.mark.slow
 def test_profile_corrects_for_the_machine_speed_at_each_moment(monkeypatch):
     """Every time is divided by SpeedCheck.factor: twice as slow as usual counts half."""
     import nscompile.profiler as profiler
@@ -160,6 +162,7 @@ def test_profile_corrects_for_the_machine_speed_at_each_moment(monkeypatch):
     assert 0.004 / 2 <= plain.run_overhead_ms <= 0.004 * 2  # real checks: a factor within the clip
 
 
+@pytest.mark.slow
 def test_cli_profile(monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
@@ -176,6 +179,7 @@ def test_cli_profile(monkeypatch, tmp_path):
     assert prof.compute_power_w == 2.5 and prof.to_json()["power"]["power_source"] == "measured"
 
 
+@pytest.mark.slow
 def test_speed_check_flags_a_machine_whose_speed_moved(monkeypatch, tmp_path):
     """A reference that ran 30% slower in some checks marks the profile as unsteady, and the CLI says so."""
     from typer.testing import CliRunner

@@ -2,264 +2,41 @@
 the measured bandwidth and load, a dying server loses no request, artifacts of another
 build are refused.
 
-The artifacts are made by hand here (a tiny DAG split with onnx.utils.Extractor, laid out
-as the backend lays them out) so the plan's breakpoints are under the test's control;
-``test_real_build_every_cut`` runs the same check on a real ``nscompile.compiler.build``.
+The artifacts are made by hand (helpers.make_handmade_build: a tiny DAG split with
+onnx.utils.Extractor, laid out as the backend lays them out) so the plan's breakpoints are
+under the test's control; ``test_real_build_every_cut`` runs the same check on a real
+``nscompile.compiler.build``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import httpx
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
-from conftest import SlowSession
+from helpers import (
+    CUTS,
+    LOADS,
+    X_SHAPE,
+    ServerProcess,
+    ServerThread,
+    SlowSession,
+    compiled_tiny_build,
+    free_port,
+    make_handmade_build,
+    nscompile_cmd,
+    reference,
+    sample_inputs,
+)
 from nscompile.errors import NscompileError
-
-# ---------------------------------------------------------------------------------------
-# Hand-made build (also imported by test_serve.py and test_triton_interop.py)
-# ---------------------------------------------------------------------------------------
-
-X_SHAPE = [1, 8, 32, 32]  # 32 KiB of float32: big enough to measure bandwidth with
-LOADS = [1, 2, 4, 8]
-BREAKPOINTS = {  # load row -> [(from_mbps, cut)]
-    1: [(0.0, "prob"), (2.0, "relu2"), (16.0, "input")],
-    2: [(0.0, "prob"), (2.0, "relu2"), (16.0, "relu1")],
-    4: [(0.0, "prob"), (2.0, "relu1")],
-    8: [(0.0, "prob")],
-}
-
-
-def make_model() -> onnx.ModelProto:
-    """A small DAG: conv-relu, an early side output, a residual block, a second input."""
-    rng = np.random.default_rng(0)
-    w = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.2, shape).astype(np.float32), name)
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1], name="conv1"),
-        helper.make_node("Relu", ["c1"], ["relu1"], name="relu1"),
-        helper.make_node("GlobalAveragePool", ["relu1"], ["gap_aux"], name="gap_aux"),
-        helper.make_node("Flatten", ["gap_aux"], ["aux"], name="aux"),
-        helper.make_node("Conv", ["relu1", "w2"], ["c2"], pads=[1, 1, 1, 1], name="conv2"),
-        helper.make_node("Relu", ["c2"], ["relu2"], name="relu2"),
-        helper.make_node("Add", ["relu2", "relu1"], ["res"], name="res"),
-        helper.make_node("GlobalAveragePool", ["res"], ["gap"], name="gap"),
-        helper.make_node("Flatten", ["gap"], ["flat"], name="flat"),
-        helper.make_node("Gemm", ["flat", "w3"], ["logits"], name="fc"),
-        helper.make_node("Mul", ["logits", "scale"], ["scaled"], name="mul"),
-        helper.make_node("Softmax", ["scaled"], ["prob"], name="prob"),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, X_SHAPE),
-         helper.make_tensor_value_info("scale", TensorProto.FLOAT, [1, 10])],
-        [helper.make_tensor_value_info("aux", TensorProto.FLOAT, [1, 8]),
-         helper.make_tensor_value_info("prob", TensorProto.FLOAT, [1, 10])],
-        [w("w1", 8, 8, 3, 3), w("w2", 8, 8, 3, 3), w("w3", 8, 10)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model
-
-
-# cut id -> (device-side tensors, graph inputs uploaded as is, graph outputs computed on the device)
-CUTS = {
-    "input": ([], ["x", "scale"], []),
-    "relu1": (["relu1"], ["scale"], ["aux"]),
-    "relu2": (["relu1", "relu2"], ["scale"], ["aux"]),  # a DAG cut: two tensors cross it
-    "prob": ([], [], ["aux", "prob"]),
-}
-
-
-def _save(model: onnx.ModelProto, path: Path, sha: str, cut: str) -> None:
-    onnx.helper.set_model_props(model, {"nscompile.model_sha256": sha, "nscompile.cut": cut})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-
-
-def _config(name: str, model: onnx.ModelProto, sha: str) -> str:
-    def tensors(kind, values):
-        out = []
-        for v in values:
-            dims = [d.dim_value for d in v.type.tensor_type.shape.dim]
-            out.append(f'  {{\n    name: "{v.name}"\n    data_type: TYPE_FP32\n    dims: {dims}\n  }}')
-        return f"{kind} [\n" + ",\n".join(out) + "\n]\n"
-
-    return (
-        f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'
-        + tensors("input", model.graph.input)
-        + tensors("output", model.graph.output)
-        + f'parameters {{\n  key: "nscompile_model_sha256"\n  value {{ string_value: "{sha}" }}\n}}\n'
-    )
-
-
-def make_handmade_build(root: Path, name: str = "tiny") -> Path:
-    """Write build/NAME/{plan.json, device/, cloud/} for :func:`make_model` and return it."""
-    model = make_model()
-    raw = model.SerializeToString()
-    sha = hashlib.sha256(raw).hexdigest()
-    src = root / f"{name}.onnx"
-    src.write_bytes(raw)
-    build = root / name
-    extractor = onnx.utils.Extractor(onnx.shape_inference.infer_shapes(model))
-    cuts = []
-    for cid, (dev_tensors, uploads, dev_outputs) in CUTS.items():
-        tensors = [
-            {"name": t, "shape": X_SHAPE if t != "scale" else [1, 10], "dtype": "float32",
-             "bytes": 4 * int(np.prod(X_SHAPE if t != "scale" else [1, 10]))}
-            for t in dev_tensors + uploads
-        ]
-        prefix = suffix = cloud = None
-        if cid == "prob":
-            prefix = f"device/prefix_{cid}.onnx"
-            _save(onnx.ModelProto.FromString(raw), build / prefix, sha, cid)
-        elif dev_tensors:
-            prefix = f"device/prefix_{cid}.onnx"
-            _save(extractor.extract_model(["x"], dev_tensors + dev_outputs), build / prefix, sha, cid)
-        if cid != "prob":
-            cloud = f"{name}_suffix_{cid}"
-            suffix = f"cloud/{cloud}/1/model.onnx"
-            wanted = [o for o in ("aux", "prob") if o not in dev_outputs]
-            sm = onnx.ModelProto.FromString(raw) if cid == "input" else extractor.extract_model(dev_tensors + uploads, wanted)
-            _save(sm, build / suffix, sha, cid)
-            (build / "cloud" / cloud / "config.pbtxt").write_text(_config(cloud, sm, sha))
-        up = sum(t["bytes"] for t in tensors)
-        cuts.append({
-            "id": cid, "device_nodes": {"input": 0, "relu1": 4, "relu2": 6, "prob": 12}[cid],
-            "tensors": tensors, "device_outputs": dev_outputs, "prefix": prefix, "suffix": suffix,
-            "cloud_model": cloud,
-            "predicted": {"device_ms": {"input": 0.0, "relu1": 1.0, "relu2": 2.0, "prob": 500.0}[cid],
-                          "cloud_ms": 0.0 if cid == "prob" else 0.3, "upload_bytes": up,
-                          "download_bytes": 0 if cid == "prob" else 72, "device_mj": 1.0},
-        })
-    bandwidths = [0.1 * 10 ** (i / 4) for i in range(21)]  # 0.1 .. 1000 Mbps
-
-    def row(points):
-        return [next(c for f, c in reversed(points) if f <= max(b, 0.0)) for b in bandwidths]
-
-    bp = {"latency": [[{"from_mbps": f, "cut": c} for f, c in BREAKPOINTS[l]] for l in LOADS],
-          "energy": [[{"from_mbps": 0.0, "cut": "prob"}, {"from_mbps": 50.0, "cut": "relu1"}] for _ in LOADS]}
-    tables = {"latency": [row(BREAKPOINTS[l]) for l in LOADS],
-              "energy": [row([(0.0, "prob"), (50.0, "relu1")]) for _ in LOADS]}
-    plan = {
-        "schema": "nscompile.plan/1",
-        "model": {"name": name, "sha256": sha,
-                  "inputs": [{"name": "x", "shape": X_SHAPE, "dtype": "float32"},
-                             {"name": "scale", "shape": [1, 10], "dtype": "float32"}],
-                  "outputs": [{"name": "aux", "shape": [1, 8], "dtype": "float32"},
-                              {"name": "prob", "shape": [1, 10], "dtype": "float32"}]},
-        "profiles": {"device": {"name": "test", "sha256": "0"}, "cloud": {"name": "test", "sha256": "0"}},
-        "cuts": cuts,
-        "fallback": "prob",
-        "grid": {"objective": "latency", "bandwidth_mbps": bandwidths, "load": LOADS, "rtt_ms": 0.0, "downlink_mbps": None},
-        "table": tables["latency"],
-        "tables": tables,
-        "breakpoints": bp,
-    }
-    text = json.dumps(plan, indent=1)
-    (build / "plan.json").write_text(text)
-    (build / "device").mkdir(parents=True, exist_ok=True)
-    (build / "device" / "plan.json").write_text(text)
-    return build
-
-
-def reference(model_path: Path, inputs: dict) -> dict:
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
-
-
-def sample_inputs(seed: int = 1) -> dict:
-    rng = np.random.default_rng(seed)
-    return {"x": rng.normal(size=X_SHAPE).astype(np.float32),
-            "scale": rng.uniform(0.5, 2.0, size=(1, 10)).astype(np.float32)}
-
-
-# ---------------------------------------------------------------------------------------
-# A server in a thread (in-process, so tests can reach into its state) or a process
-# ---------------------------------------------------------------------------------------
-
-
-class ServerThread:
-    """uvicorn in a background thread on a free loopback port; stop() always joins."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.app = app
-        from nscompile.serve import tcp_socket
-
-        self.sock = tcp_socket("127.0.0.1", 0)
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        for _ in range(500):  # bounded wait: 5 s
-            if self.server.started:
-                return
-            time.sleep(0.01)
-        self.stop()
-        raise RuntimeError("test server did not start")
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def nscompile_cmd() -> list[str]:
-    script = Path(sys.executable).with_name("nscompile")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from nscompile.cli import main; main()"]
-
-
-class ServerProcess:
-    """``nscompile serve`` as a child process; kill() is abrupt (SIGKILL)."""
-
-    def __init__(self, repository: Path, port: int | None = None, *extra: str):
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [*nscompile_cmd(), "serve", str(repository), "--port", str(self.port), "--concurrency", "1", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nscompile serve exited: {self.proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/v2/health/ready", timeout=0.5).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.kill()
-        raise RuntimeError("nscompile serve did not become ready in 60 s")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        self.proc.stderr.close()
 
 
 @pytest.fixture(scope="module")
@@ -310,18 +87,6 @@ def test_lookup_follows_breakpoints_and_load_rows(build):
         plan.lookup(1.0, 1, "speed")
 
 
-def test_lookup_is_fast(build):
-    from nscompile.runtime import load_plan
-
-    plan = load_plan(build / "device")
-    n = 20000
-    t = time.perf_counter()
-    for i in range(n):
-        plan.lookup(0.1 + i % 1000, 1 + i % 8)
-    per_us = (time.perf_counter() - t) / n * 1e6
-    assert per_us < 20.0, per_us
-
-
 def test_plan_errors_name_the_problem(build, tmp_path):
     from nscompile.runtime import load_plan
 
@@ -339,9 +104,24 @@ def test_plan_errors_name_the_problem(build, tmp_path):
         load_plan(dev)
 
 
+def test_cut_latency_is_the_designs_formula():
+    """device + K x cloud + up/B + down/B_down + RTT; all-device is its device time whatever the link."""
+    from nscompile.runtime import Cut
+
+    predicted = {"device_ms": 2.0, "cloud_ms": 3.0, "upload_bytes": 125_000, "download_bytes": 12_500}
+    split = Cut("c", (), (), None, "m_suffix_c", predicted)
+    # 125 kB at 10 Mbit/s = 100 ms up; 12.5 kB at 5 Mbit/s = 20 ms down.
+    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0, downlink_mbps=5.0) == pytest.approx(2 + 2 * 3 + 100 + 20 + 7)
+    assert split.latency_ms(10.0, load=2.0, rtt_ms=7.0) == pytest.approx(2 + 2 * 3 + 100 + 10 + 7)  # symmetric link
+    assert split.latency_ms(10.0, load=2.0, downlink_mbps=math.inf) == pytest.approx(2 + 2 * 3 + 100)
+    device = Cut("d", (), (), Path("prefix_d.onnx"), None, {"device_ms": 40.0})
+    assert device.latency_ms(0.1, load=8.0, rtt_ms=500.0, downlink_mbps=0.1) == 40.0
+
+
 def test_runtime_imports_without_compiler_dependencies():
     code = (
-        "import sys, nscompile.runtime\n"
+        "import sys\n"
+        "from nscompile.runtime import SplitRunner, load_plan, make_client\n"
         "bad = [m for m in ('onnx', 'onnx_graphsurgeon', 'sklearn', 'typer', 'scipy', 'fastapi') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
@@ -453,6 +233,92 @@ def test_cut_follows_server_load(build, server):
         assert rec.load < 1.4 and rec.cut == "input", rec
 
 
+def test_device_load_is_a_robust_median_of_measured_over_predicted():
+    from nscompile.runtime.netstate import DeviceLoad
+
+    kd = DeviceLoad(window=5)
+    assert kd.value == 1.0  # before any run: as profiled
+    for ms in (10.0, 11.0, 9.0, 10.0):
+        kd.add(ms, 10.0)
+    kd.add(200.0, 10.0)  # one run preempted by another app
+    assert kd.value == pytest.approx(1.0)
+    for _ in range(3):  # a lasting slowdown takes over after window // 2 + 1 runs
+        kd.add(30.0, 10.0)
+    assert kd.value == pytest.approx(3.0)
+    kd.add(0.0, 10.0)
+    kd.add(5.0, 0.0)  # nothing to learn from a zero
+    assert kd.samples == 8
+    kd.reset()
+    assert (kd.value, kd.samples) == (1.0, 0)
+
+
+def _with_device_axis(build: Path, root: Path, prob_ms: float) -> Path:
+    """The hand-made device dir with a device-load axis: as profiled (Kd = 1) the plan runs
+    everything on the device, four times slower (Kd = 4) everything on the server; the
+    all-device model is predicted at ``prob_ms``."""
+    import shutil
+
+    dev = root / "device"
+    shutil.copytree(build / "device", dev)
+    plan = json.loads((dev / "plan.json").read_text())
+    next(c for c in plan["cuts"] if c["id"] == "prob")["predicted"]["device_ms"] = prob_ms
+    plan["grid"]["device_load"] = [1.0, 4.0]
+
+    def everywhere(cut):
+        return [[{"from_mbps": 0.0, "cut": cut}] for _ in plan["grid"]["load"]]
+
+    plan["device_breakpoints"] = {o: [everywhere("prob"), everywhere("input")] for o in ("latency", "energy")}
+    (dev / "plan.json").write_text(json.dumps(plan))
+    return dev
+
+
+def test_decisions_follow_the_device_load_it_measures(build, server, tmp_path):
+    """A slow device session (another app on the CPU) moves the work to the server; once the
+    slowdown is gone the work comes back. One slow run alone moves nothing."""
+    from nscompile.runtime import SplitRunner
+
+    # The tiny model runs in well under a millisecond: against a prediction of 10 ms that
+    # reads as Kd ~0.1 (level 1) on any machine, and 150 ms more per run as Kd ~15 (level 4).
+    dev = _with_device_axis(build, tmp_path, prob_ms=10.0)
+    inputs = sample_inputs()
+    with SplitRunner(dev, server.url, bandwidth_mbps=100.0, load=1.0, stale_s=60.0) as runner:
+        records = [runner.run(inputs, with_record=True)[1] for _ in range(5)]  # the window full of normal runs
+        assert [r.cut for r in records] == ["prob"] * 5 and records[0].device_load == 1.0
+        real = runner.sessions.get(runner.plan.cuts["prob"])
+        runner.sessions._sessions["prob"] = SlowSession(real, 0.15)
+        assert runner.run(inputs, with_record=True)[1].cut == "prob"
+        runner.sessions._sessions["prob"] = real
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load < 2.0, rec  # one preempted run: still on the device
+        runner.sessions._sessions["prob"] = SlowSession(real, 0.15)
+        cuts = [runner.run(inputs, with_record=True)[1] for _ in range(4)]
+        first = next(i for i, r in enumerate(cuts) if r.cut == "input")
+        assert first <= 3 and cuts[first].device_load >= 4.0, cuts  # adapted within three slow runs
+        assert all(r.cut == "input" for r in cuts[first:])
+        # All-cloud runs nothing on the device, so nothing shows it is fast again: a stale
+        # estimate is forgotten and the device is tried again.
+        runner.sessions._sessions["prob"] = real
+        runner.net.stale_s = 0.0
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load == 1.0, rec
+        runner.net.stale_s = 60.0
+        rec = runner.run(inputs, with_record=True)[1]
+        assert rec.cut == "prob" and rec.device_load < 2.0, rec
+
+
+def test_pinned_device_load_is_used_as_given(build, server, tmp_path):
+    from nscompile.runtime import SplitRunner
+
+    dev = _with_device_axis(build, tmp_path, prob_ms=10.0)
+    with SplitRunner(dev, server.url, bandwidth_mbps=100.0, load=1.0, device_load=4.0) as runner:
+        outputs, rec = runner.run(sample_inputs(), with_record=True)
+        assert rec.cut == "input" and rec.device_load == 4.0
+        np.testing.assert_allclose(outputs["prob"], reference(build.parent / "tiny.onnx", sample_inputs())["prob"],
+                                   rtol=1e-5, atol=1e-6)
+    assert runner.plan.lookup(100.0, 1.0, "latency", device_load=1.9) == "prob"  # log-nearest: 1.9 is nearer 1
+    assert runner.plan.lookup(100.0, 1.0, "latency", device_load=2.1) == "input"
+
+
 def test_long_rtt_keeps_work_on_device(build, server):
     """RTT above the plan's adds to every split cut, so all-device can win where the table did not."""
     inputs = sample_inputs()
@@ -560,6 +426,7 @@ def test_bad_inputs_are_user_errors(build, server):
             runner.run(bad)
 
 
+@pytest.mark.slow
 def test_killed_server_loses_no_request(build):
     """Kill -9 the server mid-run: every request still answers, then the server is used again."""
     inputs = [sample_inputs(seed) for seed in range(12)]
@@ -588,6 +455,7 @@ def test_killed_server_loses_no_request(build):
         srv.kill()
 
 
+@pytest.mark.slow
 def test_cli_run(build, server, tmp_path):
     x = sample_inputs()
     for name, a in x.items():
@@ -615,18 +483,8 @@ def test_cli_run(build, server, tmp_path):
 
 @pytest.fixture(scope="module")
 def real_build(tmp_path_factory):
-    compiler = pytest.importorskip("nscompile.compiler")
-    from nscompile.cost_model import default_profile_path
-
-    device, server = default_profile_path("device"), default_profile_path("server")
-    if not device.is_file():
-        pytest.skip("no shipped device profile yet (cost_models/)")
     root = tmp_path_factory.mktemp("real")
-    onnx.save(make_model(), root / "tiny.onnx")
-    # Until a server profile ships, the device's stands in: the cuts differ, the checks do not.
-    # All-cloud emitted too: at least two cuts, whatever the profiles make of this tiny model.
-    compiler.build(root / "tiny.onnx", root / "b", report=False, cloud_profile=server if server.is_file() else device,
-                   include_all_cloud=True)
+    compiled_tiny_build(root)
     return root
 
 

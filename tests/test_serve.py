@@ -4,40 +4,33 @@ the load report under real concurrency, and the config.pbtxt reader."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import shutil
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from conftest import SlowSession
+from helpers import ServerThread, make_handmade_build, nscompile_cmd, reference
 from nscompile.errors import NscompileError
 from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
-
-# Shared helpers (hand-made build, in-thread server) live in test_runtime.py.
-_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
 
 MODEL = "tiny_suffix_relu1"  # inputs relu1 [1,8,32,32] and scale [1,10]; output prob
 
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return rt.make_handmade_build(tmp_path_factory.mktemp("serve"))
+    return make_handmade_build(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
 def server(build):
     from nscompile.serve import create_app
 
-    s = rt.ServerThread(create_app(build / "cloud", concurrency=1, max_body_bytes=1 << 20, max_queue=6))
+    s = ServerThread(create_app(build / "cloud", concurrency=1, max_body_bytes=1 << 20, max_queue=6))
     yield s
     s.stop()
 
@@ -59,7 +52,7 @@ def infer(client, url, model=MODEL, inputs=None, **kw):
 
 
 def expected_prob(build, inputs):
-    return rt.reference(build / "cloud" / MODEL / "1" / "model.onnx", inputs)["prob"]
+    return reference(build / "cloud" / MODEL / "1" / "model.onnx", inputs)["prob"]
 
 
 def assert_still_serving(client, server, build):
@@ -208,10 +201,20 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
     entry = server.app.state.models[MODEL]
     assert_still_serving(client, server, build)  # session loaded
     real = entry.session
-    entry.session = SlowSession(real, 0.4)
+    release = threading.Event()
+
+    class HeldSession:
+        """Every run waits until the test releases it: the slot stays busy for as long as the test needs."""
+
+        def run(self, *a, **kw):
+            release.wait(timeout=30)  # bounded, should the test fail before releasing
+            return real.run(*a, **kw)
+
+    entry.session = HeldSession()
     results = []
     threads = [threading.Thread(target=lambda: results.append(infer(httpx.Client(timeout=10), server.url).status_code))
                for _ in range(3)]
+    held_since = time.monotonic()
     try:
         for t in threads:
             t.start()
@@ -219,9 +222,10 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
             if server.app.state.load.in_flight >= 3:
                 break
             time.sleep(0.01)
-        t = time.perf_counter()
+        assert server.app.state.load.in_flight == 3
+        # Not stuck behind the busy inference slot: health answers while all three are still held.
         assert client.get(f"{server.url}/v2/health/ready").status_code == 200
-        assert time.perf_counter() - t < 0.3  # not stuck behind the busy inference slot
+        assert server.app.state.load.in_flight == 3
         report = client.get(f"{server.url}/v2/nscompile/load").json()
         assert report["in_flight"] == 3 and report["queue_depth"] >= 1, report
         assert report["load"] >= 3.0, report  # a new request would wait for three
@@ -234,6 +238,8 @@ def test_load_report_and_isolation_under_concurrency(server, client, build):
             for _ in range(3):
                 server.app.state.load.exit()
     finally:
+        time.sleep(max(0.0, held_since + 0.4 - time.monotonic()))  # each slow request takes at least 0.4 s
+        release.set()
         for t in threads:
             t.join(timeout=10)
         entry.session = real
@@ -250,7 +256,7 @@ def test_broken_model_is_unavailable_not_a_crash(build, tmp_path, client):
     repo = tmp_path / "cloud"
     shutil.copytree(build / "cloud", repo)
     (repo / MODEL / "1" / "model.onnx").write_bytes(b"not onnx")
-    srv = rt.ServerThread(create_app(repo))
+    srv = ServerThread(create_app(repo))
     try:
         r = infer(client, srv.url)
         assert r.status_code == 503 and "cannot load" in r.json()["error"]
@@ -273,7 +279,7 @@ def test_repository_errors(tmp_path, build):
     shutil.move(repo / MODEL, repo / "renamed")
     with pytest.raises(NscompileError, match="names the model 'tiny_suffix_relu1' but its directory is 'renamed'"):
         read_repository(repo)
-    out = subprocess.run([*rt.nscompile_cmd(), "serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([*nscompile_cmd(), "serve", str(tmp_path / "nope")], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "not a directory" in out.stderr and "Traceback" not in out.stderr
 
 

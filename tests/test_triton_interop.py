@@ -4,16 +4,14 @@ ModelConfig schema (the model_config.proto shipped inside tritonclient)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
+import subprocess
 
+import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-_spec = importlib.util.spec_from_file_location("_nscompile_rt_helpers", Path(__file__).with_name("test_runtime.py"))
-rt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rt)
+from helpers import (ServerProcess, ServerThread, check_triton_repository, compiled_tiny_build, make_handmade_build,
+                     make_model, nscompile_cmd, reference, sample_inputs)
 
 httpclient = pytest.importorskip("tritonclient.http")
 from tritonclient.utils import InferenceServerException  # noqa: E402
@@ -21,12 +19,12 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory):
-    return rt.make_handmade_build(tmp_path_factory.mktemp("triton"))
+    return make_handmade_build(tmp_path_factory.mktemp("triton"))
 
 
 @pytest.fixture(scope="module")
 def served(build):
-    srv = rt.ServerProcess(build / "cloud")
+    srv = ServerProcess(build / "cloud")
     yield srv
     srv.kill()
 
@@ -54,8 +52,8 @@ def test_tritonclient_health_and_metadata(client):
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_tritonclient_infer_matches_whole_model(client, build, binary):
-    x = rt.sample_inputs(7)
-    want = rt.reference(build.parent / "tiny.onnx", x)
+    x = sample_inputs(7)
+    want = reference(build.parent / "tiny.onnx", x)
     inputs = []
     for name, a in x.items():
         i = httpclient.InferInput(name, list(a.shape), "FP32")
@@ -72,14 +70,14 @@ def test_tritonclient_infer_matches_whole_model(client, build, binary):
 
 
 def test_tritonclient_compressed_request(client, build):
-    x = rt.sample_inputs(8)
+    x = sample_inputs(8)
     inputs = []
     for name, a in x.items():
         i = httpclient.InferInput(name, list(a.shape), "FP32")
         i.set_data_from_numpy(a)
         inputs.append(i)
     result = client.infer("tiny_suffix_input", inputs, request_compression_algorithm="gzip")
-    np.testing.assert_allclose(result.as_numpy("prob"), rt.reference(build.parent / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.as_numpy("prob"), reference(build.parent / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
 
 
 def test_tritonclient_sees_errors_as_errors(client):
@@ -92,72 +90,77 @@ def test_tritonclient_sees_errors_as_errors(client):
     assert client.is_server_live()
 
 
-def _model_config_class():
-    """Triton's ModelConfig message, from the generated module tritonclient ships."""
-    pytest.importorskip("google.protobuf")
-    import tritonclient
-
-    path = Path(tritonclient.__file__).parent / "grpc" / "model_config_pb2.py"
-    if not path.is_file():
-        pytest.skip("tritonclient without model_config_pb2")
-    spec = importlib.util.spec_from_file_location("_triton_model_config_pb2", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.ModelConfig
-
-
-ORT_TO_TRITON = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
-                 "tensor(int32)": "TYPE_INT32", "tensor(double)": "TYPE_FP64", "tensor(bool)": "TYPE_BOOL",
-                 "tensor(uint8)": "TYPE_UINT8", "tensor(int8)": "TYPE_INT8"}
-
-
-def check_triton_repository(cloud: Path) -> list[str]:
-    """The rules Triton applies when it loads a repository; returns the model names."""
-    from google.protobuf import text_format
-
-    ModelConfig = _model_config_class()
-    names = []
-    for model_dir in sorted(p for p in cloud.iterdir() if p.is_dir()):
-        cfg = text_format.Parse((model_dir / "config.pbtxt").read_text(), ModelConfig())  # strict: unknown fields fail
-        assert cfg.name == model_dir.name
-        assert cfg.platform == "onnxruntime_onnx" or cfg.backend == "onnxruntime"
-        assert cfg.max_batch_size == 0
-        versions = [p for p in model_dir.iterdir() if p.is_dir()]
-        assert versions and all(p.name.isdigit() for p in versions)
-        model_file = max(versions, key=lambda p: int(p.name)) / (cfg.default_model_filename or "model.onnx")
-        sess = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-        for declared, actual in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
-            assert [t.name for t in declared] == [t.name for t in actual]
-            for t, a in zip(declared, actual):
-                assert ModelConfig.DESCRIPTOR.fields_by_name["input"].message_type.fields_by_name[
-                    "data_type"].enum_type.values_by_number[t.data_type].name == ORT_TO_TRITON[a.type]
-                assert list(t.dims) == list(a.shape)
-        params = dict(cfg.parameters)
-        meta = sess.get_modelmeta().custom_metadata_map
-        assert params["nscompile_model_sha256"].string_value == meta["nscompile.model_sha256"]
-        names.append(cfg.name)
-    return names
-
-
 def test_cloud_is_a_valid_triton_repository(build):
     assert check_triton_repository(build / "cloud") == ["tiny_suffix_input", "tiny_suffix_relu1", "tiny_suffix_relu2"]
 
 
 def test_real_build_is_a_valid_triton_repository(tmp_path):
-    """The compiler's own output, when the shipped profiles are there to build with."""
-    compiler = pytest.importorskip("nscompile.compiler")
-    from nscompile.cost_model import default_profile_path
+    """The compiler's own output, built with the shipped profiles."""
+    assert check_triton_repository(compiled_tiny_build(tmp_path) / "cloud")
 
-    device, server = default_profile_path("device"), default_profile_path("server")
-    if not device.is_file():
-        pytest.skip("no shipped device profile yet (cost_models/)")
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnxruntime", "python"])
+def test_every_zoo_build_is_a_valid_triton_repository(tmp_path, backend):
+    """config.pbtxt of every zoo network's build (small size, all-cloud cut included so that
+    every input signature is emitted), for both backends, parsed by Triton's own ModelConfig."""
     import onnx
 
-    onnx.save(rt.make_model(), tmp_path / "tiny.onnx")
-    # All-cloud emitted too: a suffix exists whatever the profiles make of this tiny model.
-    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, cloud_profile=server if server.is_file() else device,
-                   include_all_cloud=True)
-    assert check_triton_repository(tmp_path / "b" / "cloud")
+    from nscompile import compiler, zoo
+
+    for info in zoo.list_models():
+        onnx.save(zoo.build_model(info.name, size="small", seed=0), tmp_path / f"{info.name}.onnx")
+        out = tmp_path / f"{info.name}_{backend}"
+        compiler.build(tmp_path / f"{info.name}.onnx", out, report=False, verify=False, include_all_cloud=True,
+                       triton_backend=backend)
+        names = check_triton_repository(out / "cloud")
+        assert names and all(n.startswith(f"{info.name}_suffix_") for n in names), (info.name, names)
+
+
+def test_unknown_triton_backend_is_one_line_and_writes_nothing(tmp_path):
+    import onnx
+
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
+    out = subprocess.run([*nscompile_cmd(), "build", str(tmp_path / "tiny.onnx"), "-o", str(tmp_path / "b"),
+                          "--triton-backend", "tensorrt"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "--triton-backend 'tensorrt'" in out.stderr, out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx"]
+
+
+def test_python_backend_build_is_served_by_nscompile_serve(tmp_path):
+    """nscompile serve runs a --triton-backend python repository from its model.onnx, and
+    refuses a model.py that is not nscompile's (serving the ONNX file could answer differently)."""
+    import onnx
+
+    from nscompile import compiler
+    from nscompile.errors import NscompileError
+    from nscompile.serve import create_app
+    from nscompile.serve.repository import read_repository
+
+    onnx.save(make_model(), tmp_path / "tiny.onnx")
+    compiler.build(tmp_path / "tiny.onnx", tmp_path / "b", report=False, include_all_cloud=True, triton_backend="python")
+    srv = ServerThread(create_app(tmp_path / "b" / "cloud"))
+    try:
+        x = sample_inputs(4)
+        with httpx.Client(timeout=30) as c:
+            meta = c.get(f"{srv.url}/v2/models/tiny_suffix_input").json()
+            assert meta["platform"] == "python"
+            assert c.get(f"{srv.url}/v2/models/tiny_suffix_input/config").json()["backend"] == "python"
+        client = httpclient.InferenceServerClient(url=f"127.0.0.1:{srv.port}", network_timeout=30)
+        inputs = []
+        for name, a in x.items():
+            i = httpclient.InferInput(name, list(a.shape), "FP32")
+            i.set_data_from_numpy(a)
+            inputs.append(i)
+        result = client.infer("tiny_suffix_input", inputs)
+        client.close()
+        np.testing.assert_allclose(result.as_numpy("prob"), reference(tmp_path / "tiny.onnx", x)["prob"], rtol=1e-5, atol=1e-6)
+    finally:
+        srv.stop()
+    (tmp_path / "b" / "cloud" / "tiny_suffix_input" / "1" / "model.py").write_text("print('mine')\n")
+    with pytest.raises(NscompileError, match="not the model.py nscompile writes"):
+        read_repository(tmp_path / "b" / "cloud")
 
 
 def triton_like(app):
@@ -184,45 +187,51 @@ def test_split_runner_against_a_server_without_extensions(build):
     from nscompile.runtime import SplitRunner
     from nscompile.serve import create_app
 
-    srv = rt.ServerThread(triton_like(create_app(build / "cloud")))
+    srv = ServerThread(triton_like(create_app(build / "cloud")))
     try:
-        x = rt.sample_inputs(9)
-        want = rt.reference(build.parent / "tiny.onnx", x)
+        x = sample_inputs(9)
+        want = reference(build.parent / "tiny.onnx", x)
         with SplitRunner(build / "device", srv.url, initial_bandwidth_mbps=500.0) as runner:
             for _ in range(3):
                 got, rec = runner.run(x, with_record=True)
                 assert not rec.fell_back, rec.error
                 np.testing.assert_allclose(got["prob"], want["prob"], rtol=1e-5, atol=1e-6)
             assert rec.cut == "input" and rec.load == 1.0 and rec.server_ms == 0.0
-            assert runner._probe_supported is False
+            assert runner.transport.probe_supported is False
     finally:
         srv.stop()
 
 
-def test_serve_with_several_workers(build):
-    """Two worker processes share one listening socket; answers are correct and fast
-    (no ~40 ms Nagle/delayed-ACK stall per response)."""
-    import statistics
+@pytest.mark.slow
+def test_serve_with_several_workers(build, served):
+    """Two worker processes share one listening socket; answers are correct, and no response
+    stalls on Nagle/delayed-ACK (a fixed 40 ms on Linux): measured side by side with the
+    one-worker server, alternating requests, so the machine's speed cancels out."""
     import time
 
     import httpx
 
     from nscompile.runtime.protocol import HEADER_LENGTH, decode_response, encode_request
 
-    srv = rt.ServerProcess(build / "cloud", None, "--workers", "2")
+    srv = ServerProcess(build / "cloud", None, "--workers", "2", "--drain-seconds", "0")
     try:
-        x = rt.sample_inputs(10)
-        want = rt.reference(build.parent / "tiny.onnx", x)
+        x = sample_inputs(10)
+        want = reference(build.parent / "tiny.onnx", x)
+        times: dict[str, list[float]] = {"one": [], "two": []}
         with httpx.Client(timeout=10) as c:
-            times = []
-            for _ in range(12):
+            for i in range(24):
+                kind, url = ("one", served.url) if i % 2 else ("two", srv.url)
                 body, headers = encode_request(x)
                 t = time.perf_counter()
-                r = c.post(f"{srv.url}/v2/models/tiny_suffix_input/infer", content=body, headers=headers)
-                times.append(time.perf_counter() - t)
+                r = c.post(f"{url}/v2/models/tiny_suffix_input/infer", content=body, headers=headers)
+                times[kind].append(time.perf_counter() - t)
                 assert r.status_code == 200
                 np.testing.assert_allclose(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"],
                                            want["prob"], rtol=1e-5, atol=1e-6)
-        assert statistics.median(times[2:]) < 0.035, times
+        # The fastest of a dozen answers: a stall on every response shows in the minimum, noise does not.
+        assert min(times["two"][2:]) < min(times["one"][2:]) + 0.030, times
     finally:
+        # SIGTERM: the supervisor stops its workers (SIGKILL would leave them running, orphaned).
+        srv.proc.terminate()
+        srv.proc.wait(timeout=30)
         srv.kill()

@@ -24,18 +24,35 @@ app = typer.Typer(
 
 # Importing a command module registers its commands on `app`. Optional heavy
 # dependencies (fastapi, matplotlib) are imported inside the commands, not here.
-from nscompile.cli import compile as _compile  # noqa: E402,F401
+from nscompile.cli import bench, compile, profile, serve, zoo  # noqa: E402,F401
 
-for _optional in ("zoo", "profile", "serve", "bench"):
-    try:
-        __import__(f"nscompile.cli.{_optional}")
-    except ModuleNotFoundError as exc:  # module not written yet, or its extra not installed
-        if exc.name != f"nscompile.cli.{_optional}":
-            raise
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Click's usage-error base class, wherever this typer takes click from.
+
+    typer 0.2x vendors click as ``typer._click`` (and raises its classes); older typers use
+    the ``click`` package. Either may be absent.
+    """
+    import importlib
+
+    found = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(found)
+
+
+def _usage_message(exc: Exception) -> str:
+    """One line: click's message, and the --help of the command it was about."""
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "nscompile"
+    return f"error: {exc.format_message().rstrip('.')} (see `{command} --help`)"
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: user errors and usage errors print one line and exit 2."""
     try:
         app(standalone_mode=False)
     except NscompileError as exc:
@@ -46,12 +63,12 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except (typer.Abort,):
+    except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except Exception as exc:  # usage errors arrive here with standalone_mode=False
+        usage_errors = _usage_error_types()
+        if usage_errors and isinstance(exc, usage_errors):
+            if exc.format_message():  # empty when `nscompile` alone has just printed its help
+                print(_usage_message(exc), file=sys.stderr)
             sys.exit(2)
         raise

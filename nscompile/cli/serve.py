@@ -22,13 +22,14 @@ def serve(
     concurrency: Optional[int] = typer.Option(None, help="Inferences computed at once (default: CPUs, at most 4)."),
     max_queue: int = typer.Option(64, help="In-flight requests admitted before answering 503."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model."),
+    drain_seconds: float = typer.Option(5.0, help="After SIGTERM: report not ready but keep answering this long, then finish what is in flight and exit 0."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
 
-    if workers < 1 or port < 0 or max_body_mb <= 0:
-        raise NscompileError("--workers must be >= 1, --port >= 0 and --max-body-mb > 0")
+    if workers < 1 or port < 0 or max_body_mb <= 0 or drain_seconds < 0:
+        raise NscompileError("--workers must be >= 1, --port >= 0, --max-body-mb > 0 and --drain-seconds >= 0")
     run_server(
         repository,
         host=host,
@@ -39,6 +40,7 @@ def serve(
         concurrency=concurrency,
         max_queue=max_queue,
         threads=threads,
+        drain_s=drain_seconds,
     )
 
 
@@ -63,6 +65,7 @@ def run(
     output_dir: Optional[Path] = typer.Option(None, help="Write each output as NAME.npy here."),
     cut: Optional[str] = typer.Option(None, help="Force this cut instead of looking it up."),
     bandwidth_mbps: Optional[float] = typer.Option(None, help="Use this uplink bandwidth instead of measuring it."),
+    device_load: Optional[float] = typer.Option(None, help="Use this device slowdown (1 = as profiled) instead of learning it."),
     deadline_ms: float = typer.Option(5000.0, help="Finish on the device if the server takes longer."),
     as_json: bool = typer.Option(False, "--json", help="Print the record and output summaries as JSON."),
 ) -> None:
@@ -71,7 +74,8 @@ def run(
 
     inputs = dict(_parse_input(s) for s in input)
     with SplitRunner(
-        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps
+        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
+        device_load=device_load,
     ) as runner:
         outputs, record = runner.run(inputs, with_record=True)
     if output_dir is not None:

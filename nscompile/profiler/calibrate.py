@@ -95,10 +95,11 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
 def _write_whole(model: LoadedModel, out_dir: Path) -> Path:
     """The loaded model (its node names, folded and pinned) as a runnable file."""
     from nscompile.backend import submodel, write_weights
+    from nscompile.runtime.contract import WEIGHTS_FILE
 
-    offsets = write_weights(model, out_dir / "weights.bin")
+    offsets = write_weights(model, out_dir / WEIGHTS_FILE)
     mask = np.ones(len(model.nodes), dtype=bool)
-    whole = submodel(model, mask, model.inputs, model.outputs, offsets, "weights.bin", model.name, "whole", "calibration")
+    whole = submodel(model, mask, model.inputs, model.outputs, offsets, WEIGHTS_FILE, model.name, "whole", "calibration")
     path = out_dir / "model.onnx"
     path.write_bytes(whole.SerializeToString())
     return path

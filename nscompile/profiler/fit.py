@@ -30,7 +30,6 @@ EXTRA_SETS: dict[str, list[tuple[str, ...]]] = {
     "Gemm": [("macs", "param_bytes")],
     "MatMul": [("macs", "param_bytes", "bytes_in")],
 }
-_HINGES = ("param_bytes_over_1mb", "param_bytes_over_8mb", "param_bytes_over_32mb")
 _CONV_SHAPE = ("macs", "c_in_per_group", "c_out", "spatial_out", "kernel", "stride")
 for _k in ("Conv.depthwise", "Conv.grouped"):
     EXTRA_SETS[_k] = [_CONV_SHAPE, ("macs", "spatial_out", "c_out")]
@@ -55,6 +54,9 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
     "Gelu": ("elems_out",),
     "Erf": ("elems_out",),
     "LayerNormalization": ("bytes_total", "elems_out"),
+    # The cut-tensor casts go both ways: fp32->fp16 reads 4 bytes per element and writes
+    # 2, fp16->fp32 the reverse. Equal totals, so separate terms let the fit price each.
+    "Cast": ("bytes_in", "bytes_out"),
 }
 _DEFAULT_FEATURES = ("bytes_total", "elems_out")
 # Keys fitted with linear forms only: few samples, and models run them far beyond the

@@ -73,10 +73,9 @@ class _Builder:
             return n
         if np.issubdtype(dtype, np.integer):
             arr = self.rng.integers(low or 0, high or 2, size=shape).astype(dtype)
-            et = TensorProto.INT64 if dtype == np.int64 else TensorProto.INT32
         else:
-            arr = self.rng.standard_normal(shape).astype(np.float32)
-            et = TensorProto.FLOAT
+            arr = self.rng.standard_normal(shape).astype(dtype)
+        et = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
         self.inputs.append(helper.make_tensor_value_info(n, et, list(shape)))
         self.feeds[n] = arr
         return n
@@ -514,6 +513,32 @@ def _rnn_cases(rng, n_each) -> Iterator[Case]:
             yield Case(f"{op} seq{seq} in{inp} h{hid} #{i}", op, b.model([y]), b.feeds)
 
 
+def _codec_cases(rng, n_each, max_elems) -> Iterator[Case]:
+    """The ops that encode and decode cut tensors (nscompile.encoding), at activation sizes."""
+    for i in range(n_each):
+        for src, dst in ((np.float32, TensorProto.FLOAT16), (np.float16, TensorProto.FLOAT)):
+            b = _Builder(rng)
+            shape = _act_shape(rng, max_elems, vectors=True)
+            y = b.node("Cast", [b.input(shape, dtype=src)], to=dst)[0]
+            yield Case(f"Cast {np.dtype(src).name} {shape} #{i}", "Cast", b.model([y]), b.feeds)
+        b = _Builder(rng)
+        shape = _act_shape(rng, max_elems, vectors=True)
+        outs = b.node("DynamicQuantizeLinear", [b.input(shape)], n_out=3)
+        yield Case(f"DynamicQuantizeLinear {shape} #{i}", "DynamicQuantizeLinear", b.model(outs), b.feeds)
+        # As a suffix runs it: scale and zero point are inputs (computed per request), not constants.
+        b = _Builder(rng)
+        shape = _act_shape(rng, max_elems, vectors=True)
+        x = b.input(shape, dtype=np.uint8, low=0, high=256)
+        scale = b.name("x")
+        zero = b.name("x")
+        if not b.dry:
+            b.inputs += [helper.make_tensor_value_info(scale, TensorProto.FLOAT, []),
+                         helper.make_tensor_value_info(zero, TensorProto.UINT8, [])]
+            b.feeds[scale], b.feeds[zero] = np.array(0.02, np.float32), np.array(128, np.uint8)
+        y = b.node("DequantizeLinear", [x, scale, zero])[0]
+        yield Case(f"DequantizeLinear {shape} #{i}", "DequantizeLinear", b.model([y]), b.feeds)
+
+
 def count_cases(quick: bool, seed: int = 0) -> int:
     """How many cases :func:`generate_cases` yields (a dry pass that builds nothing)."""
     _Builder.dry = True
@@ -552,6 +577,8 @@ def generate_cases(quick: bool, seed: int = 0) -> Iterator[Case]:
         lambda: _norm_cases(rng, n_each, max_elems),
         lambda: _shape_cases(rng, n_each, max_elems),
         lambda: _rnn_cases(rng, max(n_each // 2, 1) if quick else 30),  # the full grid: 6 sizes x 5 lengths
+        # Last, so that adding them drew no configuration of the cases above differently.
+        lambda: _codec_cases(rng, n_each, max_elems),
     ]
     for g in gens:
         yield from g()

@@ -1,10 +1,9 @@
 """Run the profiler under a cgroup-v1 CPU bandwidth quota (a slower, phone-class CPU).
 
-A quota of e.g. 25% of one core makes this machine's CPU behave, on average, like a
-core four times slower: what a mid-range phone core is next to a server core. The CFS
-period is kept short (4 ms) so that throttling averages out inside one timed batch
-rather than freezing a whole measurement. Needs root and a cgroup-v1 ``cpu`` hierarchy
-(``/sys/fs/cgroup/cpu``); elsewhere it raises a :class:`NscompileError` saying so.
+The group itself is :class:`nscompile.cgroups.CpuQuotaGroup`, the testbed's too; this
+module moves the profiling process into it and back out. Needs root and a cgroup-v1
+``cpu`` hierarchy (``/sys/fs/cgroup/cpu``); elsewhere it raises a :class:`NscompileError`
+saying so.
 """
 
 from __future__ import annotations
@@ -15,12 +14,10 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from nscompile.cgroups import CGROUP_CPU, CpuQuotaGroup, cpu_controller_problem
 from nscompile.errors import NscompileError
 
 __all__ = ["cpu_quota", "CGROUP_CPU"]
-
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
-_PERIOD_US = 4000
 
 
 def _current_cgroup() -> Path:
@@ -47,25 +44,19 @@ def cpu_quota(fraction: float):
     """
     if not (0 < fraction <= 64):
         raise NscompileError(f"--cpu-quota must be in (0, 64] cores, got {fraction}")
-    if not (CGROUP_CPU / "cpu.cfs_quota_us").exists():
-        raise NscompileError(
-            f"no cgroup-v1 cpu controller at {CGROUP_CPU}; profile on the real device instead, "
-            "or drop --cpu-quota"
-        )
+    if cpu_controller_problem():
+        raise NscompileError(f"{cpu_controller_problem()}; profile on the real device instead, or drop --cpu-quota")
     original = _current_cgroup()
-    group = CGROUP_CPU / f"nscompile-profile-{os.getpid()}"
+    path = CGROUP_CPU / f"nscompile-profile-{os.getpid()}"
+    group = None
     try:
-        group.mkdir(exist_ok=True)
-        (group / "cpu.cfs_period_us").write_text(str(_PERIOD_US))
-        (group / "cpu.cfs_quota_us").write_text(str(max(int(_PERIOD_US * fraction), 1000)))
-        (group / "cgroup.procs").write_text(str(os.getpid()))
+        group = CpuQuotaGroup(path, fraction)
+        group.add(os.getpid())
     except OSError as exc:
-        try:
-            group.rmdir()
-        except OSError:
-            pass
+        if group is not None:
+            group.remove()
         raise NscompileError(
-            f"cannot set a CPU quota in {group} ({exc.strerror}); run as root or drop --cpu-quota"
+            f"cannot set a CPU quota in {path} ({exc.strerror}); run as root or drop --cpu-quota"
         ) from None
     # A `kill` (SIGTERM, SIGHUP) must leave through the `finally` below, not past it: the
     # cgroup would outlive the process.
@@ -75,7 +66,7 @@ def cpu_quota(fraction: float):
             if signal.getsignal(sig) in (signal.SIG_DFL, None):
                 handlers[sig] = signal.signal(sig, _exit_on_signal)
     try:
-        yield group
+        yield group.path
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -83,7 +74,4 @@ def cpu_quota(fraction: float):
             (original / "cgroup.procs").write_text(str(os.getpid()))
         except OSError:
             (CGROUP_CPU / "cgroup.procs").write_text(str(os.getpid()))
-        try:
-            group.rmdir()
-        except OSError:
-            pass
+        group.remove()

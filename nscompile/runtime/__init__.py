@@ -6,9 +6,35 @@ typer), so a device can install just those and copy this package.
     from nscompile.runtime import SplitRunner
     runner = SplitRunner("build/alexnet/device", "http://server:8000")
     outputs, record = runner.run({"data": x}, with_record=True)
+
+The names below are imported on first use: the compiler and the server import
+``nscompile.runtime.contract`` and ``nscompile.runtime.protocol`` without paying for
+httpx and onnxruntime.
 """
 
-from nscompile.runtime.plan import Cut, Plan, TensorSpec, load_plan
-from nscompile.runtime.runner import RunRecord, SplitRunner
+from __future__ import annotations
 
-__all__ = ["Cut", "Plan", "RunRecord", "SplitRunner", "TensorSpec", "load_plan"]
+import importlib
+
+_EXPORTS = {
+    "Cut": "plan",
+    "Plan": "plan",
+    "TensorSpec": "plan",
+    "load_plan": "plan",
+    "RunRecord": "policy",
+    "SplitRunner": "runner",
+    "make_client": "transport",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

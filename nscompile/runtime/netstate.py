@@ -1,4 +1,5 @@
-"""What the device knows about the network and the server: uplink, RTT, load, back-off.
+"""What the device knows about the network, the server and itself: uplink, RTT, server
+load, back-off, and its own slowdown against its profile.
 
 Plain numbers and the standard library; the runner feeds it measurements and reads
 estimates back. Bandwidth is smoothed on a log scale because the plan's buckets are
@@ -8,7 +9,9 @@ log-spaced: a 10x change should move the estimate as fast as a 2x change does.
 from __future__ import annotations
 
 import math
+import statistics
 import time
+from collections import deque
 
 
 class LogEwma:
@@ -85,6 +88,10 @@ class NetState:
     def failed(self, now: float) -> float:
         """Note a failed server call; return the back-off chosen, in seconds."""
         self.failures += 1
+        if now < self.retry_at:
+            # A call that started before the back-off began (threads sharing a runner): the
+            # same outage, so it must not double the back-off again.
+            return self.retry_at - now
         self._backoff = self.backoff_first if self._backoff == 0 else min(self._backoff * 2, self.backoff_max)
         self.retry_at = now + self._backoff
         return self._backoff
@@ -101,3 +108,44 @@ class NetState:
     def restore_backoff(self, state: tuple[float, int, float]) -> None:
         """Undo what calls since :meth:`backoff_state` did to the back-off (e.g. a benchmark's forced requests)."""
         self.retry_at, self.failures, self._backoff = state
+
+
+class DeviceLoad:
+    """The device's slowdown factor Kd: measured over predicted time of its own runs.
+
+    Every prefix (the all-device model included) that the device runs is one sample:
+    its measured milliseconds over the plan's prediction for that cut. The estimate is
+    the median of the last ``window`` samples, so one run preempted by another app moves
+    it by one rank at most, while a lasting change (another app, heat, a slower clock)
+    takes over after ``window // 2 + 1`` runs. Before the first sample it is 1.0: the
+    device as profiled. A device whose cut runs nothing on it (all-cloud) takes no
+    samples; the policy then forgets a stale estimate, so that a device that got fast
+    again is tried again (see :attr:`CutPolicy.device_load`).
+
+    Args:
+        window: how many recent samples the median is taken over.
+    """
+
+    def __init__(self, window: int = 5):
+        if window < 1:
+            raise ValueError("window must be >= 1")
+        self._ratios: deque[float] = deque(maxlen=window)
+        #: The current estimate (1.0 before the first sample).
+        self.value = 1.0
+        self.samples = 0
+        self.updated_at = 0.0
+
+    def add(self, measured_ms: float, predicted_ms: float, now: float | None = None) -> None:
+        """Fold in one run of device work that the plan predicted at ``predicted_ms``."""
+        if not (measured_ms > 0 and predicted_ms > 0 and math.isfinite(measured_ms) and math.isfinite(predicted_ms)):
+            return
+        self._ratios.append(measured_ms / predicted_ms)
+        self.value = statistics.median(self._ratios)
+        self.samples += 1
+        self.updated_at = time.monotonic() if now is None else now
+
+    def reset(self) -> None:
+        """Forget every sample: back to the device as profiled."""
+        self._ratios.clear()
+        self.value = 1.0
+        self.samples = 0

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import PLAN_SCHEMA
 
-SCHEMA = "nscompile.plan/1"
+#: Transfer milliseconds per byte at 1 Mbit/s (8 bits / 1e6 bit/s = 8e-6 s).
+MS_PER_BYTE_AT_1MBPS = 8e-3
 
 
 @dataclass(frozen=True)
@@ -37,11 +39,72 @@ class Cut:
     prefix: Path | None  # resolved inside the device directory
     cloud_model: str | None
     predicted: dict = field(default_factory=dict)
+    encoding: str = "fp32"  # how the tensors travel: fp32, fp16 or int8 (the prefix encodes them itself)
 
     @property
     def all_device(self) -> bool:
         """True for the cut that needs no server."""
         return self.cloud_model is None
+
+    @classmethod
+    def from_doc(cls, doc: dict, device_dir: Path = Path("."), where: str = "plan.json") -> Cut:
+        """A cut from its entry in ``plan.json``'s ``cuts``.
+
+        Args:
+            doc: the entry.
+            device_dir: the directory the prefix file is looked for in.
+            where: the plan's path, for error messages.
+
+        Raises:
+            NscompileError: a tensor entry lacks name, shape or dtype.
+        """
+        prefix = None
+        if doc.get("prefix"):
+            # Paths are relative to the build directory; on a device only the file
+            # name inside device_dir is meaningful.
+            prefix = device_dir / PurePosixPath(doc["prefix"]).name
+        cloud = doc.get("cloud_model")
+        if cloud is None and doc.get("suffix"):
+            cloud = PurePosixPath(doc["suffix"]).parts[1]  # cloud/<name>/1/model.onnx
+        return cls(
+            id=str(doc["id"]),
+            tensors=tuple(_spec(t, where) for t in doc.get("tensors", [])),
+            device_outputs=tuple(doc.get("device_outputs", [])),
+            prefix=prefix,
+            cloud_model=cloud,
+            predicted=dict(doc.get("predicted") or {}),
+            encoding=str(doc.get("encoding") or "fp32"),
+        )
+
+    def latency_ms(self, uplink_mbps: float, load: float = 1.0, rtt_ms: float = 0.0,
+                   downlink_mbps: float | None = None, device_load: float = 1.0) -> float:
+        """The plan's predicted latency of one request through this cut (DESIGN.md's Latency(S)).
+
+        Kd x device + K x cloud + upload / uplink + download / downlink + RTT, from the
+        ``predicted`` figures the build wrote; the all-device cut costs its device time
+        alone. The planner's solver minimises the same sum over every device set at once.
+
+        Args:
+            uplink_mbps: uplink bandwidth in Mbit/s.
+            load: server slowdown factor K >= 1.
+            rtt_ms: round-trip time in ms.
+            downlink_mbps: downlink bandwidth in Mbit/s; None: equal to the uplink (the
+                planner's symmetric link); ``math.inf``: downloads cost nothing.
+            device_load: device slowdown factor Kd against its profile (1 = as profiled).
+
+        Returns:
+            Milliseconds.
+
+        Raises:
+            KeyError: the plan predicts no ``device_ms`` (all-device) or ``cloud_ms`` (a split).
+        """
+        p = self.predicted
+        if self.all_device:
+            return device_load * p["device_ms"]
+        ms = (device_load * p.get("device_ms", 0.0) + load * p["cloud_ms"]
+              + p.get("upload_bytes", 0) * MS_PER_BYTE_AT_1MBPS / uplink_mbps)
+        ms += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS / (downlink_mbps or uplink_mbps)
+        return ms + rtt_ms
 
 
 def _spec(raw: dict, where: str) -> TensorSpec:
@@ -65,16 +128,18 @@ class Plan:
         inputs, outputs: the model's graph inputs and outputs.
         cuts: cut id -> :class:`Cut`.
         fallback: the all-device cut's id.
-        loads: the load levels of the grid rows, ascending.
+        loads: the server load levels of the grid rows, ascending.
+        device_loads: the device slowdown levels the plan was solved for (``[1.0]`` for a
+            plan without that axis).
         rtt_ms: the round-trip time the plan assumed.
     """
 
     def __init__(self, raw: dict, device_dir: Path):
         self.raw = raw
         where = str(device_dir / "plan.json")
-        if raw.get("schema") != SCHEMA:
+        if raw.get("schema") != PLAN_SCHEMA:
             raise NscompileError(
-                f"{where} has schema {raw.get('schema')!r}, expected {SCHEMA!r}; "
+                f"{where} has schema {raw.get('schema')!r}, expected {PLAN_SCHEMA!r}; "
                 "rebuild with this nscompile version"
             )
         try:
@@ -91,22 +156,8 @@ class Plan:
         self.downlink_mbps = grid.get("downlink_mbps")
         self.cuts: dict[str, Cut] = {}
         for c in cuts_raw:
-            prefix = None
-            if c.get("prefix"):
-                # Paths are relative to the build directory; on a device only the file
-                # name inside device_dir is meaningful.
-                prefix = device_dir / PurePosixPath(c["prefix"]).name
-            cloud = c.get("cloud_model")
-            if cloud is None and c.get("suffix"):
-                cloud = PurePosixPath(c["suffix"]).parts[1]  # cloud/<name>/1/model.onnx
-            self.cuts[str(c["id"])] = Cut(
-                id=str(c["id"]),
-                tensors=tuple(_spec(t, where) for t in c.get("tensors", [])),
-                device_outputs=tuple(c.get("device_outputs", [])),
-                prefix=prefix,
-                cloud_model=cloud,
-                predicted=dict(c.get("predicted") or {}),
-            )
+            cut = Cut.from_doc(c, device_dir, where)
+            self.cuts[cut.id] = cut
         self.fallback = str(raw.get("fallback") or "")
         if self.fallback not in self.cuts:
             devices = [c.id for c in self.cuts.values() if c.all_device]
@@ -123,25 +174,31 @@ class Plan:
                     "device/ directory of the build"
                 )
         self.loads = [float(x) for x in grid.get("load", [1])]
-        self._tables: dict[str, list[tuple[list[float], list[str]]]] = {}
+        self.device_loads = [float(x) for x in grid.get("device_load", [1])]
+        # objective -> [device level] -> [server level] -> (bandwidth starts, cut ids)
+        self._tables: dict[str, list[list[tuple[list[float], list[str]]]]] = {}
         self._build_lookup(grid, where)
 
     def _build_lookup(self, grid: dict, where: str) -> None:
+        # `breakpoints` and `tables` hold the slice at device load 1 (what readers of plans
+        # without the device axis see); `device_breakpoints` / `device_tables` hold every
+        # device level, outermost.
         breakpoints = self.raw.get("breakpoints") or {}
         tables = dict(self.raw.get("tables") or {})
         objective = grid.get("objective", "latency")
         if "table" in self.raw:
             tables.setdefault(objective, self.raw["table"])
+        by_device = dict(self.raw.get("device_breakpoints") or {})
+        by_device_tables = dict(self.raw.get("device_tables") or {})
         bandwidths = [float(b) for b in grid.get("bandwidth_mbps", [])]
-        for obj in set(breakpoints) | set(tables):
-            rows: list[tuple[list[float], list[str]]] = []
-            if obj in breakpoints:
-                for row in breakpoints[obj]:
+
+        def rows_of(points_rows=None, table_rows=None) -> list[tuple[list[float], list[str]]]:
+            rows = []
+            for row in points_rows if points_rows is not None else table_rows:
+                if points_rows is not None:
                     pts = sorted(row, key=lambda p: float(p["from_mbps"]))
                     rows.append(([float(p["from_mbps"]) for p in pts], [str(p["cut"]) for p in pts]))
-            else:
-                # Only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b].
-                for row in tables[obj]:
+                else:  # only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b]
                     rows.append((list(bandwidths), [str(c) for c in row]))
             if len(rows) != len(self.loads):
                 raise NscompileError(
@@ -152,10 +209,30 @@ class Plan:
                 for cid in ids:
                     if cid not in self.cuts:
                         raise NscompileError(f"{where}: the table names cut {cid!r} which is not emitted")
-            self._tables[obj] = rows
+            return rows
+
+        for obj in set(breakpoints) | set(tables) | set(by_device) | set(by_device_tables):
+            if obj in by_device or obj in by_device_tables:
+                levels = by_device.get(obj) or by_device_tables[obj]
+                if len(levels) != len(self.device_loads):
+                    raise NscompileError(
+                        f"{where}: objective {obj!r} has {len(levels)} device-load levels but "
+                        f"grid.device_load has {len(self.device_loads)}; rebuild the plan"
+                    )
+                if obj in by_device:
+                    self._tables[obj] = [rows_of(points_rows=level) for level in by_device[obj]]
+                else:
+                    self._tables[obj] = [rows_of(table_rows=level) for level in by_device_tables[obj]]
+            elif obj in breakpoints:
+                self._tables[obj] = [rows_of(points_rows=breakpoints[obj])]
+            else:
+                self._tables[obj] = [rows_of(table_rows=tables[obj])]
+            if len(self._tables[obj]) == 1 and len(self.device_loads) != 1:
+                raise NscompileError(f"{where}: objective {obj!r} has no device_breakpoints for grid.device_load; rebuild the plan")
         if not self._tables:
             raise NscompileError(f"{where} has neither breakpoints nor a table; rebuild the plan")
         self._log_loads = [math.log(max(x, 1e-9)) for x in self.loads]
+        self._log_device_loads = [math.log(max(x, 1e-9)) for x in self.device_loads]
 
     @property
     def objectives(self) -> list[str]:
@@ -163,27 +240,28 @@ class Plan:
         return sorted(self._tables)
 
     def only_cut(self, objective: str = "latency") -> str | None:
-        """The cut every bandwidth and load of ``objective``'s table selects, if there is one such cut."""
-        ids = {cid for _, row in self._tables.get(objective, []) for cid in row}
+        """The cut every condition of ``objective``'s tables selects, if there is one such cut."""
+        ids = {cid for level in self._tables.get(objective, []) for _, row in level for cid in row}
         return ids.pop() if len(ids) == 1 else None
 
     def load_row(self, load: float) -> int:
         """Index of the grid row nearest `load` (nearest on a log scale: loads are geometric)."""
-        x = math.log(max(load, 1e-9))
-        best, dist = 0, abs(self._log_loads[0] - x)
-        for i in range(1, len(self._log_loads)):
-            d = abs(self._log_loads[i] - x)
-            if d < dist:
-                best, dist = i, d
-        return best
+        return _nearest_log(self._log_loads, load)
 
-    def lookup(self, bandwidth_mbps: float, load: float = 1.0, objective: str = "latency") -> str:
-        """Return the cut id for the given uplink bandwidth and server load.
+    def device_load_row(self, device_load: float) -> int:
+        """Index of the device-load level nearest `device_load` (on a log scale)."""
+        return _nearest_log(self._log_device_loads, device_load)
+
+    def lookup(self, bandwidth_mbps: float, load: float = 1.0, objective: str = "latency",
+               device_load: float = 1.0) -> str:
+        """Return the cut id for the given uplink bandwidth, server load and device load.
 
         Args:
             bandwidth_mbps: measured uplink bandwidth in Mbit/s.
             load: server slowdown factor (1 = idle).
             objective: "latency" or "energy" (what the plan has tables for).
+            device_load: device slowdown factor against its profile (1 = as profiled);
+                ignored by a plan without that axis.
 
         Returns:
             The cut id.
@@ -192,14 +270,26 @@ class Plan:
             NscompileError: the plan has no table for `objective`.
         """
         try:
-            rows = self._tables[objective]
+            levels = self._tables[objective]
         except KeyError:
             raise NscompileError(
                 f"the plan has no table for objective {objective!r}; use one of {self.objectives}"
             ) from None
+        rows = levels[self.device_load_row(device_load)] if len(levels) > 1 else levels[0]
         starts, ids = rows[self.load_row(load)]
         i = bisect_right(starts, bandwidth_mbps) - 1
         return ids[i if i >= 0 else 0]
+
+
+def _nearest_log(log_levels: list[float], value: float) -> int:
+    """Index of the level nearest `value` on a log scale (levels are geometric); a short linear scan."""
+    x = math.log(max(value, 1e-9))
+    best, dist = 0, abs(log_levels[0] - x)
+    for i in range(1, len(log_levels)):
+        d = abs(log_levels[i] - x)
+        if d < dist:
+            best, dist = i, d
+    return best
 
 
 def load_plan(device_dir: str | Path) -> Plan:

@@ -225,6 +225,8 @@ def split_body(body: bytes, header_length: str | int | None) -> tuple[dict, memo
         header = json.loads(bytes(view[:n]))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(f"the JSON header is malformed ({exc}); send a v2 infer request") from None
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise ProtocolError("the JSON header is nested too deeply; send a v2 infer request") from None
     if not isinstance(header, dict):
         raise ProtocolError("the JSON header must be an object with an 'inputs' list")
     return header, view[n:]

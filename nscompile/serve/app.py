@@ -2,7 +2,8 @@
 
 Endpoints (Triton's spelling, so tritonclient and KServe clients work unchanged):
 
-- ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``
+- ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready`` (503 while draining after SIGTERM,
+  see :mod:`nscompile.serve.drain`)
 - ``GET /v2/models/{m}[/versions/{v}]``, ``.../ready``, ``.../config`` (model configuration
   extension: the JSON form of config.pbtxt, with the ``nscompile_model_sha256`` parameter
   devices check), ``.../stats`` and ``/v2/models/stats`` (statistics extension subset)
@@ -20,14 +21,21 @@ Content-Length before reading), JSON header, tensor names, datatypes, shapes and
 counts against the model's metadata (400), unknown model or version (404). Inference
 runs on a bounded thread pool; admission beyond ``max_queue`` in-flight requests gets a
 503 with Retry-After, so one flood cannot stall health checks or other clients.
+
+Sessions are created when the server starts (a model that fails to load answers 503 to
+``ready`` and to infer, and the others serve as usual), or on first use where the ASGI
+lifespan does not run (in-thread test servers).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import time
 import zlib
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -35,14 +43,18 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
 
 import nscompile
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import INFLIGHT_HEADER, LOAD_HEADER, LOAD_PATH, PROBE_PATH, SERVER_MS_HEADER
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, encode_response, read_tensors, split_body
+from nscompile.serve.drain import CloseWhileDraining, Drain
 from nscompile.serve.load import LoadTracker
 from nscompile.serve.repository import ModelEntry, read_repository
 
 ENV_OPTIONS = "NSCOMPILE_SERVE_OPTIONS"
+logger = logging.getLogger("uvicorn.error")
 
 
 def _error(message: str, status: int, headers: dict | None = None) -> JSONResponse:
@@ -125,6 +137,7 @@ def create_app(
     threads: int | None = None,
     providers: list | None = None,
     slowdown_floor_ms: float = 1.0,
+    drain_s: float = 0.0,
 ) -> FastAPI:
     """Build the server application for a model repository.
 
@@ -137,9 +150,12 @@ def create_app(
         providers: onnxruntime execution providers (default: CPU).
         slowdown_floor_ms: added to both sides of the slowdown ratio, so that jitter on a
             sub-millisecond model does not read as load (see nscompile.serve.load).
+        drain_s: after SIGTERM, answer this long (not ready) before shutting down
+            (see nscompile.serve.drain); 0 stops at once.
 
     Returns:
-        The FastAPI application (``app.state.models``, ``app.state.load`` for inspection).
+        The FastAPI application (``app.state.models``, ``app.state.load``, ``app.state.drain``
+        for inspection).
 
     Raises:
         NscompileError: the repository is missing or broken.
@@ -149,12 +165,31 @@ def create_app(
     providers = providers or ["CPUExecutionProvider"]
     load = LoadTracker(concurrency, floor_ms=slowdown_floor_ms)
     limiter = anyio.CapacityLimiter(concurrency)
-    app = FastAPI(title="nscompile serve", version=nscompile.__version__, docs_url=None, redoc_url=None)
-    app.state.models, app.state.load = models, load
+    drain = Drain(drain_s)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        for entry in models.values():
+            try:
+                await anyio.to_thread.run_sync(entry.ensure_loaded, providers, threads)
+            except NscompileError as exc:  # kept in entry.load_error: this model is unavailable, the rest serve
+                logger.warning("%s", exc)
+        watcher = asyncio.get_running_loop().create_task(drain.watch()) if drain.install() else None
+        yield
+        if watcher is not None:
+            watcher.cancel()
+
+    app = FastAPI(title="nscompile serve", version=nscompile.__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.models, app.state.load, app.state.drain = models, load, drain
+    app.add_middleware(CloseWhileDraining, drain=drain)
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_: Request, exc: ProtocolError):
         return _error(str(exc), exc.status)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):  # no such route or method: the same JSON shape
+        return _error(f"{exc.detail}: {request.method} {request.url.path}", exc.status_code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError):
@@ -182,13 +217,13 @@ def create_app(
 
     @app.get("/v2/health/ready")
     async def ready():
-        return Response(status_code=200)
+        return Response(status_code=503 if drain.draining else 200)
 
-    @app.get("/v2/nscompile/load")
+    @app.get(LOAD_PATH)
     async def load_report():
         return load.snapshot()
 
-    @app.post("/v2/nscompile/probe")
+    @app.post(PROBE_PATH)
     async def probe(request: Request):
         body = await _read_body(request, max_body_bytes)
         return {**load.snapshot(), "received_bytes": len(body)}
@@ -231,7 +266,7 @@ def create_app(
         @app.get(prefix + "/ready")
         async def model_ready(name: str, version: str | None = None):
             entry = model(name, version)
-            return Response(status_code=503 if entry.load_error else 200)
+            return Response(status_code=503 if entry.load_error or drain.draining else 200)
 
         @app.get(prefix + "/config")
         async def config(name: str, version: str | None = None):
@@ -303,9 +338,9 @@ def create_app(
         request_id = header.get("id") if isinstance(header.get("id"), str) else None
         out_body, head_len = encode_response(entry.name, entry.version, dict(zip(wanted, results)), wanted, request_id)
         headers = {
-            "nscompile-load": f"{load.load(exclude_self=True):.4f}",
-            "nscompile-inflight": str(load.in_flight - 1),
-            "nscompile-server-ms": f"{(time.perf_counter() - t0) * 1e3:.4f}",
+            LOAD_HEADER: f"{load.load(exclude_self=True):.4f}",
+            INFLIGHT_HEADER: str(load.in_flight - 1),
+            SERVER_MS_HEADER: f"{(time.perf_counter() - t0) * 1e3:.4f}",
         }
         if head_len is None:
             return Response(out_body, media_type="application/json", headers=headers)

@@ -1,5 +1,10 @@
 """The model repository ``nscompile serve`` serves: a Triton-layout ``cloud/`` directory.
 
+A model is an ONNX file run with onnxruntime, whichever way its config tells Triton to run
+it: ``platform: "onnxruntime_onnx"`` (or ``backend: "onnxruntime"``), or ``backend: "python"``
+with the ``1/model.py`` that ``nscompile build --triton-backend python`` writes beside
+``1/model.onnx`` (served here from the ONNX file, exactly as that model.py runs it).
+
 Each ``cloud/<name>/config.pbtxt`` is read at start-up (cheap, so metadata and readiness
 answer at once); the ONNX session is created on the first infer and reused. Loading also
 times a few idle runs: the "profiled idle time" the server compares live requests with to
@@ -16,11 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from nscompile.errors import NscompileError
+from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER
 from nscompile.runtime.protocol import ORT_TO_V2, V2_TO_NUMPY
 from nscompile.serve.pbtxt import parse_pbtxt
-
-SHA_PARAMETER = "nscompile_model_sha256"
-SHA_METADATA = "nscompile.model_sha256"
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class ModelEntry:
     directory: Path
     version: str
     model_file: Path
-    platform: str
+    platform: str  # Triton's platform field ("" for the Python backend)
+    backend: str  # "onnxruntime" or "python"
     max_batch_size: int
     inputs: tuple[TensorMeta, ...]
     outputs: tuple[TensorMeta, ...]
@@ -88,7 +92,7 @@ class ModelEntry:
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": self.platform,
+            "platform": self.platform or self.backend,
             "inputs": [t.as_json() for t in self.inputs],
             "outputs": [t.as_json() for t in self.outputs],
         }
@@ -99,14 +103,14 @@ class ModelEntry:
         cfg = {
             "name": self.name,
             "platform": self.platform,
-            "backend": "onnxruntime",
+            "backend": self.backend,
             "max_batch_size": self.max_batch_size,
             "input": [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": shape(t)} for t in self.inputs],
             "output": [{"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": shape(t)} for t in self.outputs],
             "parameters": {},
         }
         if self.sha256:
-            cfg["parameters"][SHA_PARAMETER] = {"string_value": self.sha256}
+            cfg["parameters"][MODEL_SHA_PARAMETER] = {"string_value": self.sha256}
         return cfg
 
     def ensure_loaded(self, providers: list, threads: int | None) -> object:
@@ -149,7 +153,7 @@ class ModelEntry:
         want = {t.name: t.datatype for t in self.inputs}
         if got != want:
             raise NscompileError(f"model {self.name!r}: {self.model_file} takes {got} but config.pbtxt says {want}; rebuild it")
-        meta_sha = sess.get_modelmeta().custom_metadata_map.get(SHA_METADATA)
+        meta_sha = sess.get_modelmeta().custom_metadata_map.get(MODEL_SHA_METADATA)
         if meta_sha and self.sha256 and meta_sha != self.sha256:
             raise NscompileError(
                 f"model {self.name!r}: {self.model_file} was built from sha256 {meta_sha} but config.pbtxt "
@@ -182,6 +186,20 @@ def _tensors(cfg: dict, key: str, batch: int, where: str) -> tuple[TensorMeta, .
     return tuple(out)
 
 
+#: A line of the model.py nscompile writes (nscompile/serve/triton_python_model.py).
+PYTHON_MODEL_MARK = "nscompile build --triton-backend python"
+
+
+def _check_python_models(directory: Path, where: str) -> None:
+    """Serving model.onnx in place of a model.py is only right for the model.py nscompile writes."""
+    for script in directory.glob("*/model.py"):
+        if PYTHON_MODEL_MARK not in script.read_text(errors="replace"):
+            raise NscompileError(
+                f"{where}: {script} is not the model.py nscompile writes, so serving its model.onnx could "
+                "answer differently; serve it with Triton, or rebuild with --triton-backend python"
+            )
+
+
 def read_model(directory: Path) -> ModelEntry:
     """Read one model directory (config.pbtxt plus its newest version).
 
@@ -199,12 +217,20 @@ def read_model(directory: Path) -> ModelEntry:
     name = str(cfg.get("name", [directory.name])[0])
     if name != directory.name:
         raise NscompileError(f"{where} names the model {name!r} but its directory is {directory.name!r}; they must match")
-    platform = str(cfg.get("platform", ["onnxruntime_onnx"])[0])
-    backend = cfg.get("backend", [None])[0]
-    if platform != "onnxruntime_onnx" and backend != "onnxruntime":
-        raise NscompileError(f"{where}: platform {platform!r} is not onnxruntime_onnx; nscompile serve runs ONNX only")
+    backend = str(cfg.get("backend", [""])[0])
+    platform = str(cfg.get("platform", ["" if backend == "python" else "onnxruntime_onnx"])[0])
+    if backend == "python":
+        filename = "model.onnx"  # the file 1/model.py runs; nscompile serve runs it directly
+        _check_python_models(directory, where)
+    elif platform == "onnxruntime_onnx" or backend == "onnxruntime":
+        platform, backend = "onnxruntime_onnx", "onnxruntime"
+        filename = str(cfg.get("default_model_filename", ["model.onnx"])[0])
+    else:
+        raise NscompileError(
+            f"{where}: platform {platform!r} / backend {backend!r} is neither onnxruntime_onnx nor python; "
+            "nscompile serve runs ONNX models only"
+        )
     batch = int(cfg.get("max_batch_size", [0])[0])
-    filename = str(cfg.get("default_model_filename", ["model.onnx"])[0])
     versions = sorted(
         (int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit() and (p / filename).is_file()),
         reverse=True,
@@ -213,7 +239,7 @@ def read_model(directory: Path) -> ModelEntry:
         raise NscompileError(f"{directory} has no version directory with {filename}; expected {directory}/1/{filename}")
     sha = None
     for p in cfg.get("parameters", []):
-        if isinstance(p, dict) and p.get("key", [None])[0] == SHA_PARAMETER:
+        if isinstance(p, dict) and p.get("key", [None])[0] == MODEL_SHA_PARAMETER:
             value = (p.get("value") or [{}])[0]
             sha = str((value.get("string_value") or [None])[0]) if isinstance(value, dict) else None
     return ModelEntry(
@@ -221,7 +247,8 @@ def read_model(directory: Path) -> ModelEntry:
         directory=directory,
         version=str(versions[0]),
         model_file=directory / str(versions[0]) / filename,
-        platform="onnxruntime_onnx",
+        platform=platform,
+        backend=backend,
         max_batch_size=batch,
         inputs=_tensors(cfg, "input", batch, where),
         outputs=_tensors(cfg, "output", batch, where),

@@ -17,9 +17,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from nscompile.cgroups import CGROUP_CPU, remove_group
+
 #: Prefix of every namespace, interface and cgroup the testbed creates.
 PREFIX = "nscb"
-CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 CGROUP_CPUSET = Path("/sys/fs/cgroup/cpuset")
 
 _lock = threading.Lock()
@@ -128,7 +129,7 @@ def sweep_stale() -> list[str]:
         for group in hierarchy.glob(f"{PREFIX}-*"):
             pid = _owner(group.name)
             if pid is not None and pid != os.getpid() and not _alive(pid):
-                remove_cgroup(group)
+                remove_group(group)
                 removed.append(f"cgroup {group}")
     return removed
 
@@ -145,26 +146,3 @@ def kill_netns_processes(name: str) -> None:
                 os.kill(int(tok), signal.SIGKILL)
             except OSError:
                 pass
-
-
-def remove_cgroup(group: Path) -> None:
-    """Move any task left in ``group`` to its parent (the hierarchy's root group), then delete it."""
-    import time
-
-    for _ in range(20):  # bounded: tasks of a killed process vanish within milliseconds
-        try:
-            tasks = (group / "cgroup.procs").read_text().split()
-        except OSError:
-            tasks = []
-        for t in tasks:
-            try:
-                (group.parent / "cgroup.procs").write_text(t)
-            except OSError:
-                pass
-        try:
-            group.rmdir()
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            time.sleep(0.05)

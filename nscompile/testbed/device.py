@@ -23,9 +23,10 @@ library chatter on stdout is ignored) per command:
   near; ``prune`` 0: never). Answers ``"records"``: one list per
   mode, in the order of ``cuts``, each record with its ``round`` and its ``slot``
   (position in the round);
-- ``{"op": "trace", "cut", "t0", "phases": [{"until_s", "rtt_ms", "up_mbps", "down_mbps"}]}``:
+- ``{"op": "trace", "cut", "t0", "phases": [{"until_s", "rtt_ms", "up_mbps", "down_mbps"}], "device_load"}``:
   requests back to back until the last phase ends, switching the transport's conditions
-  at each phase's end (times relative to ``t0`` on the shared monotonic clock);
+  at each phase's end (times relative to ``t0`` on the shared monotonic clock); the
+  device-load estimate starts afresh, or is pinned at ``device_load`` when given;
 - ``{"op": "quit"}``.
 
 Imports only the runtime's dependencies (numpy, onnxruntime, httpx).
@@ -152,9 +153,12 @@ class Device:
                 break
         return records
 
-    def trace(self, cut: str | None, t0: float, phases: list[dict], stale_s: float | None = None) -> list[dict]:
+    def trace(self, cut: str | None, t0: float, phases: list[dict], stale_s: float | None = None,
+              device_load: float | None = None) -> list[dict]:
         """Requests back to back while the link follows ``phases`` (see the ``trace`` op)."""
         self.fresh(stale_s)
+        self.runner.policy.device.reset()  # learn the device's speed afresh (or not at all: pinned)
+        self.runner.fixed_device_load = device_load
         time.sleep(max(0.0, t0 - time.monotonic()))  # start with the testbed's switch of the link
         records, end = [], t0 + phases[-1]["until_s"]
         i = -1
@@ -226,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
                                                             cmd.get("stale_s"), float(cmd.get("prune") or 0.0),
                                                             float(cmd.get("min_s") or 0.0))}
             elif op == "trace":
-                answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"))}
+                answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"),
+                                                           cmd.get("device_load"))}
             else:
                 answer = {"ok": False, "error": f"unknown op {op!r}"}
         except Exception as exc:  # one failed command must not kill the worker

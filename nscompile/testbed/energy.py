@@ -10,9 +10,10 @@ probes). Milliseconds times watts is millijoules.
 from __future__ import annotations
 
 from nscompile.cost_model import Profile
+from nscompile.planner import NETWORK_PRESETS
 
-#: nscompile's network presets -> the radio model names of a profile.
-RADIO_OF_PRESET = {"3G": "3g", "LTE": "lte", "WIFI": "wifi", "CAT1": "cat1"}
+#: nscompile's network presets -> the radio model names of a profile (the planner's, so both agree).
+RADIO_OF_PRESET = {name: preset["radio"] for name, preset in NETWORK_PRESETS.items()}
 
 
 def request_energy_mj(rec: dict, profile: Profile, up_mbps: float, down_mbps: float, radio: str) -> float:

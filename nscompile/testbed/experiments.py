@@ -34,8 +34,10 @@ from pathlib import Path
 from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile
 from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
+from nscompile.runtime.plan import Cut
 from nscompile.testbed.energy import RADIO_OF_PRESET, request_energy_mj
 from nscompile.testbed.link import Rates
+from nscompile.testbed.report import summary, write_report
 from nscompile.testbed.testbed import Session, Testbed
 
 #: Build grid: log-spaced, spanning all presets with room above, so that all-cloud is
@@ -88,6 +90,10 @@ class BenchConfig:
     load_levels: list[int] = field(default_factory=lambda: [0, 1, 2, 4, 6, 8])
     load_window_s: float = 10.0
     load_network: str = "WIFI"
+    #: Model and network of the device-load experiment (the device slowed in the middle phase).
+    device_load_model: str | None = "alexnet"
+    device_load_network: str = "WIFI"
+    device_load_phase_s: float = 15.0
     userspace: bool = False
     deadline_min: float | None = None  # stop starting new models after this many minutes
 
@@ -97,6 +103,7 @@ class BenchConfig:
         base = dict(models=["lenet", "alexnet"], size="small", networks=["3G", "WIFI"], loads={"idle": 0, "loaded": 3},
                     repeats=5, max_s=3.0, min_s=0.5, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
                     load_levels=[0, 3], load_window_s=3.0, load_network="WIFI",
+                    device_load_model="alexnet", device_load_phase_s=3.0,
                     device_profiles=[default_profile_path("device")])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
@@ -153,12 +160,9 @@ def _median(xs) -> float:
 
 
 def predicted_ms(cut: dict, rates: Rates, load: float) -> float:
-    """The plan's latency prediction for ``cut`` under ``rates`` and server slowdown ``load``."""
-    p = cut["predicted"]
-    if not cut.get("cloud_model"):
-        return p["device_ms"]
-    return (p["device_ms"] + load * p["cloud_ms"] + p["upload_bytes"] * 8e-3 / rates.up_mbps
-            + p["download_bytes"] * 8e-3 / rates.down_mbps + rates.rtt_ms)
+    """The plan's latency prediction for ``cut`` (its ``plan.json`` entry) under ``rates`` and server slowdown ``load``."""
+    down = rates.down_mbps if rates.down_mbps is not None else math.inf  # an unshaped downlink
+    return Cut.from_doc(cut).latency_ms(rates.up_mbps, load, rates.rtt_ms, down)
 
 
 @dataclass
@@ -343,6 +347,45 @@ def run_load(session: Session, cfg: BenchConfig, cuts: dict) -> list[dict]:
     return rows
 
 
+def run_device_load(session: Session, cfg: BenchConfig, cuts: dict) -> list[dict]:
+    """The paper's variation experiment for the device: idle, then the device at 40% of its CPU
+    device, then idle again; nscompile learning its slowdown against one pinned at Kd = 1."""
+    session.set_clients(0)
+    session.set_network(rates_of(cfg.device_load_network))
+    phases = [(cfg.device_load_phase_s, False), (cfg.device_load_phase_s, True), (cfg.device_load_phase_s, False)]
+    rows = []
+    for mode, pin in (("nscompile", None), ("pinned Kd=1", 1.0)):
+        for r in session.device_load_trace(None, phases, device_load=pin):
+            rows.append({"mode": mode, "t_s": round(r["t"], 3), "latency_ms": r["total_ms"], "cut": r["cut"],
+                         "device_load": r["device_load"], "phase": r["phase"], "loaded": phases[r["phase"]][1]})
+    return rows
+
+
+def device_load_summary(rows: list[dict]) -> dict:
+    """How fast nscompile adapted to the loaded device, and what it saved against Kd pinned at 1.
+
+    ``adapt_requests``: requests of the loaded phase until the first one whose cut is the
+    one nscompile then kept choosing most (0: no change was needed or made).
+    """
+    def loaded(mode):
+        return [r for r in rows if r["mode"] == mode and r["loaded"]]
+
+    learnt, pinned = loaded("nscompile"), loaded("pinned Kd=1")
+    if not learnt or not pinned:
+        return {}
+    settled = Counter(r["cut"] for r in learnt[len(learnt) // 2:]).most_common(1)[0][0]
+    adapt = next((i for i, r in enumerate(learnt) if r["cut"] == settled), len(learnt))
+    before = [r for r in rows if r["mode"] == "nscompile" and r["phase"] == 0]
+    usual = Counter(r["cut"] for r in before).most_common(1)[0][0] if before else settled
+    return {
+        "cut_idle": usual, "cut_loaded": settled, "adapt_requests": adapt if settled != usual else 0,
+        "kd_loaded": _median(r["device_load"] for r in learnt[len(learnt) // 2:]),
+        "latency_loaded_ms": _median(r["latency_ms"] for r in learnt),
+        "latency_loaded_pinned_ms": _median(r["latency_ms"] for r in pinned),
+        "requests_loaded": len(learnt), "requests_loaded_pinned": len(pinned),
+    }
+
+
 def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) -> None:
     """Write ``rows`` (dicts) as CSV, floats rounded to 4 decimals."""
     columns = columns or (list(rows[0]) if rows else [])
@@ -351,30 +394,6 @@ def write_csv(path: Path, rows: list[dict], columns: list[str] | None = None) ->
         w.writeheader()
         for r in rows:
             w.writerow({k: (round(v, 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in r.items()})
-
-
-def summary(rows: list[dict]) -> dict:
-    """The headline numbers: share within 10% of the oracle (also counting misses inside the
-    requests' spread), geometric-mean speedups, energy saving."""
-    def gmean(xs):
-        xs = [x for x in xs if x and math.isfinite(x) and x > 0]
-        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
-
-    n = len(rows)
-    savings = [r["energy_saving_vs_cloud"] for r in rows if math.isfinite(r["energy_saving_vs_cloud"])]
-    return {
-        "cases": n,
-        "within_10pct": sum(r["within_10pct"] for r in rows) / n if n else math.nan,
-        "within_10pct_or_1ms": sum(r["within_tolerance"] for r in rows) / n if n else math.nan,
-        "within_10pct_or_iqr": sum(r["within_10pct"] or r.get("iqr_overlap", False) for r in rows) / n if n else math.nan,
-        "same_cut_as_oracle": sum(r["chosen_cut"] == r["oracle_cut"] for r in rows) / n if n else math.nan,
-        "gmean_speedup_vs_cloud": gmean(r["speedup_vs_cloud"] for r in rows),
-        "max_speedup_vs_cloud": max((r["speedup_vs_cloud"] for r in rows if math.isfinite(r["speedup_vs_cloud"])), default=math.nan),
-        "gmean_speedup_vs_device": gmean(r["speedup_vs_device"] for r in rows),
-        "mean_energy_saving_vs_cloud": statistics.mean(savings) if savings else math.nan,
-        "max_energy_saving_vs_cloud": max(savings, default=math.nan),
-        "gmean_regret": gmean(r["regret"] for r in rows),
-    }
 
 
 @dataclass
@@ -390,6 +409,8 @@ class BenchResult:
     testbed: str
     skipped: list[str]
     seconds: float
+    device_load_rows: list[dict] = field(default_factory=list)
+    device_load_summary: dict = field(default_factory=dict)
 
 
 def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None) -> BenchResult:
@@ -420,7 +441,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
         if n not in NETWORK_PRESETS:
             raise NscompileError(f"unknown network '{n}'; use one of {', '.join(NETWORK_PRESETS)}")
     profiles = [Path(p) for p in (cfg.device_profiles or device_profiles_default())]
-    rows, cut_rows, trace_rows, load_rows, skipped = [], [], [], [], []
+    rows, cut_rows, trace_rows, load_rows, device_load_rows, skipped = [], [], [], [], [], []
     with Testbed(out_dir / "logs", userspace=cfg.userspace) as tb:
         cloud = Path(cfg.cloud_profile or cloud_profile_default(tb))
         # Pinned, the server gets one onnxruntime thread per CPU it has, whatever the profile says.
@@ -463,6 +484,9 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
                     if pi == 0 and model == cfg.load_model:
                         progress.stage(f"[{model} / {profile.name}] server load sweep")
                         load_rows = run_load(s, cfg, cuts)
+                    if pi == 0 and model == cfg.device_load_model:
+                        progress.stage(f"[{model} / {profile.name}] device load variation")
+                        device_load_rows = run_device_load(s, cfg, cuts)
                 write_csv(out_dir / "results.csv", rows, RESULT_COLUMNS)  # after each model: partial results survive
     write_csv(out_dir / "results.csv", rows, RESULT_COLUMNS)
     write_csv(out_dir / "cuts.csv", cut_rows)
@@ -470,11 +494,13 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
         write_csv(out_dir / "trace.csv", trace_rows)
     if load_rows:
         write_csv(out_dir / "load.csv", load_rows)
+    if device_load_rows:
+        write_csv(out_dir / "device_load.csv", device_load_rows)
     result = BenchResult(out_dir, rows, cut_rows, trace_rows, load_rows, summary(rows), tb.mode, skipped,
-                         time.monotonic() - t_start)
-    (out_dir / "summary.json").write_text(json.dumps({**result.summary, "testbed": tb.describe(), "cloud_profile": cloud.name,
+                         time.monotonic() - t_start, device_load_rows, device_load_summary(device_load_rows))
+    (out_dir / "summary.json").write_text(json.dumps({**result.summary, "device_load": result.device_load_summary,
+                                                       "testbed": tb.describe(), "cloud_profile": cloud.name,
                                                        "skipped": skipped, "seconds": round(result.seconds, 1)}, indent=1) + "\n")
-    from nscompile.testbed.report import write_report
 
     progress.stage("plots and report")
     write_report(result, tb.describe())

@@ -22,8 +22,8 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
+from nscompile.cgroups import CGROUP_CPU, CpuQuotaGroup, cpu_controller_problem, remove_group
 from nscompile.errors import NscompileError
 from nscompile.testbed import cleanup
 
@@ -32,7 +32,6 @@ from nscompile.testbed import cleanup
 WIRE_OVERHEAD = 1514 / 1448
 SERVER_IP, DEVICE_IP = "10.213.0.1", "10.213.0.2"
 DEV_IF, SRV_IF = "nscbdev", "nscbsrv"
-CFS_PERIOD_US = 4000  # short, so throttling averages out inside one layer instead of freezing a request
 
 
 def _run(*cmd: str) -> subprocess.CompletedProcess:
@@ -49,10 +48,10 @@ def kernel_mode_problem() -> str | None:
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"no '{tool}' command"
-    if not (cleanup.CGROUP_CPU / "cpu.cfs_quota_us").exists():
-        return f"no cgroup-v1 cpu controller at {cleanup.CGROUP_CPU}"
-    if not os.access(cleanup.CGROUP_CPU, os.W_OK):
-        return f"{cleanup.CGROUP_CPU} is not writable"
+    if cpu_controller_problem():
+        return cpu_controller_problem()
+    if not os.access(CGROUP_CPU, os.W_OK):
+        return f"{CGROUP_CPU} is not writable"
     return None
 
 
@@ -154,35 +153,21 @@ class UserLink:
         pass
 
 
-class CpuQuota:
-    """A cgroup-v1 CPU group with a CFS quota of ``cores`` CPUs; processes are added by pid.
+class CpuQuota(CpuQuotaGroup):
+    """The testbed's CPU quota group ``nscb-<pid>-NAME`` of ``cores`` CPUs, removed by the cleanup
+    registry also when the testbed is interrupted; processes are added by pid.
 
     Raises:
         NscompileError: the group cannot be made.
     """
 
     def __init__(self, name: str, cores: float):
-        self.path = cleanup.CGROUP_CPU / f"{cleanup.PREFIX}-{os.getpid()}-{name}"
-        self.cores = cores
+        path = CGROUP_CPU / f"{cleanup.PREFIX}-{os.getpid()}-{name}"
         try:
-            self.path.mkdir(exist_ok=True)
-            self._handle = cleanup.register(f"cgroup {self.path}", lambda: cleanup.remove_cgroup(self.path))
-            (self.path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-            (self.path / "cpu.cfs_quota_us").write_text(str(max(int(CFS_PERIOD_US * cores), 1000)))
+            super().__init__(path, cores)
         except OSError as exc:
-            cleanup.remove_cgroup(self.path)
-            raise NscompileError(f"cannot make CPU cgroup {self.path} ({exc.strerror}); run as root or use --userspace") from None
-
-    def add(self, pid: int) -> None:
-        """Put process ``pid`` (all its threads) under the quota."""
-        (self.path / "cgroup.procs").write_text(str(pid))
-
-    def throttled_s(self) -> float:
-        """Seconds the group's tasks were held back by the quota so far."""
-        for line in (self.path / "cpu.stat").read_text().splitlines():
-            if line.startswith("throttled_time"):
-                return int(line.split()[1]) / 1e9
-        return 0.0
+            raise NscompileError(f"cannot make CPU cgroup {path} ({exc.strerror}); run as root or use --userspace") from None
+        self._handle = cleanup.register(f"cgroup {self.path}", self.remove)
 
     def close(self) -> None:
         """Delete the group (its tasks go back to the root group)."""
@@ -206,12 +191,12 @@ class CpuSet:
         self.cpus = list(cpus)
         try:
             self.path.mkdir(exist_ok=True)
-            self._handle = cleanup.register(f"cgroup {self.path}", lambda: cleanup.remove_cgroup(self.path))
+            self._handle = cleanup.register(f"cgroup {self.path}", lambda: remove_group(self.path))
             (self.path / "cpuset.cpus").write_text(format_cpus(self.cpus))
             # A new cpuset starts with no memory nodes, and a group without any takes no tasks.
             (self.path / "cpuset.mems").write_text((root / "cpuset.mems").read_text().strip())
         except OSError as exc:
-            cleanup.remove_cgroup(self.path)
+            remove_group(self.path)
             raise NscompileError(f"cannot make cpuset {self.path} ({exc.strerror}); run as root or use --userspace") from None
 
     def add(self, pid: int) -> None:
@@ -273,8 +258,3 @@ def make_link(userspace: bool = False):
         except NscompileError as exc:
             problem = str(exc)
     return UserLink(), problem
-
-
-def cgroup_path_exists(path: Path) -> bool:
-    """True while a cgroup directory is there (for tests)."""
-    return path.is_dir()

@@ -25,6 +25,7 @@ import time
 import httpx
 import numpy as np
 
+from nscompile.runtime.contract import LOAD_PATH
 from nscompile.runtime.protocol import encode_request, numpy_dtype
 
 MARK = "@@"
@@ -35,7 +36,7 @@ class LoadGen:
 
     def __init__(self, server: str, model: str):
         self.url = f"{server.rstrip('/')}/v2/models/{model}/infer"
-        self.load_url = f"{server.rstrip('/')}/v2/nscompile/load"
+        self.load_url = server.rstrip("/") + LOAD_PATH
         meta = None
         for _ in range(600):  # bounded wait (~5 min) for the server to load its models and listen
             try:

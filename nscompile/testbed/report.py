@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -123,6 +124,43 @@ def plot_trace(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_device_load(rows: list[dict], path: Path) -> None:
+    """Three panels over time: the runner's Kd estimate, its cut and its latency, learnt vs pinned."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6.4), sharex=True)
+    cuts = list(dict.fromkeys(r["cut"] for r in rows))
+    styles = {"nscompile": COLORS["nscompile"], "pinned Kd=1": COLORS["all-device"]}
+    for mode, color in styles.items():
+        pts = [r for r in rows if r["mode"] == mode]
+        if not pts:
+            continue
+        t = [r["t_s"] for r in pts]
+        axes[0].plot(t, [r["device_load"] for r in pts], ".-", ms=3, lw=0.8, color=color, label=mode)
+        axes[1].plot(t, [cuts.index(r["cut"]) for r in pts], ".", ms=4, color=color, label=mode)
+        axes[2].plot(t, [r["latency_ms"] for r in pts], ".-", ms=3, lw=0.8, color=color, label=mode)
+    for ph in sorted({r["phase"] for r in rows}):
+        ts = [r["t_s"] for r in rows if r["phase"] == ph]
+        loaded = next(r["loaded"] for r in rows if r["phase"] == ph)
+        for ax in axes:
+            ax.axvline(max(0.0, min(ts)), color="#cccccc", lw=0.6)
+        axes[0].text(max(0.0, min(ts)), 1.0, " loaded" if loaded else " idle", transform=axes[0].get_xaxis_transform(),
+                     fontsize=8, va="bottom")
+    axes[0].set_ylabel("device load Kd")
+    axes[1].set_yticks(range(len(cuts)), cuts, fontsize=7)
+    axes[1].set_ylabel("cut")
+    axes[2].set_yscale("log")
+    axes[2].set_ylabel("latency (ms, log)")
+    axes[2].set_xlabel("time (s)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_load(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -179,6 +217,9 @@ def write_report(result, testbed: str) -> Path:
     if result.load_rows:
         plot_load(result.load_rows, out / "load.png")
         figs.append(("Server load variation", "load.png"))
+    if result.device_load_rows:
+        plot_device_load(result.device_load_rows, out / "device_load.png")
+        figs.append(("Device load variation: idle → 40% of its CPU → idle", "device_load.png"))
     s = result.summary
     headline = [
         ("cases", f"{s['cases']}"),
@@ -234,45 +275,33 @@ _PROFILE_COLS = [("device profile", "profile"), ("cases", "cases"), ("within 10%
                  ("energy saving vs cloud (mean)", "mean_energy_saving_vs_cloud")]
 
 
-def _by_profile(rows: list[dict]) -> list[dict]:
-    from nscompile.testbed.experiments import summary
+def summary(rows: list[dict]) -> dict:
+    """The headline numbers: share within 10% of the oracle (also counting misses inside the
+    requests' spread), geometric-mean speedups, energy saving."""
+    def gmean(xs):
+        xs = [x for x in xs if x and math.isfinite(x) and x > 0]
+        return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else math.nan
 
+    n = len(rows)
+    savings = [r["energy_saving_vs_cloud"] for r in rows if math.isfinite(r["energy_saving_vs_cloud"])]
+    return {
+        "cases": n,
+        "within_10pct": sum(r["within_10pct"] for r in rows) / n if n else math.nan,
+        "within_10pct_or_1ms": sum(r["within_tolerance"] for r in rows) / n if n else math.nan,
+        "within_10pct_or_iqr": sum(r["within_10pct"] or r.get("iqr_overlap", False) for r in rows) / n if n else math.nan,
+        "same_cut_as_oracle": sum(r["chosen_cut"] == r["oracle_cut"] for r in rows) / n if n else math.nan,
+        "gmean_speedup_vs_cloud": gmean(r["speedup_vs_cloud"] for r in rows),
+        "max_speedup_vs_cloud": max((r["speedup_vs_cloud"] for r in rows if math.isfinite(r["speedup_vs_cloud"])), default=math.nan),
+        "gmean_speedup_vs_device": gmean(r["speedup_vs_device"] for r in rows),
+        "mean_energy_saving_vs_cloud": statistics.mean(savings) if savings else math.nan,
+        "max_energy_saving_vs_cloud": max(savings, default=math.nan),
+        "gmean_regret": gmean(r["regret"] for r in rows),
+    }
+
+
+def _by_profile(rows: list[dict]) -> list[dict]:
     return [{"profile": p, **summary([r for r in rows if r["device_profile"] == p])}
             for p in dict.fromkeys(r["device_profile"] for r in rows)]
-
-
-def load_result(out_dir: Path):
-    """Read a finished run back from its CSVs (to redraw plots and the report without measuring again)."""
-    import csv
-    import json
-
-    from nscompile.testbed.experiments import BenchResult, summary
-
-    out_dir = Path(out_dir)
-
-    def read(name: str) -> list[dict]:
-        path = out_dir / name
-        if not path.is_file():
-            return []
-        rows = list(csv.DictReader(open(path)))
-        for r in rows:
-            for k, v in r.items():
-                if v in ("True", "False"):
-                    r[k] = v == "True"
-                elif k in ("clients", "phase", "n"):
-                    r[k] = int(float(v))
-                else:
-                    try:
-                        r[k] = float(v)
-                    except ValueError:
-                        pass
-        return rows
-
-    rows = read("results.csv")
-    meta = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").is_file() else {}
-    result = BenchResult(out_dir, rows, read("cuts.csv"), read("trace.csv"), read("load.csv"), summary(rows),
-                         "kernel" if "kernel" in meta.get("testbed", "") else "user", meta.get("skipped", []), meta.get("seconds", 0.0))
-    return result, meta.get("testbed", "")
 
 
 def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[tuple[str, str]]) -> str:
@@ -326,5 +355,11 @@ def markdown(result, testbed: str, headline: list[tuple[str, str]], figs: list[t
                 xs = sorted(r["latency_ms"] for r in result.trace_rows if r["mode"] == mode and r["phase"] == ph)
                 cells.append(_fmt(xs[len(xs) // 2]) if xs else "–")
             md.append(f"| {mode} | " + " | ".join(cells) + " |")
+    d = result.device_load_summary
+    if d:
+        md += ["", "## Device load variation (the device at 40% of its CPU in the middle phase)", "",
+               f"Cut idle: {d['cut_idle']}; loaded: {d['cut_loaded']} after {d['adapt_requests']} requests "
+               f"(Kd estimate {_fmt(d['kd_loaded'], 2)}). Median latency while loaded: {_fmt(d['latency_loaded_ms'])} ms "
+               f"learning Kd, {_fmt(d['latency_loaded_pinned_ms'])} ms with Kd pinned at 1."]
     md += [""] + [f"![{t}]({f})" for t, f in figs]
     return "\n".join(md) + "\n"

@@ -195,24 +195,100 @@ class Session:
         The device switches its user-space part (RTT) itself; this process switches tc at
         the same instants of the shared monotonic clock.
         """
+        kernel = self.testbed.link.kernel
+        records = self._timed(cut, [(seconds, rates) for seconds, rates in phases], stale_s, None,
+                              lambda i: self.testbed.link.set(phases[i][1]) if kernel else None)
+        self.set_network(phases[-1][1])
+        return records
+
+    def device_load_trace(self, cut: str | None, phases: list[tuple[float, bool]], stale_s: float = 3.0,
+                          device_load: float | None = None) -> list[dict]:
+        """Requests back to back on the current link while the device is loaded in some phases.
+
+        Args:
+            cut: None (nscompile chooses) or a forced cut.
+            phases: (seconds, loaded) each; a loaded phase gives the device 40% of its CPU
+                time (see :class:`_Slowdown`).
+            stale_s: the runner's staleness limit.
+            device_load: pin the runner's device slowdown (None: it learns it).
+
+        Returns:
+            RunRecords as dicts, each with ``t`` (seconds from the start) and ``phase``.
+        """
+        slow = _Slowdown(self)
+        try:
+            return self._timed(cut, [(seconds, self.rates) for seconds, _ in phases], stale_s, device_load,
+                               lambda i: slow.start() if phases[i][1] else slow.stop())
+        finally:
+            slow.close()
+
+    def _timed(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float, device_load: float | None,
+               switch) -> list[dict]:
+        """The device's trace op over ``phases``; ``switch(i)`` runs here as phase ``i`` starts."""
         t0 = time.monotonic() + 0.5
         spec, until = [], 0.0
         for seconds, rates in phases:
             until += seconds
             spec.append({"until_s": until, **self.testbed.link.transport_rates(rates)})
-        self.device.proc.stdin.write(json.dumps({"op": "trace", "cut": cut, "t0": t0, "phases": spec, "stale_s": stale_s}) + "\n")
+        self.device.proc.stdin.write(json.dumps({"op": "trace", "cut": cut, "t0": t0, "phases": spec, "stale_s": stale_s,
+                                                 "device_load": device_load}) + "\n")
         self.device.proc.stdin.flush()
-        if self.testbed.link.kernel:
-            start = 0.0
-            for seconds, rates in phases:
-                time.sleep(max(0.0, t0 + start - time.monotonic()))
-                self.testbed.link.set(rates)
-                start += seconds
+        start = 0.0
+        for i, (seconds, _) in enumerate(phases):
+            time.sleep(max(0.0, t0 + start - time.monotonic()))
+            switch(i)
+            start += seconds
         records = self.device.answer(timeout_s=until + 600)["records"]
         for r in records:
             r["t"] -= t0
-        self.set_network(phases[-1][1])
         return records
+
+
+class _Slowdown:
+    """Load the device to ``1 / share`` of its speed: a tighter CPU quota in kernel mode (its
+    own quota scaled, or a new one), a busy loop on its CPUs in user-space mode.
+
+    A plain CPU hog beside the device does not do it: the scheduler favours the device,
+    which sleeps between requests, over a task that never sleeps (measured here: 1.4 ms
+    AlexNet requests took no longer with a hog on their CPU).
+    """
+
+    def __init__(self, session: Session, share: float = 0.4):
+        self.session, self.share = session, share
+        self.group: CpuQuota | None = None
+        self.hog: subprocess.Popen | None = None
+        self._base_cores = session.quota.cores if session.quota is not None else None
+
+    def start(self) -> None:
+        s = self.session
+        if s.quota is not None:
+            s.quota.set_cores(self._base_cores * self.share if self._base_cores else self.share)
+        elif s.testbed.link.kernel:
+            if self.group is None:
+                self.group = CpuQuota("slow", self.share)
+                self.group.add(s.device.proc.pid)
+            self.group.set_cores(self.share)
+        elif self.hog is None:
+            self.hog = subprocess.Popen([sys.executable, "-c", "while True: pass"], stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, start_new_session=True)
+            os.sched_setaffinity(self.hog.pid, os.sched_getaffinity(s.device.proc.pid))
+
+    def stop(self) -> None:
+        s = self.session
+        if s.quota is not None:
+            s.quota.set_cores(self._base_cores)
+        elif self.group is not None:
+            self.group.set_cores(None)
+        if self.hog is not None:
+            self.hog.kill()
+            self.hog.wait(timeout=10)
+            self.hog = None
+
+    def close(self) -> None:
+        self.stop()
+        if self.group is not None:
+            self.group.close()  # the device goes back to the root group
+            self.group = None
 
 
 class Testbed:

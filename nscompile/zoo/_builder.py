@@ -38,8 +38,6 @@ FLOAT = TensorProto.FLOAT
 INT64 = TensorProto.INT64
 INT32 = TensorProto.INT32
 
-_NP = {FLOAT: np.float32, INT64: np.int64, INT32: np.int32}
-
 
 class Net:
     """Accumulates nodes, weights and shapes for one model.
