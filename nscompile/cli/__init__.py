@@ -19,7 +19,6 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # plain click help: rich help rendering cost 80 ms of every `--help` (0.29 -> 0.21 s)
 )
 
 # Importing a command module registers its commands on `app`. Optional heavy
