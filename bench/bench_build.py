@@ -15,7 +15,8 @@ in every build process, which pip-installed packages never do. ``--compare-with 
 times the build of another checkout (e.g. ``main``) in the same interleaved loop, for
 before/after figures measured side by side.
 
-Run: ``python bench/bench_build.py [--model resnet50] [--repeats 2] [--compare-with ../main]``.
+Run: ``python bench/bench_build.py [--model resnet50] [--repeats 2] [--compare-with ../main]
+[--build-args "--encodings fp32"]``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="resnet50")
     parser.add_argument("--repeats", type=int, default=2, help="runs of each command; the best counts")
     parser.add_argument("--compare-with", type=Path, help="another nscompile checkout to time alongside")
+    parser.add_argument("--build-args", default="", help='more flags for both builds, e.g. "--encodings fp32"')
     args = parser.parse_args()
     trees = {"": HERE}
     if args.compare_with:
@@ -85,7 +88,8 @@ def main() -> None:
         for suffix, tree in trees.items():
             for label, flags in (("build --no-verify", ["--no-verify"]), ("build", [])):
                 out = work / f"out{len(commands)}"
-                commands[label + suffix] = ([python, "-m", "nscompile", "build", str(source), "-o", str(out), "--json", *flags], tree, out)
+                command = [python, "-m", "nscompile", "build", str(source), "-o", str(out), "--json", *flags, *shlex.split(args.build_args)]
+                commands[label + suffix] = (command, tree, out)
             commands[f"build --help{suffix}"] = ([python, "-m", "nscompile", "build", "--help"], tree, None)
         for tree in trees.values():  # each checkout must be the one its processes import
             _, _, where = _timed([python, "-c", "import nscompile; print(nscompile.__file__)"], tree, work)
