@@ -7,6 +7,13 @@ tensor's static shape and names unnamed nodes. What comes back is a *light*
 ``ModelProto``: its initializers keep name, dtype and dims but no data, so everything
 downstream (shape inference, slicing, serialising many subgraphs) is cheap however big
 the weights are; the backend writes the payloads once, into one shared weights file.
+
+The passes are written here rather than taken from onnx-graphsurgeon
+(``fold_constants().cleanup().toposort()``): on the light models its export of an IR 3
+graph fails the checker (initializers not among the inputs), and once the IR is
+normalised it gives the same outputs but takes 2-7x as long as all of these passes
+together, weight extraction and shape inference included (medians: 0.16 s against
+0.07 s on ResNet-50 with random weights, 0.35 s against 0.05 s on light ResNet-50).
 """
 
 from __future__ import annotations
@@ -138,8 +145,9 @@ def load_model(path: str | os.PathLike, input_shapes: Mapping[str, tuple[int, ..
     del data
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise NscompileError(f"'{path}' has an empty graph (no nodes); export the model again or pass another file")
+    external = any(t.data_location == TensorProto.EXTERNAL for t in model.graph.initializer)
     weights = _take_weights(model, path.parent)  # first: it names a missing external data file best
-    _check(path)
+    _check(model, weights, path, external)
     _normalise_ir(model)
     _pin_input_shapes(model, dict(input_shapes or {}))
     _refuse_control_flow(model)
@@ -163,11 +171,31 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.")
 
 
-def _check(path: Path) -> None:
+def _check(model: onnx.ModelProto, weights: WeightStore, path: Path, external: bool) -> None:
+    """Run the ONNX checker without parsing the weights a second time.
+
+    A model with external data is checked from its file, which is small then, so the
+    checker also vets every external data location (relative, inside the model's folder).
+    A self-contained model is checked as its light version, the stored initializers
+    posing as graph inputs of the same type and shape: their payloads were converted and
+    sized by :func:`_take_weights`, and every other check (nodes, attributes, opsets,
+    names, small initializers) runs unchanged on a proto of a few hundred KB instead of a
+    second parse of the whole file.
+    """
+    if external:
+        subject: str | onnx.ModelProto = str(path)
+    else:
+        subject = onnx.ModelProto()
+        subject.CopyFrom(model)  # cheap: the light model carries no payloads
+        graph = subject.graph
+        inputs = {i.name for i in graph.input}  # IR < 4 lists initializers among the inputs already
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                           for t in graph.initializer if t.name in weights.arrays and t.name not in inputs)
+        inline = [t for t in graph.initializer if t.name not in weights.arrays]
+        del graph.initializer[:]
+        graph.initializer.extend(inline)
     try:
-        # From the path: the C++ checker parses the file itself (no 2 GB serialisation of
-        # our proto) and resolves external data next to the model.
-        onnx.checker.check_model(str(path))
+        onnx.checker.check_model(subject)
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0]
         raise NscompileError(f"'{path}' fails the ONNX checker: {first}; fix or re-export the model") from None
@@ -182,10 +210,27 @@ def _take_weights(model: onnx.ModelProto, base_dir: Path) -> WeightStore:
         else:
             if _payload_bytes(tensor) <= INLINE_BYTES:
                 continue
-            array = numpy_helper.to_array(tensor)
+            array = _inline_array(tensor)
         store.arrays[tensor.name] = array
         _make_placeholder(tensor)
     return store
+
+
+# The value fields of a TensorProto besides raw_data (the checker wants exactly one set).
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+
+
+def _inline_array(tensor: TensorProto) -> np.ndarray:
+    """The payload of an inline initializer, checked as the ONNX checker would (see _check)."""
+    filled = tensor.HasField("raw_data") + sum(len(getattr(tensor, f)) > 0 for f in _TYPED_FIELDS)
+    if filled != 1:
+        problem = f"{filled} value fields are set, the format wants one"
+    else:
+        try:
+            return numpy_helper.to_array(tensor)
+        except ValueError as exc:  # a payload that does not fill the dims
+            problem = str(exc)
+    raise NscompileError(f"initializer '{tensor.name}' (dims {list(tensor.dims)}) has a damaged payload ({problem}); re-export the model")
 
 
 def _payload_bytes(tensor: TensorProto) -> int:

@@ -113,3 +113,54 @@ def test_external_data_is_memory_mapped(tmp_path):
     (tmp_path / "ext.data").unlink()
     with pytest.raises(NscompileError, match="ext.data', which does not exist"):
         load_model(tmp_path / "ext.onnx")
+
+
+def _matmul_model(weight: np.ndarray, ir_version: int = 8, opset: int = 17, op: str = "MatMul") -> onnx.ModelProto:
+    graph = helper.make_graph([helper.make_node(op, ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", 1, [1, weight.shape[0]])],
+                              [helper.make_tensor_value_info("y", 1, [1, weight.shape[1]])],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=ir_version)
+
+
+def test_checker_still_sees_a_model_whose_weights_were_taken_out(tmp_path):
+    weight = np.ones((64, 32), np.float32)  # 8 KB: stored, so checked as a graph input
+    bad_op = _matmul_model(weight, op="MatMulTypo")
+    onnx.save(bad_op, tmp_path / "op.onnx")
+    with pytest.raises(NscompileError, match="fails the ONNX checker.*MatMulTypo"):
+        load_model(tmp_path / "op.onnx")
+    dangling = _matmul_model(weight)
+    dangling.graph.node[0].input[1] = "nowhere"
+    onnx.save(dangling, tmp_path / "dangling.onnx")
+    with pytest.raises(NscompileError, match="fails the ONNX checker.*nowhere"):
+        load_model(tmp_path / "dangling.onnx")
+    # IR 3 lists the initializer among the inputs too; the light view must not list it twice.
+    ir3 = _matmul_model(weight, ir_version=3, opset=9)
+    ir3.graph.input.append(helper.make_tensor_value_info("w", 1, [64, 32]))
+    onnx.save(ir3, tmp_path / "ir3.onnx")
+    assert load_model(tmp_path / "ir3.onnx").weights.arrays["w"].shape == (64, 32)
+
+
+def test_damaged_inline_payload_is_a_user_error(tmp_path):
+    model = _matmul_model(np.ones((64, 32), np.float32))
+    model.graph.initializer[0].raw_data = model.graph.initializer[0].raw_data[:-4]
+    onnx.save(model, tmp_path / "short.onnx")
+    with pytest.raises(NscompileError, match="initializer 'w' .*damaged payload"):
+        load_model(tmp_path / "short.onnx")
+    both = _matmul_model(np.ones((64, 32), np.float32))
+    both.graph.initializer[0].float_data.extend([1.0] * 64 * 32)
+    onnx.save(both, tmp_path / "both.onnx")
+    with pytest.raises(NscompileError, match="initializer 'w' .*2 value fields"):
+        load_model(tmp_path / "both.onnx")
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    model = _matmul_model(np.ones((64, 32), np.float32))
+    (tmp_path / "models").mkdir()
+    onnx.save(model, tmp_path / "models" / "m.onnx", save_as_external_data=True, location="m.data", size_threshold=0)
+    (tmp_path / "models" / "m.data").rename(tmp_path / "outside.data")
+    moved = onnx.load(tmp_path / "models" / "m.onnx", load_external_data=False)  # onnx.save refuses to write it
+    next(e for e in moved.graph.initializer[0].external_data if e.key == "location").value = "../outside.data"
+    (tmp_path / "models" / "m.onnx").write_bytes(moved.SerializeToString())
+    with pytest.raises(NscompileError, match="fails the ONNX checker"):
+        load_model(tmp_path / "models" / "m.onnx")
