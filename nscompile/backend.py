@@ -20,7 +20,7 @@ from onnx import TensorProto, helper
 
 from nscompile import __version__
 from nscompile.encoding import ENCODINGS, WireTensor, decode_inputs, encode_outputs, wire_layout
-from nscompile.errors import NscompileError
+from nscompile.errors import InternalError, NscompileError
 from nscompile.frontend import LoadedModel
 from nscompile.planner import CutChoice, Plan, prefix_io
 from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
@@ -159,6 +159,9 @@ def emit(model: LoadedModel, plan: Plan, out_dir: Path, profiles: dict, triton_b
         The plan document as written to ``plan.json``.
     """
     device_dir, cloud_dir = out_dir / "device", out_dir / "cloud"
+    names = [artifact_name(c.id) for c in plan.cuts]
+    if len(set(names)) != len(names):
+        raise InternalError(f"two cuts share an artifact name among {names}; this is a compiler bug, please report it")
     kept: dict[tuple, dict] = {}
     if previous is None:
         device_dir.mkdir(parents=True)
@@ -197,18 +200,28 @@ def write_plan(out_dir: Path, doc: dict) -> None:
     (out_dir / "device" / "plan.json").write_text(text)
 
 
+def artifact_name(cut_id: str) -> str:
+    """A cut id as it appears in file and Triton model names: ``pool5@int8`` -> ``pool5-int8``.
+
+    Triton cannot serve a model whose name holds '@': tritonclient sends it percent-encoded
+    in the URL and Triton does not decode it (404). Cut ids are made of [A-Za-z0-9_.-] and '@'.
+    """
+    return cut_id.replace("@", "-")
+
+
 def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str) -> dict:
     prefix = suffix = cloud_model = None
+    name = artifact_name(cut.id)
     sent = cut.upload
     if not cut.is_all_cloud:
         inputs, outputs = prefix_io(model, cut.device, sent, cut.device_outputs)
-        sub = submodel(model, cut.device, inputs, outputs, offsets, WEIGHTS_FILE, f"{model.name}_prefix_{cut.id}", cut.id, "prefix")
+        sub = submodel(model, cut.device, inputs, outputs, offsets, WEIGHTS_FILE, f"{model.name}_prefix_{name}", cut.id, "prefix")
         if cut.is_lossy:
             encode_outputs(sub.graph, cut.wire, keep=set(cut.device_outputs))
-        prefix = f"device/prefix_{cut.id}.onnx"
-        onnx.save(sub, device_dir / f"prefix_{cut.id}.onnx")
+        prefix = f"device/prefix_{name}.onnx"
+        onnx.save(sub, device_dir / f"prefix_{name}.onnx")
     if not cut.is_all_device:
-        cloud_model = f"{model.name}_suffix_{cut.id}"
+        cloud_model = f"{model.name}_suffix_{name}"
         version_dir = cloud_dir / cloud_model / "1"
         version_dir.mkdir(parents=True)
         used = {i for node, on_device in zip(model.nodes, cut.device) if not on_device for i in node.input}

@@ -22,8 +22,9 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import (ServerProcess, check_kill_and_restart, make_handmade_build, make_model, reference, sample_inputs,
+from helpers import (ServerProcess, check_kill_and_restart, make_handmade_build, make_model, sample_inputs,
                      through_kill_and_restart)
+from nscompile.cost_model import COST_MODELS_DIR
 from nscompile.runtime.protocol import encode_request
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -81,6 +82,12 @@ def builds(tmp_path_factory):
     for name in ("dag", "resnet18"):
         compiler.build(root / f"{name}.onnx", root / name, report=False, include_all_cloud=True, triton_backend="python")
         out[name] = (root / name, root / f"{name}.onnx")
+    # The same ResNet-18 for the phone-class device with fp16 and int8 cut tensors: encoded cuts.
+    shutil.copy(root / "resnet18.onnx", root / "resnet18enc.onnx")
+    compiler.build(root / "resnet18enc.onnx", root / "resnet18enc", report=False, include_all_cloud=True,
+                   triton_backend="python", encodings="fp32,fp16,int8",
+                   device_profile=COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json")
+    out["resnet18enc"] = (root / "resnet18enc", root / "resnet18enc.onnx")
     return out
 
 
@@ -121,6 +128,15 @@ def run_onnx(model_path: Path, feeds: dict) -> dict[str, np.ndarray]:
     return dict(zip(names, sess.run(names, {i.name: feeds[i.name] for i in sess.get_inputs()})))
 
 
+def assert_same(got: np.ndarray, want: np.ndarray, plan: dict, cut: dict, what: str) -> None:
+    """A lossless cut equals the whole model tightly; a lossy one within the build's accuracy gate."""
+    if cut.get("encoding", "fp32") == "fp32":
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=what)
+    else:
+        rel = np.linalg.norm(got.astype(np.float64) - want) / max(float(np.linalg.norm(want)), 1e-12)
+        assert rel <= plan["accuracy_gate"]["tolerance"]["rel_l2"], (what, rel)
+
+
 def test_triton_serves_every_model_ready(triton, repository):
     with httpx.Client(timeout=10) as c:
         index = c.post(f"{triton.url}/v2/repository/index").json()
@@ -157,7 +173,7 @@ def test_tritonclient_answers_of_every_suffix_equal_the_whole_model(triton, buil
                 got.update({o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]})
                 assert sorted(got) == sorted(want), (cut["id"], sorted(got))
                 for o in want:
-                    np.testing.assert_allclose(got[o], want[o], rtol=1e-5, atol=1e-5, err_msg=f"{name} cut {cut['id']} {o}")
+                    assert_same(got[o], want[o], plan, cut, f"{name} cut {cut['id']} {o}")
                 checked += 1
     finally:
         client.close()
@@ -180,11 +196,32 @@ def test_split_runner_end_to_end_on_triton(triton, builds, name):
             got, rec = runner.run(x, with_record=True)
             assert not rec.fell_back, rec.error
             for o in want:
-                np.testing.assert_allclose(got[o], want[o], rtol=1e-5, atol=1e-5, err_msg=f"{name} cut {cut}")
+                assert_same(got[o], want[o], plan, next(c for c in plan["cuts"] if c["id"] == rec.cut), f"{name} cut {cut}")
             if cut is None and rec.reason != "plan":  # it probed (a plan may be all-device everywhere)
                 assert runner.transport.probe_supported is False, rec  # Triton has no nscompile endpoints
                 assert runner.transport.triton_load.last, "the load was not read from Triton's statistics"
                 assert rec.load >= 1.0
+
+
+def test_encoded_cuts_end_to_end_on_triton(triton, builds):
+    """fp16 and int8 cuts through Triton: the prefix encodes, Triton's Python backend decodes and
+    finishes; the answers are within the build's accuracy gate of the whole model, and the bytes
+    sent are the plan's."""
+    from nscompile.runtime import SplitRunner
+
+    build, model_path = builds["resnet18enc"]
+    plan = json.loads((build / "plan.json").read_text())
+    lossy = [c for c in plan["cuts"] if c.get("encoding", "fp32") != "fp32"]
+    assert {c["encoding"] for c in lossy} >= {"int8"}, "the phone-class build should have encoded cuts"
+    x = model_inputs(plan, 3)
+    want = run_onnx(model_path, x)
+    for cut in lossy:
+        with SplitRunner(build / "device", triton.url, force_cut=cut["id"], initial_bandwidth_mbps=500.0) as runner:
+            got, rec = runner.run(x, with_record=True)
+        assert not rec.fell_back, rec.error
+        assert rec.encoding == cut["encoding"] and rec.upload_bytes == cut["predicted"]["upload_bytes"], rec
+        for o in want:
+            assert_same(got[o], want[o], plan, cut, f"resnet18enc cut {cut['id']} {o}")
 
 
 def _hammer(url: str, model: str, inputs: dict, stop: threading.Event, statuses: list) -> None:
