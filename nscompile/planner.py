@@ -94,23 +94,24 @@ def _parse_bandwidth(text: str) -> tuple[float, ...]:
 
 
 def _parse_load(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(sorted(float(v) for v in text.split(",")))
-        if not values or values[0] < 1:
-            raise ValueError
-        return values
-    except ValueError:
-        raise NscompileError(f"bad --load '{text}': write server slowdown factors >= 1, e.g. 1,2,4,8") from None
+    return _parse_levels(text, "--load", "server slowdown factors >= 1, e.g. 1,2,4,8", lambda v: v >= 1)
 
 
 def _parse_device_load(text: str) -> tuple[float, ...]:
+    # 1 (the device as profiled) is always a level: its slice is what plans without the axis hold.
+    return tuple(sorted({1.0, *_parse_levels(text, "--device-load", "device slowdown factors > 0, e.g. 1,1.5,2,4",
+                                             lambda v: v > 0)}))
+
+
+def _parse_levels(text: str, flag: str, what: str, valid) -> tuple[float, ...]:
+    """A comma list of finite factors, ascending; NscompileError naming ``flag`` otherwise."""
     try:
-        values = tuple(sorted({1.0, *(float(v) for v in text.split(","))}))
-        if values[0] <= 0 or not all(np.isfinite(values)):
+        values = tuple(sorted(float(v) for v in text.split(",")))
+        if not values or not all(np.isfinite(v) and valid(v) for v in values):
             raise ValueError
         return values
     except ValueError:
-        raise NscompileError(f"bad --device-load '{text}': write device slowdown factors > 0, e.g. 1,1.5,2,4") from None
+        raise NscompileError(f"bad {flag} '{text}': write {what}") from None
 
 
 @dataclass
