@@ -8,6 +8,7 @@ rather than freezing a whole request. Needs root and a cgroup-v1 ``cpu`` hierarc
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -49,9 +50,18 @@ class CpuQuotaGroup:
             raise
 
     def set_cores(self, cores: float | None) -> None:
-        """Change the quota to ``cores`` CPUs' worth of time per period (None: no limit)."""
-        quota = -1 if cores is None else max(int(self.period_us * cores), _MIN_QUOTA_US)
-        (self.path / "cpu.cfs_quota_us").write_text(str(quota))
+        """Change the quota to ``cores`` CPUs' worth of time per period (None: no limit).
+
+        The kernel refuses a quota under 1 ms, so a share below 1 ms per period lengthens
+        the period (12.5% of a core: 8 ms) instead of silently giving more time.
+        """
+        if cores is None:
+            (self.path / "cpu.cfs_quota_us").write_text("-1")
+        else:
+            period = max(self.period_us, math.ceil(_MIN_QUOTA_US / cores))
+            (self.path / "cpu.cfs_quota_us").write_text("-1")  # a period change must not meet the old quota
+            (self.path / "cpu.cfs_period_us").write_text(str(period))
+            (self.path / "cpu.cfs_quota_us").write_text(str(max(int(period * cores), _MIN_QUOTA_US)))
         self.cores = cores
 
     def add(self, pid: int) -> None:
