@@ -9,7 +9,6 @@ log-spaced: a 10x change should move the estimate as fast as a 2x change does.
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections import deque
 
@@ -115,9 +114,13 @@ class DeviceLoad:
 
     Every prefix (the all-device model included) that the device runs is one sample:
     its measured milliseconds over the plan's prediction for that cut. The estimate is
-    the median of the last ``window`` samples, so one run preempted by another app moves
-    it by one rank at most, while a lasting change (another app, heat, a slower clock)
-    takes over after ``window // 2 + 1`` runs. Before the first sample it is 1.0: the
+    the median of the last ``window`` samples, weighted by their predicted milliseconds,
+    so one run preempted by another app moves it by one rank at most, while a lasting
+    change (another app, heat, a slower clock) takes over after about ``window // 2 + 1``
+    runs. The weights make a long run count for more than a short one: a prefix of a few
+    milliseconds shows a slowdown less faithfully (measured on the testbed: under a CFS
+    quota, a 3 ms prefix after an idle wait ran at 0.55x its prediction while the whole
+    model ran at 2.3x, since the quota's first slice after idling is not throttled). Before the first sample it is 1.0: the
     device as profiled. A device whose cut runs nothing on it (all-cloud) takes no
     samples; the policy then forgets a stale estimate, so that a device that got fast
     again is tried again (see :attr:`CutPolicy.device_load`).
@@ -129,7 +132,7 @@ class DeviceLoad:
     def __init__(self, window: int = 5):
         if window < 1:
             raise ValueError("window must be >= 1")
-        self._ratios: deque[float] = deque(maxlen=window)
+        self._samples: deque[tuple[float, float]] = deque(maxlen=window)  # (ratio, predicted ms)
         #: The current estimate (1.0 before the first sample).
         self.value = 1.0
         self.samples = 0
@@ -139,13 +142,28 @@ class DeviceLoad:
         """Fold in one run of device work that the plan predicted at ``predicted_ms``."""
         if not (measured_ms > 0 and predicted_ms > 0 and math.isfinite(measured_ms) and math.isfinite(predicted_ms)):
             return
-        self._ratios.append(measured_ms / predicted_ms)
-        self.value = statistics.median(self._ratios)
+        self._samples.append((measured_ms / predicted_ms, predicted_ms))
+        self.value = _weighted_median(self._samples)
         self.samples += 1
         self.updated_at = time.monotonic() if now is None else now
 
     def reset(self) -> None:
         """Forget every sample: back to the device as profiled."""
-        self._ratios.clear()
+        self._samples.clear()
         self.value = 1.0
         self.samples = 0
+
+
+def _weighted_median(samples) -> float:
+    """The value at half the total weight of ``(value, weight)`` pairs (the mean of the two
+    middle values where the half falls exactly between them, as the plain median does)."""
+    ordered = sorted(samples)
+    half = sum(w for _, w in ordered) / 2
+    seen = 0.0
+    for i, (value, weight) in enumerate(ordered):
+        seen += weight
+        if seen > half * (1 + 1e-12):
+            return value
+        if abs(seen - half) <= half * 1e-12:
+            return 0.5 * (value + ordered[i + 1][0]) if i + 1 < len(ordered) else value
+    return ordered[-1][0]
