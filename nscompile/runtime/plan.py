@@ -180,59 +180,50 @@ class Plan:
         self._build_lookup(grid, where)
 
     def _build_lookup(self, grid: dict, where: str) -> None:
-        # `breakpoints` and `tables` hold the slice at device load 1 (what readers of plans
-        # without the device axis see); `device_breakpoints` / `device_tables` hold every
-        # device level, outermost.
-        breakpoints = self.raw.get("breakpoints") or {}
+        # Every source as [device level][server level]. `breakpoints` / `tables` (and
+        # `table`) are the slice at device load 1, all a plan without the device axis has;
+        # `device_breakpoints` / `device_tables` hold every level. Later sources win: a
+        # source with every device level beats a slice, exact breakpoints beat buckets.
         tables = dict(self.raw.get("tables") or {})
-        objective = grid.get("objective", "latency")
         if "table" in self.raw:
-            tables.setdefault(objective, self.raw["table"])
-        by_device = dict(self.raw.get("device_breakpoints") or {})
-        by_device_tables = dict(self.raw.get("device_tables") or {})
+            tables.setdefault(grid.get("objective", "latency"), self.raw["table"])
+        sources: dict[str, tuple[str, list]] = {}
+        for kind, key, sliced in (("table", None, True), ("points", "breakpoints", True),
+                                  ("table", "device_tables", False), ("points", "device_breakpoints", False)):
+            for obj, value in (tables if key is None else self.raw.get(key) or {}).items():
+                sources[obj] = (kind, [value] if sliced else value)
         bandwidths = [float(b) for b in grid.get("bandwidth_mbps", [])]
-
-        def rows_of(points_rows=None, table_rows=None) -> list[tuple[list[float], list[str]]]:
-            rows = []
-            for row in points_rows if points_rows is not None else table_rows:
-                if points_rows is not None:
-                    pts = sorted(row, key=lambda p: float(p["from_mbps"]))
-                    rows.append(([float(p["from_mbps"]) for p in pts], [str(p["cut"]) for p in pts]))
-                else:  # only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b]
-                    rows.append((list(bandwidths), [str(c) for c in row]))
-            if len(rows) != len(self.loads):
+        for obj, (kind, levels) in sources.items():
+            if len(levels) != len(self.device_loads):
                 raise NscompileError(
-                    f"{where}: objective {obj!r} has {len(rows)} load rows but the grid has "
-                    f"{len(self.loads)} load levels; rebuild the plan"
+                    f"{where}: objective {obj!r} has {len(levels)} device-load levels but grid.device_load "
+                    f"has {len(self.device_loads)}; rebuild the plan"
                 )
-            for _, ids in rows:
-                for cid in ids:
-                    if cid not in self.cuts:
-                        raise NscompileError(f"{where}: the table names cut {cid!r} which is not emitted")
-            return rows
-
-        for obj in set(breakpoints) | set(tables) | set(by_device) | set(by_device_tables):
-            if obj in by_device or obj in by_device_tables:
-                levels = by_device.get(obj) or by_device_tables[obj]
-                if len(levels) != len(self.device_loads):
-                    raise NscompileError(
-                        f"{where}: objective {obj!r} has {len(levels)} device-load levels but "
-                        f"grid.device_load has {len(self.device_loads)}; rebuild the plan"
-                    )
-                if obj in by_device:
-                    self._tables[obj] = [rows_of(points_rows=level) for level in by_device[obj]]
-                else:
-                    self._tables[obj] = [rows_of(table_rows=level) for level in by_device_tables[obj]]
-            elif obj in breakpoints:
-                self._tables[obj] = [rows_of(points_rows=breakpoints[obj])]
-            else:
-                self._tables[obj] = [rows_of(table_rows=tables[obj])]
-            if len(self._tables[obj]) == 1 and len(self.device_loads) != 1:
-                raise NscompileError(f"{where}: objective {obj!r} has no device_breakpoints for grid.device_load; rebuild the plan")
+            self._tables[obj] = [self._rows(kind, rows, bandwidths, obj, where) for rows in levels]
         if not self._tables:
             raise NscompileError(f"{where} has neither breakpoints nor a table; rebuild the plan")
         self._log_loads = [math.log(max(x, 1e-9)) for x in self.loads]
         self._log_device_loads = [math.log(max(x, 1e-9)) for x in self.device_loads]
+
+    def _rows(self, kind: str, rows: list, bandwidths: list[float], obj: str, where: str) -> list[tuple[list[float], list[str]]]:
+        """One device level's server-load rows as (bandwidth starts, cut ids), checked."""
+        out = []
+        for row in rows:
+            if kind == "points":
+                pts = sorted(row, key=lambda p: float(p["from_mbps"]))
+                out.append(([float(p["from_mbps"]) for p in pts], [str(p["cut"]) for p in pts]))
+            else:  # only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b]
+                out.append((list(bandwidths), [str(c) for c in row]))
+        if len(out) != len(self.loads):
+            raise NscompileError(
+                f"{where}: objective {obj!r} has {len(out)} load rows but the grid has "
+                f"{len(self.loads)} load levels; rebuild the plan"
+            )
+        for _, ids in out:
+            for cid in ids:
+                if cid not in self.cuts:
+                    raise NscompileError(f"{where}: the table names cut {cid!r} which is not emitted")
+        return out
 
     @property
     def objectives(self) -> list[str]:
