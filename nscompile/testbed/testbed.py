@@ -245,12 +245,12 @@ class Session:
 
 
 class _Slowdown:
-    """Load the device to ``1 / share`` of its speed: a tighter CPU quota in kernel mode (its
-    own quota scaled, or a new one), a busy loop on its CPUs in user-space mode.
+    """Slow the device to ``share`` of its CPU time: a tighter CPU quota in kernel mode (its
+    own quota scaled, or a new one), else a busy loop on its CPUs.
 
-    A plain CPU hog beside the device does not do it: the scheduler favours the device,
-    which sleeps between requests, over a task that never sleeps (measured here: 1.4 ms
-    AlexNet requests took no longer with a hog on their CPU).
+    The busy loop is the weaker of the two: the scheduler favours the device, which sleeps
+    between requests, over a task that never sleeps (measured here: 1.4 ms AlexNet requests
+    took no longer with a hog on their one CPU), so user-space mode shows little slowdown.
     """
 
     def __init__(self, session: Session, share: float = 0.4):
