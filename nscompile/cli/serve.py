@@ -23,9 +23,13 @@ def serve(
     max_queue: int = typer.Option(64, help="In-flight requests admitted before answering 503."),
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Let pages on this origin call the server, e.g. http://localhost:8080 (repeatable; default: none)."
+    ),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
+    from nscompile.serve.cors import check_origins
 
     if workers < 1 or port < 0 or max_body_mb <= 0:
         raise NscompileError("--workers must be >= 1, --port >= 0 and --max-body-mb > 0")
@@ -39,6 +43,7 @@ def serve(
         concurrency=concurrency,
         max_queue=max_queue,
         threads=threads,
+        cors_origins=check_origins(cors_origin),
     )
 
 

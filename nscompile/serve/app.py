@@ -39,6 +39,7 @@ from fastapi.responses import JSONResponse, Response
 import nscompile
 from nscompile.errors import NscompileError
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, encode_response, read_tensors, split_body
+from nscompile.serve.cors import add_cors
 from nscompile.serve.load import LoadTracker
 from nscompile.serve.repository import ModelEntry, read_repository
 
@@ -125,6 +126,7 @@ def create_app(
     threads: int | None = None,
     providers: list | None = None,
     slowdown_floor_ms: float = 1.0,
+    cors_origins: list[str] | tuple[str, ...] = (),
 ) -> FastAPI:
     """Build the server application for a model repository.
 
@@ -137,6 +139,8 @@ def create_app(
         providers: onnxruntime execution providers (default: CPU).
         slowdown_floor_ms: added to both sides of the slowdown ratio, so that jitter on a
             sub-millisecond model does not read as load (see nscompile.serve.load).
+        cors_origins: origins whose pages may call the server (see nscompile.serve.cors);
+            empty: no CORS headers.
 
     Returns:
         The FastAPI application (``app.state.models``, ``app.state.load`` for inspection).
@@ -151,6 +155,7 @@ def create_app(
     limiter = anyio.CapacityLimiter(concurrency)
     app = FastAPI(title="nscompile serve", version=nscompile.__version__, docs_url=None, redoc_url=None)
     app.state.models, app.state.load = models, load
+    add_cors(app, cors_origins)
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_: Request, exc: ProtocolError):
