@@ -80,8 +80,8 @@ class _Handler(SimpleHTTPRequestHandler):
     extensions_map = {**SimpleHTTPRequestHandler.extensions_map, ".js": "text/javascript",
                       ".mjs": "text/javascript", ".wasm": "application/wasm", ".json": "application/json"}
 
-    def __init__(self, *args, routes: dict[str, Path], generated: dict[str, bytes], **kw):
-        self.routes, self.generated = routes, generated
+    def __init__(self, *args, routes: dict[str, Path], generated: dict[str, bytes], headers: dict[str, str], **kw):
+        self.routes, self.generated, self.extra_headers = routes, generated, headers
         super().__init__(*args, **kw)
 
     def translate_path(self, path: str) -> str:
@@ -108,6 +108,8 @@ class _Handler(SimpleHTTPRequestHandler):
 
     def end_headers(self):
         self.send_header("Cache-Control", "no-store")  # a rebuilt device/ must not be served stale
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
         super().end_headers()
 
     def list_directory(self, path):  # noqa: ARG002 - no directory listings
@@ -126,6 +128,8 @@ class StaticSite:
         generated: URL path ("/config.json") -> bytes served as they are.
         host: address to bind.
         port: TCP port (0: any free one).
+        isolated: send the headers that make pages cross-origin isolated (COOP/COEP):
+            the browser's clock then ticks in 5 us instead of 100 us steps.
 
     Raises:
         NscompileError: the port cannot be bound.
@@ -134,8 +138,10 @@ class StaticSite:
     """
 
     def __init__(self, routes: dict[str, Path], generated: dict[str, bytes] | None = None,
-                 host: str = "127.0.0.1", port: int = 0):
-        handler = partial(_Handler, routes={k: Path(v) for k, v in routes.items()}, generated=dict(generated or {}))
+                 host: str = "127.0.0.1", port: int = 0, isolated: bool = False):
+        headers = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"} if isolated else {}
+        handler = partial(_Handler, routes={k: Path(v) for k, v in routes.items()}, generated=dict(generated or {}),
+                          headers=headers)
         try:
             self.server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:

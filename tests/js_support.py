@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,13 @@ _spec.loader.exec_module(rt)
 
 
 def need(in_browser: bool) -> None:
-    """Skip the test, naming what is missing, unless the JS runtime can run (in Chromium if ``in_browser``)."""
+    """Skip the test, naming what is missing, unless the JS runtime can run (in Chromium if ``in_browser``).
+
+    Where ``NSCOMPILE_REQUIRE_BROWSER`` is set (``.ci/run``, after installing them) it fails instead.
+    """
     problem = browser.missing(browser=in_browser)
+    if problem and os.environ.get("NSCOMPILE_REQUIRE_BROWSER"):
+        pytest.fail(f"NSCOMPILE_REQUIRE_BROWSER is set but {problem}")
     if problem:
         pytest.skip(problem)
 
