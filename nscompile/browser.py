@@ -98,8 +98,9 @@ class _Handler(SimpleHTTPRequestHandler):
         body = self.generated.get(urlsplit(self.path).path)
         if body is None:
             return super().send_head()
+        path = urlsplit(self.path).path
         self.send_response(200)
-        self.send_header("Content-Type", self.guess_type(self.path))
+        self.send_header("Content-Type", "text/html" if path.endswith("/") else self.guess_type(path))
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         from io import BytesIO
@@ -204,6 +205,10 @@ class Browser:
     def goto(self, url: str) -> None:
         """Open ``url`` and wait for its load event."""
         self._worker.ask(self.timeout_s, op="goto", url=url)
+
+    def find_renderer(self) -> int | None:
+        """Find the page's renderer process again (whose main-thread CPU time pages read); its pid."""
+        return self._worker.ask(self.timeout_s, op="find_renderer")["value"]["renderer_pid"]
 
     def eval(self, expression: str, timeout_s: float | None = None):
         """Evaluate ``expression`` in the page (a promise is awaited) and return its JSON value.

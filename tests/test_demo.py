@@ -2,7 +2,7 @@
 
 The command is run as a user runs it (a child process that starts its own server); the
 page's cut, phase times and bytes are read from the DOM and compared with the runner's
-record; the screenshot is kept in build/test-artifacts/. Without a server the page
+record; the screenshots are kept in build/test-artifacts/ ($NSCOMPILE_TEST_ARTIFACTS). Without a server the page
 finishes on the device and says so.
 """
 
@@ -105,9 +105,20 @@ def assert_page_shows_record(page: dict, plan: dict) -> None:
     on_device = page["sides"].count("device")
     assert on_device == (len(page["sides"]) if not cut.get("cloud_model") else cut["device_nodes"])
     assert page["cutLines"] == (1 if 0 < on_device < len(page["sides"]) else 0)
-    # The decision map: every cell, and the marker where this run's conditions fall.
-    assert page["mapCells"] == len(plan["grid"]["load"]) * len(plan["grid"]["bandwidth_mbps"])
-    assert page["here"] in {c["id"] for c in plan["cuts"]}
+    # The decision map: every cell, and the marker on the cell of the conditions the runner
+    # decided for (none for a forced cut: nothing was decided).
+    grid = plan["grid"]
+    assert page["mapCells"] == len(grid["load"]) * len(grid["bandwidth_mbps"])
+    if rec["bandwidth_mbps"] is None:
+        assert page["here"] is None
+        return
+    from nscompile.runtime.plan import Plan
+
+    row = Plan(plan, Path(plan["_build"]) / "device").load_row(rec["load"])
+    col = max([i for i, b in enumerate(grid["bandwidth_mbps"]) if b <= rec["bandwidth_mbps"]], default=0)
+    assert page["here"] == plan["tables"]["latency"][row][col]
+    if rec["reason"] == "table" and not plan["mixed"]["latency"][row][col]:
+        assert page["here"] == rec["cut"]
 
 
 def test_demo_page_shows_the_runners_decision(alexnet_build, tmp_path):
@@ -123,6 +134,8 @@ def test_demo_page_shows_the_runners_decision(alexnet_build, tmp_path):
             assert page["notice"] is None and page["status"] == "done", page["status"]
             assert not page["record"]["fell_back"] and page["record"]["probe_ms"] > 0
             assert_page_shows_record(page, plan)
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            assert browser.screenshot(ARTIFACTS / "demo-alexnet.png").stat().st_size > 10_000
             # The user picks the split cut and runs again: it goes through the server.
             browser.eval(f"document.getElementById('cut').value = {json.dumps(split)}")
             browser.eval("new Promise(r => { const before = window.nscompileDemo.record;"
@@ -135,9 +148,7 @@ def test_demo_page_shows_the_runners_decision(alexnet_build, tmp_path):
             assert rec["upload_bytes"] == next(c for c in plan["cuts"] if c["id"] == split)["predicted"]["upload_bytes"]
             assert rec["server_ms"] > 0 and page["encoding"] == "fp32"
             assert_page_shows_record(page, plan)
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            shot = browser.screenshot(ARTIFACTS / "demo-alexnet.png")
-            assert shot.stat().st_size > 10_000
+            assert browser.screenshot(ARTIFACTS / "demo-alexnet-forced.png").stat().st_size > 10_000
     finally:
         demo.stop()
 
@@ -158,7 +169,6 @@ def test_demo_page_without_server_runs_on_the_device(alexnet_build, tmp_path):
     assert page["status"] == "done, on the device only"
     assert "this input ran entirely on this device" in page["notice"] and plan["fallback"] in page["notice"]
     assert_page_shows_record(page, plan)
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
 
 
 def test_demo_refuses_a_directory_that_is_not_a_build(tmp_path):

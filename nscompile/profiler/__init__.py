@@ -108,7 +108,7 @@ def _fixed_costs(timer: Callable[..., float], io_copies: bool = False) -> FixedC
 
     With ``io_copies`` (a runtime that copies graph inputs and outputs on every run, as
     onnxruntime-web does) also the cost per byte of those copies: Relu chains of 2 to 4
-    nodes on 256 KB to 8 MB tensors, each size's intercept over the chain length (the run
+    nodes on 256 KB to 4 MB tensors, each size's intercept over the chain length (the run
     without its kernels), the slope of those intercepts over the bytes copied in and out.
     """
     import statistics
@@ -154,7 +154,7 @@ def _fixed_costs(timer: Callable[..., float], io_copies: bool = False) -> FixedC
     per_output, _ = slope(split, (2, 3, 4, 6, 8))
     per_byte = 0.0
     if io_copies:
-        widths = (4096, 16384, 65536, 131072)  # x 16 float32 elements
+        widths = (4096, 16384, 65536)  # x 16 float32 elements (beyond 4 MB the caches make it noisy)
         intercepts = [slope(lambda k, w=w: chain(k, w), (2, 3, 4))[1] for w in widths]
         per_byte = max(float(theilslopes(intercepts, [2 * 4 * 16 * w for w in widths])[0]), 0.0)
     return FixedCosts(run=run, node=node, lone=lone, input=per_input, output=per_output, byte=per_byte)

@@ -112,7 +112,14 @@ class BrowserTimer:
         request = {**self._write(model, feeds), "budget_s": budget_s, "min_batch_s": min_batch_s,
                    "max_repeats": max_repeats, "min_repeats": min_repeats, "stat": stat, "clock": self.clock}
         try:
-            return float(self.browser.call("window.nscompileProfile.time", request))
+            try:
+                return float(self.browser.call("window.nscompileProfile.time", request))
+            except NscompileError as exc:
+                if "find the renderer again" not in str(exc):
+                    raise
+                # The page moved to another renderer process (or the first guess was wrong): once more.
+                self.browser.find_renderer()
+                return float(self.browser.call("window.nscompileProfile.time", request))
         finally:
             # The page has read them (a full sweep's large layers would fill the disk otherwise).
             for file in self._cases.glob(f"{request['key']}*"):

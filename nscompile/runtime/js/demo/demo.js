@@ -153,8 +153,9 @@ function show(config, runner, rec) {
   const colours = new Map([...plan.cuts.keys()].map((id, i) => [id, PALETTE[i % PALETTE.length]]));
   $("chosen").textContent = rec.cut;
   $("reason").textContent = `(${rec.reason})`;
-  $("conditions").textContent = `decided for uplink ${fmt(rec.bandwidth_mbps)} Mbps, server load K=${fmt(rec.load)}, `
-    + `RTT ${fmt(rec.rtt_ms)} ms`;
+  $("conditions").textContent = rec.bandwidth_mbps === null
+    ? "forced: the runner decided nothing (predictions at its last estimates)"
+    : `decided for uplink ${fmt(rec.bandwidth_mbps)} Mbps, server load K=${fmt(rec.load)}, RTT ${fmt(rec.rtt_ms)} ms`;
   const notice = $("notice");
   if (rec.reason === "backoff" || rec.reason === "fallback") {
     notice.hidden = false;

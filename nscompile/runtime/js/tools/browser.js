@@ -4,6 +4,7 @@
 //   {"op": "goto", "url"}                  open a page (waits for its load event)
 //   {"op": "eval", "expression"}           evaluate in the page, await a promise, answer its JSON value
 //   {"op": "screenshot", "path", "full_page"}
+//   {"op": "find_renderer"}                find the page's renderer process again (for nscompileCpuMs)
 //   {"op": "quit"}
 // Answers are {"ok": true, "value"} or {"ok": false, "error"}. The page's console messages
 // and errors go to stderr, one line each ("console.error: ...", "pageerror: ...").
@@ -91,6 +92,10 @@ const handlers = {
   },
   async eval({ expression }) {
     return page.evaluate(expression);
+  },
+  async find_renderer() {
+    rendererPid = await findRenderer();
+    return { renderer_pid: rendererPid };
   },
   async screenshot({ path, full_page: fullPage = true }) {
     await page.screenshot({ path, fullPage });

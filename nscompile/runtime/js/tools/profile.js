@@ -71,22 +71,40 @@ async function clockFor(clock) {
   return [now, median(pairs)];
 }
 
+/**
+ * A CPU-clock interval checked against the wall clock's: a CPU clock that stopped (a lost
+ * renderer) must not pass. Short intervals are left alone: a reading's round trip alone
+ * takes a few ms of wall time, while the page waits.
+ */
+function checked(cpuMs, wallMs) {
+  if (wallMs > 20 && !(cpuMs > 0.02 * wallMs)) {
+    throw new Error(`the page's CPU clock advanced ${cpuMs} ms in ${wallMs} ms of wall time: it is not this page's; `
+      + "find the renderer again");
+  }
+  return cpuMs;
+}
+
 async function timeSession({ session, feeds }, { budget_s = 0.25, min_batch_s = 0.004, max_repeats = 15, min_repeats = 5,
   stat = "min", clock = "wall" }) {
   const [now, reading] = await clockFor(clock);
-  if (clock === "cpu") min_batch_s = Math.max(min_batch_s, CPU_MIN_BATCH_S);
+  const cpu = clock === "cpu";
+  if (cpu) min_batch_s = Math.max(min_batch_s, CPU_MIN_BATCH_S);
   const run = () => session.run(feeds);
+  const elapsed = async (t0, w0) => {
+    const dt = (await now()) - t0 - reading;
+    return cpu ? checked(dt, performance.now() - w0) : dt;
+  };
   for (let i = 0; i < 2; i++) await run(); // warm-up: first runs allocate and pick kernels
-  let t0 = await now();
+  let [t0, w0] = [await now(), performance.now()];
   await run();
-  const one = Math.max(((await now()) - t0 - reading) / 1e3, 1e-6);
+  const one = Math.max((await elapsed(t0, w0)) / 1e3, 1e-6);
   const batch = Math.max(1, Math.floor(min_batch_s / one + 0.5));
   const repeats = Math.trunc(Math.min(Math.max(budget_s / (batch * one), min_repeats), max_repeats));
   const means = [];
   for (let r = 0; r < repeats; r++) {
-    t0 = await now();
+    [t0, w0] = [await now(), performance.now()];
     for (let b = 0; b < batch; b++) await run();
-    means.push(Math.max((await now()) - t0 - reading, 1e-6) / batch);
+    means.push(Math.max(await elapsed(t0, w0), 1e-6) / batch);
   }
   return stat === "min" ? Math.min(...means) : median(means);
 }
