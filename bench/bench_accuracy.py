@@ -12,6 +12,8 @@ optimisation), in ``--passes`` passes over all models (each model's median of pa
     python bench/bench_accuracy.py --models resnet50,vgg19 --breakdown --json out.json
     python bench/bench_accuracy.py --cuts 4       # also prefix/suffix latencies at 4 cuts
     python bench/bench_accuracy.py --zoo --models zoo:lenet,zoo:senna_pos   # zoo models by name
+    python bench/bench_accuracy.py --web --profile cost_models/browser-wasm-1thread.json --tolerance 0.2
+        # measured in headless Chromium (onnxruntime-web), next to native onnxruntime, 1 thread
 
 Exit status 1 if any model is off by more than --tolerance (default 15%).
 """
@@ -138,6 +140,9 @@ def main(argv=None) -> int:
                     help="statistic of the repeated whole-model runs (min on a busy machine, wall clock)")
     ap.add_argument("--clock", choices=["cpu", "wall"], default=None,
                     help="timing clock (default: the one the profile was measured with)")
+    ap.add_argument("--web", action="store_true",
+                    help="measure in headless Chromium with onnxruntime-web (a browser profile), and natively "
+                         "with onnxruntime on one thread in the same pass for the browser/native ratio")
     args = ap.parse_args(argv)
     if args.passes < 1 or args.repeats < 1:
         ap.error("--passes and --repeats must be at least 1")
@@ -160,6 +165,8 @@ def main(argv=None) -> int:
     # profiles, so other processes on a shared machine do not inflate the latency).
     clock = args.clock or profile.meta.get("clock", "wall")
     quota = profile.meta.get("cpu_quota_cores")
+    if args.web and (quota or args.cuts or args.breakdown):
+        ap.error("--web measures whole models in the browser: no --cuts, --breakdown or quota profile")
     if quota and not args.clock:
         clock = "wall"  # under a quota the latency is wall time: the throttling is part of it
     print(f"profile {profile.name} ({profile.provider}, {profile.threads} thread(s), {clock} clock)")
@@ -178,12 +185,27 @@ def main(argv=None) -> int:
     # Each model is measured once per pass and the passes' median kept: a slow minute of
     # this shared machine then falls on one pass of every model, not on a few models.
     passes: dict[str, list[float]] = defaultdict(list)
+    native: dict[str, list[float]] = defaultdict(list)
+    if args.web:
+        from contextlib import ExitStack
+
+        from nscompile.profiler.web import BrowserTimer
+
+        stack = ExitStack()
+        timer = stack.enter_context(BrowserTimer())
+        print(f"(browser: onnxruntime-web {timer.versions.get('ort')} in Chromium {timer.browser.version}, "
+              f"{timer.clock} clock; native: onnxruntime, 1 thread, the same clock)")
     for p in range(args.passes):
         for name, model in loaded:
+            if args.web:  # the browser, then native onnxruntime right after it (side by side)
+                passes[name].append(timer(model, feeds_of[name], budget_s=0.0, min_batch_s=0.05,
+                                          max_repeats=args.repeats, min_repeats=args.repeats, stat=args.stat))
+                native[name].append(measure_model(model, feeds_of[name], 1, "cpu", args.repeats, timer.clock, args.stat))
+                continue
             passes[name].append(measure_model(model, feeds_of[name], profile.threads, profile.provider,
                                               args.repeats, clock, args.stat))
         print(f"(pass {p + 1} of {args.passes} done)", flush=True)
-    print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
+    print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}" + (f"{'native ms':>12}{'browser/native':>16}" if args.web else ""))
     for name, model in loaded:
         feeds = feeds_of[name]
         preds = predict_model(model, profile)
@@ -192,7 +214,12 @@ def main(argv=None) -> int:
         err = (pred - meas) / meas
         rows.append({"model": name, "predicted_ms": pred, "measured_ms": meas, "rel_error": err, "passes_ms": passes[name]})
         spread = max(passes[name]) / min(passes[name]) - 1
-        print(f"{name:<14}{pred:>14.3f}{meas:>14.3f}{100 * err:>8.1f}%  (passes spread {100 * spread:.0f}%)", flush=True)
+        versus = ""
+        if args.web:
+            nat = statistics.median(native[name])
+            rows[-1].update({"native_ms": nat, "browser_over_native": meas / nat, "native_passes_ms": native[name]})
+            versus = f"{nat:>12.3f}{meas / nat:>15.1f}x"
+        print(f"{name:<14}{pred:>14.3f}{meas:>14.3f}{100 * err:>8.1f}%{versus}  (passes spread {100 * spread:.0f}%)", flush=True)
         if args.cuts:
             cut_errs = prefix_suffix_errors(model, profile, args.cuts, args.repeats, clock, args.stat)
             rows[-1]["cuts"] = [{"side": a, "after_node": b, "predicted_ms": c, "measured_ms": d, "rel_error": e}
@@ -206,7 +233,7 @@ def main(argv=None) -> int:
             print("   predicted by key:", {k: round(v, 2) for k, v in sorted(by_key.items(), key=lambda x: -x[1]) if v > 0.01})
             br = ort_breakdown(model, feeds, profile.threads, profile.provider)
             print("   ORT kernels:     ", {k: round(v, 2) for k, v in sorted(br.items(), key=lambda x: -x[1])})
-    if quota:
+    if quota or args.web:
         stack.close()
     errs = [abs(r["rel_error"]) for r in rows]
     if errs:

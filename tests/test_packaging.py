@@ -29,3 +29,18 @@ def test_shipped_profiles_are_package_data():
     assert tool["package-dir"]["nscompile.cost_models"] == "cost_models"
     assert tool["package-data"]["nscompile.cost_models"] == ["*.json"]
     assert list((ROOT / "cost_models").glob("*.json")), "no shipped profile in cost_models/"
+
+
+def test_javascript_runtime_is_package_data():
+    """Every file of nscompile/runtime/js but node_modules travels in the wheel."""
+    import fnmatch
+
+    globs = _setuptools()["package-data"]["nscompile.runtime"]
+    js = ROOT / "nscompile" / "runtime" / "js"
+    files = [p.relative_to(js.parent).as_posix() for p in js.rglob("*")
+             if p.is_file() and "node_modules" not in p.relative_to(js).parts]
+    assert "js/split_runner.js" in files and "js/package-lock.json" in files
+    # setuptools globs do not cross "/": a file matches only a pattern of its own folder.
+    unlisted = [f for f in files if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)]
+    assert not unlisted, f"add {unlisted} to [tool.setuptools.package-data] nscompile.runtime"
+    assert not any("node_modules" in g for g in globs)

@@ -23,7 +23,7 @@ app = typer.Typer(
 
 # Importing a command module registers its commands on `app`. Optional heavy
 # dependencies (fastapi, matplotlib) are imported inside the commands, not here.
-from nscompile.cli import bench, compile, profile, serve, zoo  # noqa: E402,F401
+from nscompile.cli import bench, compile, demo, profile, serve, zoo  # noqa: E402,F401
 
 
 def _usage_error_types() -> tuple[type[Exception], ...]:

@@ -38,6 +38,11 @@ def profile(
     ),
     base: Optional[Path] = typer.Option(None, "--base", help="With --model: this device's profile (default: the shipped device profile)."),
     input_shape: Optional[list[str]] = typer.Option(None, "--input-shape", help="With --model: pin an input's shape, NAME=1x3x224x224."),
+    web: bool = typer.Option(
+        False, "--web",
+        help="Profile the browser instead: run the microbenchmarks in headless Chromium with onnxruntime-web "
+             "(WASM, 1 thread); needs `npm ci` in nscompile/runtime/js and Chromium.",
+    ),
 ) -> None:
     """Time single-op and fused-pattern microbenchmarks with onnxruntime and fit per-op regressions.
 
@@ -60,6 +65,9 @@ def profile(
         return
     if not name:
         raise NscompileError("--name is required to profile a device (e.g. --name pixel7-ort-cpu-1thread)")
+    if web and (kind != "device" or threads != 1 or provider != "cpu" or cpu_quota is not None):
+        raise NscompileError("--web profiles a browser device (onnxruntime-web, one thread); drop --kind, --threads, "
+                             "--provider and --cpu-quota")
     radio = load_radio_overrides(radio_json) if radio_json else None
     console = Console(stderr=True)
     ctx = quota_ctx(cpu_quota) if cpu_quota is not None else nullcontext()
@@ -75,11 +83,17 @@ def profile(
         note = notes
         if cpu_quota is not None:
             note = (note + " " if note else "") + f"Measured under a cgroup-v1 CPU quota of {cpu_quota} core(s)."
-        prof = run_profile(
-            name, kind=kind, threads=threads, provider=provider, quick=quick, seed=seed, progress=progress,
-            compute_power_w=compute_power_w, idle_power_w=idle_power_w, radio=radio, notes=note,
-            under_quota=cpu_quota is not None,
-        )
+        if web:
+            from nscompile.profiler.web import run_web_profile
+
+            prof = run_web_profile(name, quick=quick, seed=seed, progress=progress, notes=note,
+                                   compute_power_w=compute_power_w, idle_power_w=idle_power_w, radio=radio)
+        else:
+            prof = run_profile(
+                name, kind=kind, threads=threads, provider=provider, quick=quick, seed=seed, progress=progress,
+                compute_power_w=compute_power_w, idle_power_w=idle_power_w, radio=radio, notes=note,
+                under_quota=cpu_quota is not None,
+            )
     if cpu_quota is not None:
         prof.meta["cpu_quota_cores"] = cpu_quota
     prof.save(out)

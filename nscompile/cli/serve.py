@@ -24,9 +24,13 @@ def serve(
     threads: Optional[int] = typer.Option(None, help="onnxruntime intra-op threads per model."),
     drain_seconds: float = typer.Option(5.0, help="After SIGTERM: report not ready but keep answering this long, then finish what is in flight and exit 0."),
     log_level: str = typer.Option("warning", help="uvicorn log level."),
+    cors_origin: list[str] = typer.Option(
+        [], "--cors-origin", help="Let pages on this origin call the server, e.g. http://localhost:8080 (repeatable; default: none)."
+    ),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
+    from nscompile.serve.cors import check_origins
 
     if workers < 1 or port < 0 or max_body_mb <= 0 or drain_seconds < 0:
         raise NscompileError("--workers must be >= 1, --port >= 0, --max-body-mb > 0 and --drain-seconds >= 0")
@@ -41,6 +45,7 @@ def serve(
         max_queue=max_queue,
         threads=threads,
         drain_s=drain_seconds,
+        cors_origins=check_origins(cors_origin),
     )
 
 

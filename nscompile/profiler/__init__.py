@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import platform
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, replace
 from typing import Callable
 
 from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
@@ -63,6 +63,8 @@ class FixedCosts:
             here), so single-op benchmarks are taken net of this, not of ``run + node``.
         input: Each graph input beyond the first.
         output: Each graph output beyond the first.
+        byte: Each byte of the graph's inputs and outputs, where the runtime copies them
+            in and out on every run (onnxruntime-web; 0 with onnxruntime's IO binding).
     """
 
     run: float
@@ -70,31 +72,50 @@ class FixedCosts:
     lone: float
     input: float
     output: float
+    byte: float = 0.0
 
     def scaled(self, factor: float) -> "FixedCosts":
         """All costs divided by ``factor`` (a speed correction)."""
         return FixedCosts(*(v / factor for v in astuple(self)))
 
-    def of_benchmark(self, kernels: int, inputs: int, outputs: int) -> float:
-        """The fixed part of a benchmark graph's time: ``kernels`` kernels (layout copies included)."""
+    def of_benchmark(self, kernels: int, inputs: int, outputs: int, io_bytes: float = 0.0) -> float:
+        """The fixed part of a benchmark graph's time: ``kernels`` kernels (layout copies
+        included), its bound tensors, and ``io_bytes`` bytes of graph inputs and outputs."""
         base = self.lone if kernels <= 1 else self.run + self.node * kernels
-        return base + self.input * max(inputs - 1, 0) + self.output * max(outputs - 1, 0)
+        return base + self.input * max(inputs - 1, 0) + self.output * max(outputs - 1, 0) + self.byte * io_bytes
 
 
-def _fixed_costs(threads: int, provider: str, clock: str) -> FixedCosts:
+def _io_bytes(model, feeds) -> float:
+    """Bytes of a benchmark's graph inputs and outputs (what a copying runtime moves per run)."""
+    import numpy as np
+    from onnx import helper
+
+    out = 0
+    for o in model.graph.output:
+        t = o.type.tensor_type
+        count = int(np.prod([d.dim_value for d in t.shape.dim]))
+        out += count * np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+    return float(sum(a.nbytes for a in feeds.values()) + out)
+
+
+def _fixed_costs(timer: Callable[..., float], io_copies: bool = False) -> FixedCosts:
     """Measure :class:`FixedCosts` on graphs of 16-element tensors (nothing to compute).
 
     Run and node: chains of 2 to 32 Relu nodes, ``t = run + k * node`` (Theil-Sen, robust
     to a disturbed point). Lone: one Relu. Input and output: a Sum of k inputs and a
-    Split into k outputs, the slope over k.
+    Split into k outputs, the slope over k. ``timer(model, feeds, budget_s=...)`` times one
+    model (ms per run), as :func:`~nscompile.profiler.timing.time_model` does.
+
+    With ``io_copies`` (a runtime that copies graph inputs and outputs on every run, as
+    onnxruntime-web does) also the cost per byte of those copies: Relu chains of 2 to 4
+    nodes on 256 KB to 4 MB tensors, each size's intercept over the chain length (the run
+    without its kernels), the slope of those intercepts over the bytes copied in and out.
     """
     import statistics
 
     import numpy as np
     from onnx import TensorProto, helper
     from scipy.stats import theilslopes
-
-    from nscompile.profiler.timing import time_model
 
     def graph(nodes, inputs, outputs, opset=18):
         vi = [[helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 16 * width]) for n, width in names]
@@ -104,7 +125,7 @@ def _fixed_costs(threads: int, provider: str, clock: str) -> FixedCosts:
         return m, {n: np.ones((1, 16 * width), np.float32) for n, width in inputs}
 
     def timed(model_feeds, repeats=3):
-        return [time_model(*model_feeds, threads, provider, clock=clock, budget_s=0.05) for _ in range(repeats)]
+        return [timer(*model_feeds, budget_s=0.05) for _ in range(repeats)]
 
     def slope(make, ks):
         xs, ts = [], []
@@ -115,8 +136,9 @@ def _fixed_costs(threads: int, provider: str, clock: str) -> FixedCosts:
         s, intercept, _, _ = theilslopes(ts, xs)
         return max(float(s), 0.0), max(float(intercept), 0.0)
 
-    def chain(k):
-        return graph([helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)], [("t0", 1)], [(f"t{k}", 1)])
+    def chain(k, width=1):
+        return graph([helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(k)], [("t0", width)],
+                     [(f"t{k}", width)])
 
     def summed(k):
         names = [f"x{i}" for i in range(k)]
@@ -130,7 +152,12 @@ def _fixed_costs(threads: int, provider: str, clock: str) -> FixedCosts:
     lone = statistics.median(timed(chain(1), 5))
     per_input, _ = slope(summed, (1, 2, 3, 4, 6, 8))
     per_output, _ = slope(split, (2, 3, 4, 6, 8))
-    return FixedCosts(run=run, node=node, lone=lone, input=per_input, output=per_output)
+    per_byte = 0.0
+    if io_copies:
+        widths = (4096, 16384, 65536)  # x 16 float32 elements (beyond 4 MB the caches make it noisy)
+        intercepts = [slope(lambda k, w=w: chain(k, w), (2, 3, 4))[1] for w in widths]
+        per_byte = max(float(theilslopes(intercepts, [2 * 4 * 16 * w for w in widths])[0]), 0.0)
+    return FixedCosts(run=run, node=node, lone=lone, input=per_input, output=per_output, byte=per_byte)
 
 
 def _quota_slowdown(threads: int, provider: str) -> float:
@@ -168,7 +195,7 @@ def _quota_slowdown(threads: int, provider: str) -> float:
     return max(statistics.median(ratios), 1.0)
 
 
-def _reorder_ms_per_byte(threads: int, provider: str, clock: str, fixed_ms: float) -> float:
+def _reorder_ms_per_byte(timer: Callable[..., float], fixed_ms: float) -> float:
     """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
 
     Times the copies themselves: a model of onnxruntime's own ReorderInput and
@@ -182,8 +209,6 @@ def _reorder_ms_per_byte(threads: int, provider: str, clock: str, fixed_ms: floa
     import numpy as np
     from onnx import TensorProto, helper
 
-    from nscompile.profiler.timing import time_model
-
     estimates = []
     for c, hw in ((16, 112), (32, 56), (64, 56), (64, 28), (128, 28), (96, 56)):
         nodes = [helper.make_node("ReorderInput", ["x"], ["blocked"], domain="com.microsoft.nchwc"),
@@ -194,7 +219,7 @@ def _reorder_ms_per_byte(threads: int, provider: str, clock: str, fixed_ms: floa
         m.ir_version = 8
         feeds = {"x": np.ones((1, c, hw, hw), np.float32)}
         try:
-            t = time_model(m, feeds, threads, provider, clock=clock, budget_s=0.1)
+            t = timer(m, feeds, budget_s=0.1)
         except Exception:  # an onnxruntime build without the NCHWc kernels: no copies either
             return 0.0
         estimates.append((t - fixed_ms) / (2 * c * hw * hw * 4))
@@ -214,6 +239,8 @@ def run_profile(
     radio: dict[str, RadioModel] | None = None,
     notes: str | None = None,
     under_quota: bool = False,
+    timer: Callable[..., float] | None = None,
+    io_copies: bool = False,
 ) -> Profile:
     """Profile this machine: run the microbenchmarks and fit the cost model.
 
@@ -230,6 +257,12 @@ def run_profile(
         radio: Radio models overriding the Huang et al. presets.
         notes: Free text stored in the profile (e.g. how the device was set up).
         under_quota: The process runs under a CPU quota: measure its slowdown (``time_scale``).
+        timer: Times one model, ``timer(model, feeds, budget_s=...) -> ms per run``, in
+            place of onnxruntime here (``nscompile profile --web``: in a browser, see
+            :mod:`nscompile.profiler.web`); None: onnxruntime with ``threads`` and ``provider``.
+        io_copies: The runtime copies graph inputs and outputs on every run (onnxruntime-web):
+            measure the cost per byte and take every benchmark net of it (stored as
+            ``meta["io_copy_ms_per_byte"]``; a whole model pays it once, not per op).
 
     Returns:
         The fitted profile.
@@ -251,44 +284,53 @@ def run_profile(
     started = time.time()
     n_cases = count_cases(quick, seed)
     budget = 0.12 if quick else 0.35
-    clock = pick_clock(threads, provider)
+    # A timer of its own (a browser's) says which clock it times with.
+    clock = getattr(timer, "clock", None) or pick_clock(threads, provider)
+    custom_timer = timer is not None
+    if timer is None:
+        def timer(model, feeds, **kw):
+            return time_model(model, feeds, threads, provider, clock=clock, **kw)
     # Under a quota the regressions are fitted on the work (CPU time, see pick_clock) and
     # the quota's slowdown is measured once, on models long enough to average it.
     time_scale = _quota_slowdown(threads, provider) if under_quota else 1.0
     # Reference kernels timed every second: each measurement is corrected for how fast
     # the machine ran at that moment (see nscompile.profiler.stability).
-    speed = SpeedCheck(threads, provider, clock)
+    speed = SpeedCheck(threads, provider, clock, timer=timer if custom_timer else None)
     speed.check(force=True)
     fixed_at = time.monotonic()
-    fixed_costs = _fixed_costs(threads, provider, clock)
+    fixed_costs = _fixed_costs(timer, io_copies)
     # NCHWc layout copies exist only on the CPU provider.
-    reorder = (_reorder_ms_per_byte(threads, provider, clock, fixed_costs.of_benchmark(2, 1, 1))
+    reorder = (_reorder_ms_per_byte(timer, fixed_costs.of_benchmark(2, 1, 1))
                if provider == "cpu" else 0.0)
 
     def features_of(model):
         return graph_features(model.graph, static_shapes(model), {t.name for t in model.graph.initializer})
 
     def timed(model, feeds):
-        return time_model(model, feeds, threads, provider, clock=clock, budget_s=budget)
+        return timer(model, feeds, budget_s=budget)
 
-    measured = []  # (group, features, (inputs, outputs), ms, when, base ms or None)
+    measured = []  # (group, features, (inputs, outputs, io bytes), ms, when, base ms or None)
     for i, case in enumerate(generate_cases(quick, seed)):
         speed.check()
         feats = features_of(case.model)
-        io = (len(case.feeds), len(case.model.graph.output))
+        io = (len(case.feeds), len(case.model.graph.output), _io_bytes(case.model, case.feeds))
         when = time.monotonic()
         ms = timed(case.model, case.feeds)
         base_ms = None
         if case.base is not None:
             # Timed next to its pattern: the base kernel alone, a single-op sample too.
             base_ms = timed(case.base, case.base_feeds)
-            measured.append(("base", features_of(case.base), (len(case.base_feeds), 1), base_ms, when, None))
+            base_io = (len(case.base_feeds), 1, _io_bytes(case.base, case.base_feeds))
+            measured.append(("base", features_of(case.base), base_io, base_ms, when, None))
+            io = (*io[:2], io[2] - base_io[2])  # a pattern's own bytes: beyond its base's
         measured.append((case.group, feats, io, ms, when, base_ms))
         if progress is not None:
             progress(i + 1, max(n_cases, i + 1), case.name)
     speed.check(force=True)
 
-    fixed_costs = fixed_costs.scaled(speed.factor("dispatch", fixed_at))
+    # Copies stream memory: they follow the memory reference, the rest the dispatch one.
+    fixed_costs = replace(fixed_costs.scaled(speed.factor("dispatch", fixed_at)),
+                          byte=fixed_costs.byte / speed.factor("memory", fixed_at))
     reorder /= speed.factor("memory", fixed_at)
     singles: list[Sample] = []
     fused_samples, per_key = [], []  # what fused nodes cost: all pooled, and per fused key
@@ -299,8 +341,8 @@ def run_profile(
         fused = [f for f in feats if f.key.startswith("fused:")]
         if base_ms is not None and fused and len(kernels) == 1:
             # The fused nodes' cost: the pattern less its base kernel (one more input to
-            # bind for a residual Add), measured side by side.
-            extra = max(ms - base_ms / factor - fixed_costs.input * (io[0] - 1), 0.0)
+            # bind, and where inputs are copied to copy, for a residual Add), measured side by side.
+            extra = max(ms - base_ms / factor - fixed_costs.input * (io[0] - 1) - fixed_costs.byte * io[2], 0.0)
             total: dict[str, float] = {}
             for f in fused:
                 for k, v in f.values.items():
@@ -352,6 +394,8 @@ def run_profile(
         "speed_checks": speed.summary(),
         "lone_kernel_run_ms": fixed_costs.lone,
     }
+    if io_copies:
+        meta["io_copy_ms_per_byte"] = fixed_costs.byte
     if notes:
         meta["notes"] = notes
     radios = dict(RADIO_PRESETS)

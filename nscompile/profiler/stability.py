@@ -67,14 +67,17 @@ class SpeedCheck:
         provider: ``"cpu"`` or ``"cuda"``.
         clock: the profile's timing clock (``"cpu"`` or ``"wall"``).
         every_s: the least time between two checks.
+        timer: times a model elsewhere than in onnxruntime here (``timer(model, feeds,
+            budget_s=..., ...) -> ms``, e.g. in a browser); None: onnxruntime sessions.
     """
 
-    def __init__(self, threads: int, provider: str, clock: str, every_s: float = 1.0):
+    def __init__(self, threads: int, provider: str, clock: str, every_s: float = 1.0, timer=None):
         from nscompile.profiler.timing import make_session
 
         self.clock, self.every_s = clock, every_s
         self.device = "cuda" if provider == "cuda" else "cpu"
-        self._refs = {name: (make_session(m.SerializeToString(), threads, provider), feeds)
+        self._timer = timer
+        self._refs = {name: (m if timer else make_session(m.SerializeToString(), threads, provider), feeds)
                       for name, (m, feeds) in _reference_models().items()}
         self.times: dict[str, list[float]] = {name: [] for name in self._refs}
         self.stamps: list[float] = []  # time.monotonic() of each check
@@ -89,9 +92,12 @@ class SpeedCheck:
             return
         self._last = now
         self.stamps.append(now)
-        for name, (sess, feeds) in self._refs.items():
-            self.times[name].append(time_session(sess, feeds, budget_s=0.015, min_batch_s=0.003, max_repeats=5,
-                                                 min_repeats=3, device=self.device, clock=self.clock))
+        for name, (ref, feeds) in self._refs.items():
+            timing = {"budget_s": 0.015, "min_batch_s": 0.003, "max_repeats": 5, "min_repeats": 3}
+            if self._timer is not None:
+                self.times[name].append(self._timer(ref, feeds, **timing))
+            else:
+                self.times[name].append(time_session(ref, feeds, device=self.device, clock=self.clock, **timing))
 
     def factor(self, kind: str, at: float) -> float:
         """How much slower than usual the machine ran for ``kind`` work around time ``at``.

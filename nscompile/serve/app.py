@@ -49,6 +49,7 @@ import nscompile
 from nscompile.errors import NscompileError
 from nscompile.runtime.contract import INFLIGHT_HEADER, LOAD_HEADER, LOAD_PATH, PROBE_PATH, SERVER_MS_HEADER
 from nscompile.runtime.protocol import HEADER_LENGTH, ProtocolError, encode_response, read_tensors, split_body
+from nscompile.serve.cors import add_cors
 from nscompile.serve.drain import CloseWhileDraining, Drain
 from nscompile.serve.load import LoadTracker
 from nscompile.serve.repository import ModelEntry, read_repository
@@ -138,6 +139,7 @@ def create_app(
     providers: list | None = None,
     slowdown_floor_ms: float = 1.0,
     drain_s: float = 0.0,
+    cors_origins: list[str] | tuple[str, ...] = (),
 ) -> FastAPI:
     """Build the server application for a model repository.
 
@@ -152,6 +154,8 @@ def create_app(
             sub-millisecond model does not read as load (see nscompile.serve.load).
         drain_s: after SIGTERM, answer this long (not ready) before shutting down
             (see nscompile.serve.drain); 0 stops at once.
+        cors_origins: origins whose pages may call the server (see nscompile.serve.cors);
+            empty: no CORS headers.
 
     Returns:
         The FastAPI application (``app.state.models``, ``app.state.load``, ``app.state.drain``
@@ -182,6 +186,7 @@ def create_app(
     app = FastAPI(title="nscompile serve", version=nscompile.__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.models, app.state.load, app.state.drain = models, load, drain
     app.add_middleware(CloseWhileDraining, drain=drain)
+    add_cors(app, cors_origins)
 
     @app.exception_handler(ProtocolError)
     async def _protocol_error(_: Request, exc: ProtocolError):

@@ -1,0 +1,552 @@
+"""The JavaScript runtime (nscompile/runtime/js/) against the Python one.
+
+- The look-up: for every zoo build and a grid of conditions, the JavaScript plan and
+  Python's ``Plan.lookup`` (and the runner's RTT rule) name the same cut.
+- The wire: requests the JavaScript side encodes decode in Python, answers Python encodes
+  decode in JavaScript, for every datatype.
+- The runner, in Node (onnxruntime-web's WASM build) and in headless Chromium: every cut
+  of a hand-made DAG and of zoo builds (shared weights.bin) equals the whole model in
+  Python within the build's verification tolerance; it falls back to all-device on a
+  refused connection, a timeout and a 5xx; a bad device directory, an unknown plan schema
+  and a server answering wrong shapes are one clear Error.
+- CORS (Chromium only): a page on an allowed origin splits, one on another origin is
+  refused by the browser and finishes on the device.
+
+Tests need Node and ``npm ci`` in nscompile/runtime/js; the Chromium ones (marker
+``browser``) also need Chromium. They skip, naming what is missing, otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from js_support import NodeHarness, PageHarness, absolute, feed_spec, need, ok, rt, site_for, to_numpy
+from nscompile.browser import JS_DIR
+from nscompile.verify import ATOL, RTOL
+
+QUOTA25 = Path(__file__).resolve().parents[1] / "cost_models" / "epyc-ort-cpu-1thread-quota25.json"
+
+
+def node(script: str, stdin: str = "", timeout: float = 120) -> str:
+    """Run an ES module script with Node in the runtime's folder; its stdout."""
+    r = subprocess.run(["node", "--input-type=module", "-e", script], input=stdin, capture_output=True, text=True,
+                       cwd=JS_DIR, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+# ---------------------------------------------------------------------------------------
+# The look-up, table-driven: every zoo build, a grid of conditions
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo_builds(tmp_path_factory):
+    """Every zoo model (small), built twice: phone-class device on the testbed's grid, and the
+    default device with an RTT and a downlink in the plan; plus one plan with buckets only."""
+    from nscompile import zoo
+    from nscompile.compiler import build
+    from nscompile.planner import GridSpec
+
+    root = tmp_path_factory.mktemp("zoo")
+    builds = []
+    grids = {
+        "quota25": (QUOTA25, GridSpec.parse("0.1:100000:40", "1,2,4,8")),
+        "rtt20": (None, GridSpec.parse("0.1:1000:32", "1,2,4,8", rtt_ms=20.0, downlink_mbps=50.0)),
+    }
+    for info in zoo.list_models():
+        (path,) = zoo.write_models([info.name], root / "models", size="small")
+        for tag, (device, grid) in grids.items():
+            out = root / f"{info.name}-{tag}"
+            build(path, out, device_profile=device, grid=grid, verify=False, report=False, include_all_cloud=True)
+            builds.append(out / "device")
+    # The same look-up from buckets alone (a plan written before breakpoints existed).
+    bucketed = root / "alexnet-buckets"
+    shutil.copytree(root / "alexnet-quota25" / "device", bucketed)
+    doc = json.loads((bucketed / "plan.json").read_text())
+    del doc["breakpoints"]
+    (bucketed / "plan.json").write_text(json.dumps(doc))
+    builds.append(bucketed)
+    return builds
+
+
+def conditions(plan_doc: dict) -> list[dict]:
+    """Bandwidths at, just below and just above every breakpoint and bucket start, and a log
+    sweep past both ends; loads on, between and beyond the grid's levels; RTTs under, at and
+    over the plan's; both objectives."""
+    grid = plan_doc["grid"]
+    edges = {float(b) for b in grid["bandwidth_mbps"]}
+    for rows in (plan_doc.get("breakpoints") or {}).values():
+        for row in rows:
+            edges.update(float(p["from_mbps"]) for p in row)
+    bandwidths = {b * f for b in edges if b > 0 for f in (1 - 1e-12, 1.0, 1 + 1e-12)}
+    bandwidths.update(10 ** (e / 8) for e in range(-24, 49))  # 0.001 .. 1e6 Mbps
+    loads = [float(x) for x in grid["load"]]
+    # Between two levels, off their geometric middle by 1e-6 either way (at the middle
+    # itself the nearest row is a tie that the last bit of log() decides).
+    between = [math.sqrt(a * b) * f for a, b in zip(loads, loads[1:]) for f in (1 - 1e-6, 1 + 1e-6)]
+    load_values = sorted(set(loads + between + [0.5, 1.3, 3.0, 100.0]))
+    plan_rtt = float(grid.get("rtt_ms") or 0.0)
+    rtts = [None, plan_rtt, plan_rtt + 5.0, plan_rtt + 80.0, 400.0]
+    objectives = sorted((plan_doc.get("tables") or {"latency": None}).keys())
+    return [{"bandwidth_mbps": bw, "load": load, "objective": obj, "rtt_ms": rtt}
+            for obj in objectives for load in load_values for bw in sorted(bandwidths) for rtt in rtts]
+
+
+def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
+    """Python's answers: Plan.lookup, and the runner's RTT rule for the cut it names."""
+    from nscompile.runtime import SplitRunner
+
+    runner = SplitRunner(device_dir, "http://127.0.0.1:9")  # never called: only the decision code runs
+    answers = []
+    for c in conds:
+        cut = runner.plan.lookup(c["bandwidth_mbps"], c["load"], c["objective"])
+        runner.objective = c["objective"]
+        runner.net.rtt.value = c["rtt_ms"]
+        rtt_device = runner._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"])
+        answers.append({"cut": cut, "rtt_device": rtt_device})
+    runner.close()
+    return answers
+
+
+def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
+    need(in_browser=False)
+    compared = splits = 0
+    for device_dir in zoo_builds:
+        doc = json.loads((device_dir / "plan.json").read_text())
+        conds = conditions(doc)
+        r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
+                           input=json.dumps(conds), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        js = json.loads(r.stdout)
+        py = python_decisions(device_dir, conds)
+        assert len(js) == len(py) == len(conds)
+        wrong = [(c, j, p) for c, j, p in zip(conds, js, py) if j != p]
+        assert not wrong, f"{device_dir}: {len(wrong)} of {len(conds)} differ, first: {wrong[0]}"
+        compared += len(conds)
+        splits += sum(1 for p in py if p["cut"] not in (doc["fallback"],) and not p["rtt_device"])
+    # The grid is not trivial: many conditions, and decisions other than all-device among them.
+    assert compared > 100_000 and splits > 1000, (compared, splits)
+
+
+def test_plan_errors_name_the_field(tmp_path):
+    need(in_browser=False)
+    script = """
+import { Plan } from "./plan.js";
+const docs = JSON.parse(await new Response(process.stdin).text());
+const out = docs.map((d) => { try { new Plan(d, "dev/plan.json"); return "ok"; } catch (e) { return e.name + ": " + e.message; } });
+process.stdout.write(JSON.stringify(out));
+"""
+    base = json.loads((rt.make_handmade_build(tmp_path) / "device" / "plan.json").read_text())
+    other_schema = {**base, "schema": "nscompile.plan/9"}
+    no_cuts = {k: v for k, v in base.items() if k != "cuts"}
+    ghost = json.loads(json.dumps(base))
+    ghost["breakpoints"]["latency"][0][0]["cut"] = "ghost"
+    rows = json.loads(json.dumps(base))
+    rows["grid"]["load"] = [1, 2]
+    msgs = json.loads(node(script, json.dumps([base, other_schema, no_cuts, ghost, rows])))
+    assert msgs[0] == "ok"
+    assert msgs[1].startswith("NscompileError: dev/plan.json has schema \"nscompile.plan/9\", expected \"nscompile.plan/1\"")
+    assert "lacks model/cuts/grid" in msgs[2]
+    assert 'names cut "ghost"' in msgs[3]
+    assert "has 4 load rows but the grid has 2 load levels" in msgs[4]
+
+
+# ---------------------------------------------------------------------------------------
+# The wire: JavaScript and Python read each other's messages
+# ---------------------------------------------------------------------------------------
+
+WIRE_ARRAYS = {
+    "f32": np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7,
+    "f16": (np.arange(6, dtype=np.float16) - 2.5).reshape(1, 6),
+    "u8": np.array([[0, 7, 255]], dtype=np.uint8),
+    "i64": np.array([-3, 0, 2**40], dtype=np.int64),
+    "b": np.array([True, False, True]),
+    "f64": np.array([math.pi], dtype=np.float64),
+    "i32": np.array([[-5], [6]], dtype=np.int32),
+}
+
+
+def _js_tensors(arrays: dict) -> list:
+    return [{"name": n, "type": a.dtype.name, "dims": list(a.shape), "bytes": list(np.ascontiguousarray(a).tobytes())}
+            for n, a in arrays.items()]
+
+
+def test_js_requests_decode_in_python():
+    need(in_browser=False)
+    from nscompile.runtime.protocol import HEADER_LENGTH, read_tensors, split_body
+
+    script = """
+import { encodeRequest, TYPES } from "./protocol.js";
+const specs = JSON.parse(await new Response(process.stdin).text());
+const inputs = Object.fromEntries(specs.map((s) =>
+  [s.name, { type: s.type, dims: s.dims, data: new TYPES[s.type][1](new Uint8Array(s.bytes).buffer) }]));
+const { body, headers } = encodeRequest(inputs);
+process.stdout.write(JSON.stringify({ body: Array.from(body), headers }));
+"""
+    out = json.loads(node(script, json.dumps(_js_tensors(WIRE_ARRAYS))))
+    header, binary = split_body(bytes(out["body"]), out["headers"][HEADER_LENGTH])
+    got = read_tensors(header["inputs"], binary)
+    assert header["parameters"] == {"binary_data_output": True}
+    for name, want in WIRE_ARRAYS.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape
+        np.testing.assert_array_equal(got[name], want)
+
+
+def test_python_answers_decode_in_js():
+    need(in_browser=False)
+    from nscompile.runtime.protocol import encode_response
+
+    binary = {n: n != "i32" for n in WIRE_ARRAYS}  # one output as a JSON "data" list
+    body, head_len = encode_response("m", "1", WIRE_ARRAYS, binary)
+    script = """
+import { decodeResponse } from "./protocol.js";
+const { body, headLen } = JSON.parse(await new Response(process.stdin).text());
+const { outputs } = decodeResponse(new Uint8Array(body), String(headLen));
+const json = Object.fromEntries(Object.entries(outputs).map(([n, t]) =>
+  [n, { type: t.type, dims: t.dims, bytes: Array.from(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength)) }]));
+process.stdout.write(JSON.stringify(json));
+"""
+    got = json.loads(node(script, json.dumps({"body": list(body), "headLen": head_len})))
+    for name, want in WIRE_ARRAYS.items():
+        t = got[name]
+        assert t["type"] == want.dtype.name and t["dims"] == list(want.shape), name
+        np.testing.assert_array_equal(np.frombuffer(bytes(t["bytes"]), dtype=want.dtype).reshape(want.shape), want)
+
+
+def test_malformed_answers_are_protocol_errors():
+    need(in_browser=False)
+    script = """
+import { decodeResponse } from "./protocol.js";
+const enc = (o) => new TextEncoder().encode(JSON.stringify(o));
+const cases = [
+  [enc({ outputs: [{ name: "y", datatype: "FP32", shape: [2], parameters: { binary_data_size: 4 } }] }), null],
+  [new Uint8Array([...enc({ outputs: [] }), 1, 2]), String(enc({ outputs: [] }).length)],
+  [enc({ outputs: [{ name: "y", datatype: "BYTES", shape: [1], data: ["a"] }] }), null],
+  [enc({ nothing: 1 }), null],
+];
+process.stdout.write(JSON.stringify(cases.map(([b, h]) => { try { decodeResponse(b, h); return "ok"; } catch (e) { return e.name + ": " + e.message; } })));
+"""
+    msgs = json.loads(node(script))
+    assert msgs[0].startswith("ProtocolError: output \"y\" has shape [2] of FP32 = 8 bytes but binary_data_size says 4")
+    assert "2 bytes of binary data that no output claims" in msgs[1]
+    assert 'datatype "BYTES" is not supported' in msgs[2]
+    assert "no 'outputs' list" in msgs[3]
+
+
+# ---------------------------------------------------------------------------------------
+# The runner, in Node and in Chromium
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory):
+    return rt.make_handmade_build(tmp_path_factory.mktemp("js-handmade"))
+
+
+@pytest.fixture(scope="module")
+def zoo_split_builds(tmp_path_factory):
+    """AlexNet (a chain) and ResNet-18 (a DAG), small, built for the phone-class device: real
+    splits whose prefixes share weights.bin."""
+    from nscompile import zoo
+    from nscompile.compiler import build
+    from nscompile.planner import GridSpec
+
+    root = tmp_path_factory.mktemp("js-zoo")
+    out = {}
+    for name in ("alexnet", "resnet18"):
+        (path,) = zoo.write_models([name], root / "models", size="small")
+        build(path, root / name, device_profile=QUOTA25, grid=GridSpec.parse("0.1:100000:40", "1,2,4,8"),
+              report=False, include_all_cloud=True)
+        out[name] = (root / name, path)
+    return out
+
+
+@pytest.fixture(scope="module", params=["node", pytest.param("chromium", marks=pytest.mark.browser)])
+def harness_kind(request):
+    need(in_browser=request.param == "chromium")
+    return request.param
+
+
+class Rig:
+    """A static site (runner, onnxruntime-web, one device directory, feeds), a server, and a harness."""
+
+    def __init__(self, kind: str, build: Path, tmp: Path, server_options: dict | None = None, cors: bool = True):
+        from nscompile.serve import create_app
+
+        self.build = build
+        self.feeds_dir = tmp / "feeds"
+        self.feeds_dir.mkdir(parents=True, exist_ok=True)
+        self.site = site_for(build / "device", self.feeds_dir)
+        options = {"concurrency": 1, "slowdown_floor_ms": 50.0, "cors_origins": [self.site.url] if cors else [],
+                   **(server_options or {})}
+        self.server = rt.ServerThread(create_app(build / "cloud", **options))
+        self.harness = NodeHarness(tmp) if kind == "node" else PageHarness(tmp, self.site)
+        self.kind = kind
+        self._n = 0
+
+    @property
+    def device_url(self) -> str:
+        return f"{self.site.url}/device/"
+
+    def open(self, server_url: str | None = None, **options) -> dict:
+        return self.harness.call("open", self.device_url, server_url or self.server.url, options)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict:
+        self._n += 1
+        spec = feed_spec(self.feeds_dir, inputs, tag=f"r{self._n}")
+        if self.kind == "node":
+            spec = absolute(spec, self.site)
+        return self.harness.call("run", spec)
+
+    def close(self) -> None:
+        self.harness.close()
+        self.server.stop()
+        self.site.close()
+
+
+@pytest.fixture(scope="module")
+def rig(harness_kind, handmade, tmp_path_factory):
+    r = Rig(harness_kind, handmade, tmp_path_factory.mktemp(f"rig-{harness_kind}"))
+    yield r
+    r.close()
+
+
+def assert_matches(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for name, expected in want.items():
+        actual = to_numpy(got[name])
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
+        np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+@pytest.mark.parametrize("cut", list(rt.CUTS))
+def test_every_cut_equals_whole_model(rig, cut):
+    inputs = rt.sample_inputs()
+    want = rt.reference(rig.build.parent / "tiny.onnx", inputs)
+    ok(rig.open(forceCut=cut))
+    answer = ok(rig.run(inputs))
+    assert_matches(answer["outputs"], want)
+    rec = answer["record"]
+    assert rec["cut"] == cut and rec["reason"] == "forced" and not rec["fell_back"]
+    if cut == "prob":
+        assert rec["upload_bytes"] == 0 and rec["encoding"] is None
+    else:
+        # The same bytes the Python runner sends for this cut.
+        assert rec["upload_bytes"] == sum(t["bytes"] for t in next(
+            c for c in json.loads((rig.build / "plan.json").read_text())["cuts"] if c["id"] == cut)["tensors"])
+        assert rec["encoding"] == "fp32" and rec["server_ms"] > 0 and rec["download_bytes"] > 0
+        assert rec["upload_ms"] + rec["download_ms"] == pytest.approx(rec["transfer_ms"], abs=1e-6)
+        assert rec["total_ms"] >= rec["prefix_ms"] + rec["server_ms"]
+
+
+def test_zoo_splits_equal_whole_model(harness_kind, zoo_split_builds, tmp_path):
+    """Chain and DAG zoo builds, every emitted cut forced, prefixes sharing weights.bin."""
+    import onnxruntime as ort
+
+    for name, (build, model_path) in zoo_split_builds.items():
+        plan = json.loads((build / "plan.json").read_text())
+        assert (build / "device" / "weights.bin").is_file()
+        assert any(c["prefix"] and c["cloud_model"] for c in plan["cuts"]), f"{name}: no real split emitted"
+        rng = np.random.default_rng(3)
+        inputs = {t["name"]: rng.standard_normal(t["shape"]).astype(t["dtype"]) for t in plan["model"]["inputs"]}
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        names = [o["name"] for o in plan["model"]["outputs"]]
+        want = dict(zip(names, sess.run(names, inputs)))
+        r = Rig(harness_kind, build, tmp_path / name)
+        try:
+            for cut in plan["cuts"]:
+                ok(r.open(forceCut=cut["id"]))
+                answer = ok(r.run(inputs))
+                assert_matches(answer["outputs"], want)
+                assert answer["record"]["cut"] == cut["id"] and not answer["record"]["fell_back"]
+        finally:
+            r.close()
+
+
+def test_cut_follows_pinned_conditions(rig):
+    """Pinned bandwidth and load: the cut is Python's look-up for them."""
+    from nscompile.runtime import load_plan
+
+    plan = load_plan(rig.build / "device")
+    inputs = rt.sample_inputs()
+    want = rt.reference(rig.build.parent / "tiny.onnx", inputs)
+    for bw, load in ((0.5, 1.0), (6.0, 1.0), (500.0, 1.0), (500.0, 2.0), (6.0, 4.0), (500.0, 8.0)):
+        ok(rig.open(bandwidthMbps=bw, load=load))
+        answer = ok(rig.run(inputs))
+        rec = answer["record"]
+        assert rec["cut"] == plan.lookup(bw, load) and rec["reason"] in ("table", "plan"), (bw, load, rec)
+        assert rec["bandwidth_mbps"] == bw and rec["load"] == load
+        assert_matches(answer["outputs"], want)
+
+
+def test_measures_the_link_when_not_pinned(rig):
+    """The first request probes (RTT, load, bandwidth); the estimates land in the record."""
+    ok(rig.open())
+    rec = ok(rig.run(rt.sample_inputs()))["record"]
+    assert rec["probe_ms"] > 0 and rec["rtt_ms"] > 0 and rec["bandwidth_mbps"] > 0, rec
+    assert rec["reason"] in ("table", "rtt") and not rec["fell_back"]
+
+
+def test_refused_connection_runs_on_the_device(rig):
+    inputs = rt.sample_inputs()
+    want = rt.reference(rig.build.parent / "tiny.onnx", inputs)
+    ok(rig.open(f"http://127.0.0.1:{rt.free_port()}", deadlineMs=2000))
+    for i in range(3):
+        answer = ok(rig.run(inputs))
+        assert_matches(answer["outputs"], want)
+        rec = answer["record"]
+        assert rec["cut"] == "prob" and rec["reason"] == "backoff" and not rec["fell_back"], rec
+        if i == 0:
+            assert rec["error"] == "server unreachable during probe"
+
+
+def test_deadline_falls_back_then_backs_off(rig):
+    entry = rig.server.app.state.models["tiny_suffix_input"]
+    inputs = rt.sample_inputs()
+    want = rt.reference(rig.build.parent / "tiny.onnx", inputs)
+    ok(rig.open(forceCut="input", deadlineMs=300, backoffS=[0.2, 1.0]))
+    ok(rig.run(inputs))  # the server's session is loaded, the config verified
+    real = entry.session
+    entry.session = rt.SlowSession(real, 1.0)
+    try:
+        answer = ok(rig.run(inputs))
+        rec = answer["record"]
+        assert rec["fell_back"] and rec["reason"] == "fallback" and "300 ms deadline" in rec["error"], rec
+        assert rec["encoding"] is None and rec["fallback_ms"] > 0
+        assert_matches(answer["outputs"], want)
+    finally:
+        time.sleep(1.1)  # the abandoned request finishes before the real session returns
+        entry.session = real
+
+
+def test_server_errors_fall_back(harness_kind, handmade, tmp_path):
+    """A server answering 503 to every infer (a full queue): each request finishes on the device."""
+    r = Rig(harness_kind, handmade, tmp_path, server_options={"max_queue": 0})
+    try:
+        inputs = rt.sample_inputs()
+        want = rt.reference(handmade.parent / "tiny.onnx", inputs)
+        ok(r.open(forceCut="relu1", backoffS=[0.05, 0.1]))
+        answer = ok(r.run(inputs))
+        rec = answer["record"]
+        assert rec["fell_back"] and "server answered 503" in rec["error"], rec
+        assert_matches(answer["outputs"], want)
+    finally:
+        r.close()
+
+
+class WrongShapeSession:
+    """A suffix session whose every output has one element too many (a server with wrong artifacts)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def run(self, names, feeds):
+        return [np.concatenate([a, a[..., :1]], axis=-1) for a in self.inner.run(names, feeds)]
+
+
+def test_wrong_shapes_from_the_server_are_an_error(rig):
+    entry = rig.server.app.state.models["tiny_suffix_relu1"]
+    ok(rig.open(forceCut="relu1"))
+    ok(rig.run(rt.sample_inputs()))  # loads the session
+    real = entry.session
+    entry.session = WrongShapeSession(real)
+    try:
+        answer = rig.run(rt.sample_inputs())
+    finally:
+        entry.session = real
+    assert answer["error"]["name"] == "NscompileError" and "outputs" not in answer
+    msg = answer["error"]["message"]
+    assert 'answered output "prob" as float32 [1,11]' in msg and "plan.json's model.outputs says float32 [1,10]" in msg
+
+
+def test_bad_device_directory_is_one_clear_error(harness_kind, handmade, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(handmade, broken)
+    (broken / "device" / "prefix_relu2.onnx").unlink()
+    r = Rig(harness_kind, broken, tmp_path / "rig")
+    try:
+        err = r.open(forceCut="relu1")["error"]
+        assert err["name"] == "NscompileError" and "prefix_relu2.onnx" in err["message"], err
+        assert "copy the whole device/ directory" in err["message"]
+        doc = json.loads((broken / "device" / "plan.json").read_text())
+        (broken / "device" / "plan.json").write_text(json.dumps({**doc, "schema": "other/2"}))
+        err = r.open()["error"]
+        assert "plan.json has schema \"other/2\", expected \"nscompile.plan/1\"" in err["message"], err
+        (broken / "device" / "plan.json").write_text("{not json")
+        assert "is not valid JSON" in r.open()["error"]["message"]
+        (broken / "device" / "plan.json").write_text(json.dumps(doc))
+        shutil.copy(handmade / "device" / "prefix_relu2.onnx", broken / "device")
+        ok(r.open(forceCut="prob"))
+        bad = r.run({"x": rt.sample_inputs()["x"]})["error"]
+        assert 'do not match the model\'s ["scale","x"]' in bad["message"], bad
+        bad = r.run({**rt.sample_inputs(), "scale": np.ones((1, 10), np.float64)})["error"]
+        assert 'input "scale" is float64, the model takes float32' in bad["message"], bad
+    finally:
+        r.close()
+
+
+@pytest.mark.browser
+def test_cors_allowed_origin_splits_other_origin_is_refused(handmade, tmp_path):
+    need(in_browser=True)
+    inputs = rt.sample_inputs()
+    want = rt.reference(handmade.parent / "tiny.onnx", inputs)
+    allowed = Rig("chromium", handmade, tmp_path / "allowed", cors=True)
+    try:
+        ok(allowed.open(forceCut="relu2"))
+        rec = ok(allowed.run(inputs))["record"]
+        assert not rec["fell_back"] and rec["server_ms"] > 0, rec
+    finally:
+        allowed.close()
+    refused = Rig("chromium", handmade, tmp_path / "refused", server_options={"cors_origins": ["http://example.org"]},
+                  cors=False)
+    try:
+        ok(refused.open(forceCut="relu2"))
+        answer = ok(refused.run(inputs))
+        rec = answer["record"]
+        assert rec["fell_back"] and rec["reason"] == "fallback" and "Failed to fetch" in rec["error"], rec
+        assert_matches(answer["outputs"], want)  # finished on the device
+        assert "blocked by CORS policy" in refused.harness.console()
+    finally:
+        refused.close()
+
+
+def test_onnxruntime_node_reads_prefixes_from_disk(zoo_split_builds, tmp_path):
+    """With onnxruntime-node (optional, not in package.json) the runner loads prefixes by path."""
+    need(in_browser=False)
+    if not (JS_DIR / "node_modules" / "onnxruntime-node").is_dir():
+        pytest.skip("onnxruntime-node is not installed in nscompile/runtime/js (npm install --ignore-scripts onnxruntime-node)")
+    build, model_path = zoo_split_builds["alexnet"]
+    plan = json.loads((build / "plan.json").read_text())
+    split = next(c["id"] for c in plan["cuts"] if c["prefix"] and c["cloud_model"])
+    from nscompile.serve import create_app
+    from nscompile.testbed.testbed import Worker
+
+    inputs = {"data": np.random.default_rng(0).standard_normal(plan["model"]["inputs"][0]["shape"]).astype(np.float32)}
+    spec = feed_spec(tmp_path / "feeds", inputs)
+    server = rt.ServerThread(create_app(build / "cloud"))
+    site = site_for(build / "device", tmp_path / "feeds")
+    worker = Worker(["node", str(JS_DIR / "tools" / "node_harness.js"), "--ort", "onnxruntime-node"], "ort-node", tmp_path)
+    try:
+        assert worker.answer(60)["value"]["ort"]["node"]
+        ask = lambda fn, *a: worker.ask(120, op="call", fn=fn, args=list(a))["value"]  # noqa: E731
+        ok(ask("open", str(build / "device"), server.url, {"forceCut": split}))
+        got = ok(ask("run", absolute(spec, site)))
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model_path))
+        want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)))
+        assert_matches(got["outputs"], want)
+    finally:
+        worker.close()
+        site.close()
+        server.stop()
