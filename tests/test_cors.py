@@ -108,7 +108,7 @@ def test_origins_are_checked():
 
 
 def test_cli_refuses_a_bad_origin(build):
-    from conftest import run_cli
+    from helpers import run_cli
 
     r = run_cli("serve", build / "cloud", "--cors-origin", "localhost:8080")
     assert r.returncode == 2 and "--cors-origin 'localhost:8080' is not an origin" in r.stderr

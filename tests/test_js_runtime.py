@@ -69,11 +69,13 @@ def zoo_builds(tmp_path_factory):
             out = root / f"{info.name}-{tag}"
             build(path, out, device_profile=device, grid=grid, verify=False, report=False, include_all_cloud=True)
             builds.append(out / "device")
-    # The same look-up from buckets alone (a plan written before breakpoints existed).
+    # The same look-up from buckets alone (a plan written before breakpoints and the device-load axis existed).
     bucketed = root / "alexnet-buckets"
     shutil.copytree(root / "alexnet-quota25" / "device", bucketed)
     doc = json.loads((bucketed / "plan.json").read_text())
-    del doc["breakpoints"]
+    for key in ("breakpoints", "device_breakpoints", "device_tables"):
+        del doc[key]
+    doc["grid"].pop("device_load")
     (bucketed / "plan.json").write_text(json.dumps(doc))
     builds.append(bucketed)
     return builds
@@ -112,7 +114,7 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
         cut = runner.plan.lookup(c["bandwidth_mbps"], c["load"], c["objective"])
         runner.objective = c["objective"]
         runner.net.rtt.value = c["rtt_ms"]
-        rtt_device = runner._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"])
+        rtt_device = runner.policy._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"], 1.0)
         answers.append({"cut": cut, "rtt_device": rtt_device})
     runner.close()
     return answers
@@ -321,12 +323,17 @@ def rig(harness_kind, handmade, tmp_path_factory):
     r.close()
 
 
-def assert_matches(got: dict, want: dict) -> None:
+def assert_matches(got: dict, want: dict, rel_l2: float | None = None) -> None:
+    """Equal to the whole model: tightly, or (a lossy cut) within the build's relative L2 gate."""
     assert list(got) == list(want)
     for name, expected in want.items():
         actual = to_numpy(got[name])
         assert actual.dtype == expected.dtype and actual.shape == expected.shape, name
-        np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=name)
+        if rel_l2 is None:
+            np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL, err_msg=name)
+        else:
+            rel = np.linalg.norm(actual.astype(np.float64) - expected) / max(float(np.linalg.norm(expected)), 1e-12)
+            assert rel <= rel_l2, (name, rel)
 
 
 @pytest.mark.parametrize("cut", list(rt.CUTS))
@@ -367,7 +374,8 @@ def test_zoo_splits_equal_whole_model(harness_kind, zoo_split_builds, tmp_path):
             for cut in plan["cuts"]:
                 ok(r.open(forceCut=cut["id"]))
                 answer = ok(r.run(inputs))
-                assert_matches(answer["outputs"], want)
+                lossy = cut.get("encoding", "fp32") != "fp32"
+                assert_matches(answer["outputs"], want, plan["accuracy_gate"]["tolerance"]["rel_l2"] if lossy else None)
                 assert answer["record"]["cut"] == cut["id"] and not answer["record"]["fell_back"]
         finally:
             r.close()

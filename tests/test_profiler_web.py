@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import run_cli
+from helpers import run_cli
 from js_support import need
 
 
