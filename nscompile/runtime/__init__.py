@@ -1,6 +1,6 @@
 """The device side: run a prefix here, the suffix on a server, fall back when it fails.
 
-Imports numpy, onnxruntime and httpx only (no onnx, onnx-graphsurgeon, scikit-learn or
+Imports numpy, onnxruntime and httpx only (no onnx, scikit-learn or
 typer), so a device can install just those and copy this package.
 
     from nscompile.runtime import SplitRunner
