@@ -277,7 +277,11 @@ RAW_CASES = {
     "malformed request line": (b"GARBAGE\r\n\r\n", False, 400),
     "header line without a colon": (b"GET /v2 HTTP/1.1\r\nHost: x\r\nnocolon\r\n\r\n", False, 400),
     "100 KB header": (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", False, 431),
-    "endless header line (20 MB, never ends)": (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 << 20), False, 431),
+    # The server answers 431 and closes while the client is still sending; the kernel then
+    # resets the connection, and a reset can discard the answer before the client reads it
+    # (seen once in a CI run on a busy machine). Either way nothing was buffered: closed
+    # without an answer (None) is as good a refusal.
+    "endless header line (20 MB, never ends)": (b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (20 << 20), False, (431, None)),
     "GET on infer": (f"GET {INFER} HTTP/1.1\r\nHost: x\r\n\r\n".encode(), False, 405),
 }
 
@@ -286,7 +290,7 @@ RAW_CASES = {
 def test_bad_raw_http(server, case):
     data, shut_write, status = RAW_CASES[case]
     got_status, got = raw_exchange(server.port, data, shut_write=shut_write)
-    assert got_status == status, got[:300]
+    assert got_status in (status if isinstance(status, tuple) else (status,)), got[:300]
     with httpx.Client(timeout=30) as c:
         assert c.get(f"{server.url}/v2/health/live").status_code == 200
 
