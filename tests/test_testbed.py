@@ -191,14 +191,14 @@ def test_userspace_testbed_pins_nothing_and_says_so(tmp_path):
 def lenet_build(tmp_path_factory):
     """A build of the small LeNet (device profile and this CPU's one-thread profile as the server's)."""
     from nscompile.testbed.experiments import (
-        SINGLE_CORE_CLOUD_PROFILE,
+        single_core_cloud_profile,
         _build,
         _prepare_model,
     )
 
     root = tmp_path_factory.mktemp("lenet")
     _build(_prepare_model("lenet", "small", root / "models"), root / "build", default_profile_path("device"),
-           SINGLE_CORE_CLOUD_PROFILE)
+           single_core_cloud_profile())
     return root / "build"
 
 

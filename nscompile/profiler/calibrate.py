@@ -57,7 +57,7 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
     from nscompile.verify import random_inputs
 
     model = load_model(model_path, input_shapes)
-    features = graph_features(model.model.graph, model.shapes(), model.constants)
+    features = graph_features(model.model.graph, model.shapes(), model.constants, profile.nchwc_block)
     predicted = np.array([profile.predict_ms(f) for f in features])
     feeds = random_inputs(model)
     with tempfile.TemporaryDirectory(prefix="nscompile-calib-") as tmp:

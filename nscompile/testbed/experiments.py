@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile
+from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile, shipped_for_this_cpu
 from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
 from nscompile.runtime.plan import Cut
@@ -51,8 +51,17 @@ NOISE_FLOOR_MS = 1.0
 #: median sits the later rounds out: it cannot be the oracle, and a cut meant for gigabit
 #: links would spend minutes per round uploading megabytes over 3G.
 PRUNE = 2.0
-#: The server profile when the testbed pins the server to one CPU: this machine's CPU, one thread.
-SINGLE_CORE_CLOUD_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"
+
+
+def single_core_cloud_profile() -> Path:
+    """The server profile when the testbed pins the server to one CPU: this machine's CPU,
+    one thread, no quota (the shipped AMD EPYC one where this CPU has none)."""
+    for p in shipped_for_this_cpu("device"):
+        d = json.loads(p.read_text())
+        if d.get("threads") == 1 and not d.get("cpu_quota_cores"):
+            return p
+    return COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"
+
 
 RESULT_COLUMNS = [
     "model", "network", "device_profile", "load", "clients", "server_load_k",
@@ -119,8 +128,11 @@ class BenchConfig:
 
 
 def device_profiles_default() -> list[Path]:
-    """Every shipped profile of kind "device" (the default device profile first)."""
-    paths = []
+    """The shipped device profiles made on this machine's kind of CPU (the testbed measures
+    on it), the default first; where none was, every shipped device profile."""
+    paths = shipped_for_this_cpu("device")
+    if paths:
+        return paths
     default = default_profile_path("device")
     if default.is_file():
         paths.append(default)
@@ -144,7 +156,7 @@ def cloud_profile_default(testbed: Testbed) -> Path:
     otherwise the shipped server profile.
     """
     if testbed.server_cpus and len(testbed.server_cpus) == 1:
-        return SINGLE_CORE_CLOUD_PROFILE
+        return single_core_cloud_profile()
     return default_profile_path("server")
 
 
