@@ -157,7 +157,7 @@ class Device:
               device_load: float | None = None) -> list[dict]:
         """Requests back to back while the link follows ``phases`` (see the ``trace`` op)."""
         self.fresh(stale_s)
-        self.runner.policy.device.reset()  # learn the device's speed afresh (or not at all: pinned)
+        self.runner.cut_policy.device.reset()  # learn the device's speed afresh (or not at all: pinned)
         self.runner.fixed_device_load = device_load
         time.sleep(max(0.0, t0 - time.monotonic()))  # start with the testbed's switch of the link
         records, end = [], t0 + phases[-1]["until_s"]
