@@ -2,8 +2,9 @@
 
 Nothing here knows about ONNX. The compiler maps a graph and an objective (latency or
 device energy at some bandwidth, load and RTT) onto a :class:`CutGraph` and one or two
-:class:`Weights`, then calls :func:`solve` (one operating point) or
-:func:`lower_envelope` (every bandwidth of a load level at once).
+:class:`Weights`, then calls :func:`solve` (one operating point),
+:func:`lower_envelope` (every bandwidth of a load level at once) or :func:`pareto_front`
+(every trade-off ``latency + lambda * energy`` of one condition at once).
 
 Method (DADS, INFOCOM 2019, extended to multi-consumer tensors, graph inputs, downloads
 and a fixed remote cost). The source side of an s-t cut is the device:

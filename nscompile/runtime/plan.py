@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from nscompile.errors import NscompileError
@@ -362,7 +362,8 @@ class Plan:
         return self._fronts[row[i if i >= 0 else 0]]
 
     def pareto_front(self, bandwidth_mbps: float, load: float = 1.0, rtt_ms: float | None = None,
-                     downlink_mbps: float | None = None, device_load: float = 1.0) -> list[ParetoPoint]:
+                     downlink_mbps: float | None = None, device_load: float = 1.0,
+                     energy: EnergyModel | None = None) -> list[ParetoPoint]:
         """The latency-energy front at the given conditions, fastest first.
 
         The candidates are the stored front of the condition's bucket (:meth:`front_cuts`),
@@ -378,6 +379,8 @@ class Plan:
             rtt_ms: round-trip time; None: the RTT the plan assumed.
             downlink_mbps: downlink Mbit/s; None: the plan's (None there: the uplink's).
             device_load: device slowdown Kd (the front is that of the nearest level).
+            energy: evaluate the energy with this model instead of the plan's (e.g. the
+                radio of another network; the stored fronts were solved with the plan's).
 
         Returns:
             The points.
@@ -385,8 +388,9 @@ class Plan:
         Raises:
             NscompileError: the plan has no energy model (built before it had one).
         """
-        if self.energy_model is None:
+        if self.energy_model is None and energy is None:
             raise NscompileError("this plan has no energy_model, so no latency-energy front; rebuild it with this nscompile")
+        cuts = self.cuts if energy is None else {c: replace(cut, energy=energy) for c, cut in self.cuts.items()}
         ids = dict.fromkeys(self.front_cuts(bandwidth_mbps, load, device_load))
         for objective in ("latency", "energy"):
             if objective in self._tables:
@@ -395,7 +399,7 @@ class Plan:
         rtt = self.rtt_ms if rtt_ms is None else rtt_ms
         down = downlink_mbps if downlink_mbps is not None else (float(self.downlink_mbps) if self.downlink_mbps else None)
         conditions = (bandwidth_mbps, load, rtt, down, device_load)
-        points = sorted((ParetoPoint(c, self.cuts[c].latency_ms(*conditions), self.cuts[c].energy_mj(*conditions))
+        points = sorted((ParetoPoint(c, cuts[c].latency_ms(*conditions), cuts[c].energy_mj(*conditions))
                          for c in ids), key=lambda p: (p.latency_ms, p.energy_mj))
         front: list[ParetoPoint] = []
         for p in points:
