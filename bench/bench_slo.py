@@ -22,8 +22,8 @@ times the device profile's power figures (compute, idle, Huang et al.'s radio mo
 preset); the profile's power is assumed, not metered.
 
 Run (root, for the kernel-mode link and quota): ``python bench/bench_slo.py [--models
-alexnet,mobilenetv2] [--networks LTE,WIFI] [--rounds 40] [-o DIR]``; writes ``slo.csv`` and
-prints a Markdown table.
+alexnet,mobilenetv2] [--networks LTE,WIFI] [--rounds 40] [-o DIR]``; writes ``slo.csv`` (one row
+per SLO and policy), ``requests.csv`` (every request's record) and prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -80,8 +80,13 @@ def slos_for(build_dir: Path, network: str) -> tuple[dict[str, float], dict]:
     return slos, basis
 
 
-def measure(model: str, network: str, build_dir: Path, tb: Testbed, rounds: int, max_s: float) -> list[dict]:
-    """One model on one network: every policy side by side; one row per (SLO, policy)."""
+def measure(model: str, network: str, build_dir: Path, tb: Testbed, rounds: int, max_s: float,
+            requests: list[dict]) -> list[dict]:
+    """One model on one network: every policy side by side; one row per (SLO, policy).
+
+    Every request's record (its policy, cut, estimates, prediction and phase times) is
+    appended to ``requests``.
+    """
     profile = load_profile(PHONE)
     cores = profile.meta.get("cpu_quota_cores") if isinstance(profile.meta, dict) else None
     slos, basis = slos_for(build_dir, network)
@@ -94,6 +99,7 @@ def measure(model: str, network: str, build_dir: Path, tb: Testbed, rounds: int,
             s.run(c, 1)
         s.set_network(rates)
         records = s.policy_rounds(policies, rounds, warmup=2, max_s=max_s, fresh=True)
+    requests.extend({"model": model, "network": network, **r} for recs in records.values() for r in recs)
     radio = RADIO_OF_PRESET[network]
     rows = []
     for slo_name, target in slos.items():
@@ -125,15 +131,16 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="nscompile-slo-"))
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, requests = [], []
     with Testbed(out / "logs") as tb:
         print(f"testbed: {tb.describe()}")
         cloud = cloud_profile_default(tb)
         for model in args.models.split(","):
             for network in args.networks.split(","):
                 build_dir = build_for(model, network, out, cloud)
-                rows += measure(model, network, build_dir, tb, args.rounds, args.max_s)
+                rows += measure(model, network, build_dir, tb, args.rounds, args.max_s, requests)
                 write_csv(out / "slo.csv", rows)  # after each case: partial results survive
+                write_csv(out / "requests.csv", requests)
     print("| model | network | SLO | policy | cuts used | within SLO | median ms | p90 ms | device mJ (mean) | predicted ms / mJ |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -118,7 +118,7 @@ class CutPolicy:
         # The last decision and the (policy, bandwidth, load, RTT, device level) it was made
         # for, with the predicted point. A device running its prefix alone learns nothing new
         # of the network, so most requests repeat the previous decision; reusing it keeps
-        # the look-up (~5 us of Python; ~20 us for a front) off a model that may itself take
+        # the look-up (~5 us of Python; ~9 us for an AlexNet front) off a model that may itself take
         # only tens of microseconds. The device load enters as its plan level, since every
         # run moves the estimate a little; predictions use that level's Kd for the same reason.
         self._decision: tuple[tuple, str, str, tuple] = ((), "", "", (None, None))
