@@ -286,4 +286,10 @@ def plan_document(model: LoadedModel, plan: Plan, cut_docs: list[dict], profiles
         "device_tables": plan.device_tables,
         "device_breakpoints": {o: [[[{"from_mbps": b, "cut": c} for b, c in row] for row in rows] for rows in levels]
                                for o, levels in plan.device_breakpoints.items()},
+        # What the runtime needs to predict a cut's device energy where it is (Cut.energy_mj).
+        "energy_model": plan.energy_model,
+        # The latency-energy fronts: each distinct one once (cut ids, fastest first), and per
+        # [device level][load][bucket] the number of that condition's front.
+        "pareto": {"fronts": plan.pareto_fronts, "index": plan.pareto_index},
     }
+

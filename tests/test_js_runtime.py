@@ -114,7 +114,7 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
         cut = runner.plan.lookup(c["bandwidth_mbps"], c["load"], c["objective"])
         runner.objective = c["objective"]
         runner.net.rtt.value = c["rtt_ms"]
-        rtt_device = runner.policy._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"], 1.0)
+        rtt_device = runner.cut_policy._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"], 1.0)
         answers.append({"cut": cut, "rtt_device": rtt_device})
     runner.close()
     return answers

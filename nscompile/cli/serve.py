@@ -66,7 +66,8 @@ def run(
     device_dir: Path = typer.Argument(..., help="The device/ directory of a build."),
     server: str = typer.Option(..., help="Server base URL, e.g. http://10.0.0.2:8000."),
     input: list[str] = typer.Option(..., "--input", help="NAME=FILE.npy, once per model input."),
-    objective: str = typer.Option("latency", help="latency or energy."),
+    objective: Optional[str] = typer.Option(None, help="latency or energy (default latency; or pass --policy)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="latency, energy, slo(latency_ms=X), budget(energy_mj=Y) or weighted(LAM)."),
     output_dir: Optional[Path] = typer.Option(None, help="Write each output as NAME.npy here."),
     cut: Optional[str] = typer.Option(None, help="Force this cut instead of looking it up."),
     bandwidth_mbps: Optional[float] = typer.Option(None, help="Use this uplink bandwidth instead of measuring it."),
@@ -79,7 +80,7 @@ def run(
 
     inputs = dict(_parse_input(s) for s in input)
     with SplitRunner(
-        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
+        device_dir, server, objective, policy=policy, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
         device_load=device_load,
     ) as runner:
         outputs, record = runner.run(inputs, with_record=True)

@@ -10,9 +10,11 @@ library chatter on stdout is ignored) per command:
   measured requests (``cut`` null: nscompile chooses; else that cut is forced), after
   ``warmup`` unmeasured ones, stopping early after ``max_s`` seconds (at least 3 kept);
   ``fresh`` forgets the bandwidth/RTT/load estimates first (a new network);
-- ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "min_s", "fresh": bool, "prune"}``:
+- ``{"op": "rounds", "cuts": [null | ID, ...], "rounds", "warmup", "max_s", "min_s", "fresh": bool, "prune",
+  "policies": [null | POLICY, ...]}``:
   the modes measured side by side: each round runs one request per mode (null:
-  nscompile chooses; an id: that cut forced), in a fresh seeded random order each round
+  nscompile chooses, under ``policies[i]`` when given, e.g. "slo(latency_ms=150)"; an id:
+  that cut forced), in a fresh seeded random order each round
   so that no mode always goes first or always follows the same mode; stops after ``rounds`` rounds, or earlier once
   ``max_s`` seconds have passed and at least 3 rounds are done, or later while under
   ``min_s`` seconds (up to ``MAX_ROUNDS``: fast models get sharper medians for free). ``warmup`` unmeasured
@@ -125,11 +127,23 @@ class Device:
         return records
 
     def rounds(self, cuts: list[str | None], rounds: int, warmup: int, max_s: float, fresh: bool,
-               stale_s: float | None = None, prune: float = 0.0, min_s: float = 0.0) -> list[list[dict]]:
+               stale_s: float | None = None, prune: float = 0.0, min_s: float = 0.0,
+               policies: list[str | None] | None = None) -> list[list[dict]]:
         """Measure every mode of ``cuts`` side by side (see the ``rounds`` op); records per mode."""
+        policies = policies or [None] * len(cuts)
+        if len(policies) != len(cuts):
+            raise ValueError(f"rounds: {len(policies)} policies for {len(cuts)} modes")
+        usual = self.runner.policy
+        try:
+            return self._rounds(cuts, rounds, warmup, max_s, fresh, stale_s, prune, min_s, policies, usual)
+        finally:
+            self.runner.policy = usual
+
+    def _rounds(self, cuts, rounds, warmup, max_s, fresh, stale_s, prune, min_s, policies, usual) -> list[list[dict]]:
         if fresh:
             self.fresh(stale_s)
         if None in cuts:
+            self.runner.policy = policies[cuts.index(None)] or usual
             for _ in range(warmup):
                 self.one_of_many(None)
         records: list[list[dict]] = [[] for _ in cuts]
@@ -145,6 +159,7 @@ class Device:
             # predecessor, so nscompile's own requests always followed the same cut.)
             order = [i for i in shuffler.sample(range(len(cuts)), len(cuts)) if i not in out]
             for slot, i in enumerate(order):
+                self.runner.policy = policies[i] or usual  # a policy may change between calls
                 rec = self.one_of_many(cuts[i])
                 rec["round"], rec["slot"] = r, slot
                 records[i].append(rec)
@@ -157,7 +172,7 @@ class Device:
               device_load: float | None = None) -> list[dict]:
         """Requests back to back while the link follows ``phases`` (see the ``trace`` op)."""
         self.fresh(stale_s)
-        self.runner.policy.device.reset()  # learn the device's speed afresh (or not at all: pinned)
+        self.runner.cut_policy.device.reset()  # learn the device's speed afresh (or not at all: pinned)
         self.runner.fixed_device_load = device_load
         time.sleep(max(0.0, t0 - time.monotonic()))  # start with the testbed's switch of the link
         records, end = [], t0 + phases[-1]["until_s"]
@@ -228,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                 answer = {"ok": True, "records": dev.rounds(list(cmd["cuts"]), int(cmd.get("rounds", 5)), int(cmd.get("warmup", 1)),
                                                             float(cmd.get("max_s", 60.0)), bool(cmd.get("fresh", False)),
                                                             cmd.get("stale_s"), float(cmd.get("prune") or 0.0),
-                                                            float(cmd.get("min_s") or 0.0))}
+                                                            float(cmd.get("min_s") or 0.0), cmd.get("policies"))}
             elif op == "trace":
                 answer = {"ok": True, "records": dev.trace(cmd.get("cut"), float(cmd["t0"]), cmd["phases"], cmd.get("stale_s"),
                                                            cmd.get("device_load"))}

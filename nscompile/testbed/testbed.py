@@ -189,6 +189,22 @@ class Session:
                                  max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=prune)
         return dict(zip(cuts, answer["records"]))
 
+    def policy_rounds(self, policies: list[str], rounds: int, warmup: int = 1, max_s: float = 60.0, fresh: bool = False,
+                      stale_s: float = 10.0, min_s: float = 0.0, timeout_s: float = 1800.0) -> dict[str, list[dict]]:
+        """nscompile's own requests under several policies, side by side (see :meth:`rounds`).
+
+        Args:
+            policies: policy text forms ("latency", "slo(latency_ms=150)", ...), one mode each.
+            rounds, warmup, max_s, fresh, stale_s, min_s, timeout_s: as for :meth:`rounds`.
+
+        Returns:
+            policy -> its RunRecords as dicts.
+        """
+        answer = self.device.ask(timeout_s=timeout_s, op="rounds", cuts=[None] * len(policies), rounds=rounds,
+                                 warmup=warmup, max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=0.0,
+                                 policies=list(policies))
+        return dict(zip(policies, answer["records"]))
+
     def trace(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float = 3.0) -> list[dict]:
         """Requests back to back while the link follows ``phases`` ((seconds, rates) each).
 
