@@ -210,7 +210,8 @@ def artifact_name(cut_id: str) -> str:
     return cut_id.replace("@", "-")
 
 
-def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str) -> dict:
+def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str,
+              link_weights: bool = False) -> dict:
     prefix = suffix = cloud_model = None
     name = artifact_name(cut.id)
     sent = cut.upload
@@ -227,7 +228,11 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
         version_dir.mkdir(parents=True)
         used = {i for node, on_device in zip(model.nodes, cut.device) if not on_device for i in node.input}
         stored = used & model.weights.arrays.keys()
-        suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored) if stored else {}
+        suffix_offsets = {}
+        if stored and link_weights:
+            suffix_offsets = _link_weights(device_dir / WEIGHTS_FILE, version_dir / "model.onnx.data", offsets)
+        if stored and not suffix_offsets:
+            suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored)
         sub = submodel(model, ~cut.device, sent, cut.download, suffix_offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
         if cut.is_lossy:
             decode_inputs(sub.graph, cut.wire)
@@ -293,18 +298,21 @@ class CutEmitter:
         tolerance: what a lossy pair may change (default: the build's, relative L2 1e-2, top-1 0.99).
         calibration: real inputs for the accuracy gate (:func:`nscompile.accuracy.load_calibration`);
             None: the verification's random inputs.
+        link_weights: each suffix's weights file is a hard link to ``device/weights.bin``
+            instead of a copy of what it uses (a hundred suffixes of VGG-19 would copy
+            50 GB); only onnxruntime-based servers read such a repository.
 
     Use it as a context manager: leaving waits for the verification's runs.
     """
 
     def __init__(self, model: LoadedModel, annotation, build_dir: Path, *, input_bytes: int | None = None,
-                 triton_backend: str = "onnxruntime", tolerance=None, calibration=None):
+                 triton_backend: str = "onnxruntime", tolerance=None, calibration=None, link_weights: bool = False):
         from nscompile.accuracy import AccuracyGate, Tolerance
         from nscompile.verify import Verifier
 
         check_triton_backend(triton_backend)
         self.model, self.annotation, self.build_dir = model, annotation, Path(build_dir)
-        self.triton_backend = triton_backend
+        self.triton_backend, self.link_weights = triton_backend, link_weights
         self.graph, self.names = cut_graph(model)
         self.wire = tensor_wire_bytes(model, self.names, input_bytes)
         self.encodings, _ = usable_encodings(model, ENCODINGS)
@@ -355,7 +363,7 @@ class CutEmitter:
                                      "changes nothing on the wire; emit it as fp32")
         cut = _describe_cuts(self.model, self.annotation, self.graph, self.names, self.wire, [mask], [encoding], codecs)[0]
         cut.id = self._name(mask, cut.id, encoding, cut_id)
-        entry = _emit_cut(self.model, cut, self.offsets, self.device_dir, self.cloud_dir, self.triton_backend)
+        entry = _emit_cut(self.model, cut, self.offsets, self.device_dir, self.cloud_dir, self.triton_backend, self.link_weights)
         try:
             if encoding == LOSSLESS:
                 self._verifier.check(self.build_dir, {"cuts": [entry]})
@@ -440,6 +448,20 @@ def emit_cut(model: LoadedModel, annotation, device_mask, encoding: str, out_dir
     cut_id = options.pop("cut_id", None)
     with CutEmitter(model, annotation, out_dir, **options) as emitter:
         return emitter.emit(device_mask, encoding, cut_id)
+
+
+def _link_weights(shared: Path, target: Path, offsets: dict) -> dict:
+    """Make ``target`` a hard link to the shared weights file; its offsets, or {} where links cannot be made.
+
+    onnxruntime (and so Triton's onnxruntime backend and ``nscompile serve``) reads linked
+    external data; the onnx package refuses to (a guard against link attacks), which is
+    why the build's own suffixes get copies.
+    """
+    try:
+        target.hardlink_to(shared)
+    except OSError:
+        return {}
+    return offsets
 
 
 def _tensor_doc(model: LoadedModel, name: str) -> dict:

@@ -135,3 +135,16 @@ def test_emitting_into_a_build_keeps_its_cuts_and_ids(tmp_path):
     assert entry["id"] not in ids and entry["id"].startswith("input")  # all-cloud is in the build already as 'input'
     assert (tmp_path / "build" / "device" / "weights.bin").read_bytes() == weights
     assert {c["id"] for c in json.loads((tmp_path / "build" / "plan.json").read_text())["cuts"]} == ids  # plan.json untouched
+
+
+def test_linked_suffix_weights_share_the_device_file(tmp_path):
+    model, ann = _loaded(tmp_path, make_model())
+    out = tmp_path / "b"
+    entry = emit_cut(model, ann, _closure(model, ["relu1"]), "fp32", out, link_weights=True)
+    data = out / entry["suffix"].replace("model.onnx", "model.onnx.data")
+    assert data.stat().st_ino == (out / "device" / "weights.bin").stat().st_ino
+    feeds = {"x": np.ones((1, 8, 32, 32), np.float32), "scale": np.ones((1, 10), np.float32)}
+    whole = ort.InferenceSession(str(model.path), providers=["CPUExecutionProvider"])
+    got = _run_pair(out, entry, feeds)
+    for name, value in zip([o.name for o in whole.get_outputs()], whole.run(None, feeds)):
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)

@@ -160,3 +160,76 @@ def emitted_sets(model, build_dir: Path, plan: dict) -> dict[str, tuple[np.ndarr
                     mask[index[node.name]] = True
         out[cut["id"]] = (mask, cut.get("encoding") or LOSSLESS)
     return out
+
+
+#: plan.json key where the testbed lists a build's oracle candidates; bump ``version`` when
+#: the choice of candidates changes, so that cached bench builds are made again.
+ORACLE_KEY = "oracle"
+ORACLE_VERSION = 1
+
+
+def hex_mask(mask: np.ndarray) -> str:
+    """A device set as a hex bit mask (bit i: node i), as the device worker's bounds read it."""
+    return format(int.from_bytes(np.packbits(mask.astype(bool), bitorder="little").tobytes(), "little"), "x")
+
+
+def weight_bytes(model, mask: np.ndarray) -> int:
+    """Bytes of stored weights a cut's two sessions hold: the prefix's and the suffix's together."""
+    arrays = model.weights.arrays
+    total = 0
+    for side in (mask, ~mask):
+        used = {i for node, on in zip(model.nodes, side) if on for i in node.input}
+        total += sum(arrays[n].nbytes for n in used if n in arrays)
+    return int(total)
+
+
+def add_oracle_candidates(model_path: Path, build_dir: Path, plan: dict, device_profile: Path, cloud_profile: Path,
+                          encodings: tuple[str, ...]) -> dict:
+    """Emit every oracle candidate a build lacks into it and list them all in its ``plan.json``.
+
+    New cuts get ``"oracle_candidate": true`` (no table names them, so the runtime never
+    picks one unforced); their suffixes' weights are hard links to the device's weights
+    file. A lossy candidate beyond the build's accuracy tolerance is left out, as the
+    build leaves out its own, and listed under ``rejected``.
+
+    Returns:
+        The updated plan document; its ``oracle`` key holds ``version``, ``kind`` ("chain"
+        or "dag"), ``candidates`` (every candidate's cut id, the build's own cuts among
+        them), ``sets`` (cut id -> :func:`hex_mask` of every cut of the plan), ``weights``
+        (cut id -> :func:`weight_bytes`) and ``rejected``.
+    """
+    from nscompile.annotate import annotate
+    from nscompile.backend import CutEmitter, CutRejected, write_plan
+    from nscompile.cost_model import load_profile
+    from nscompile.frontend import load_model
+    from nscompile.planner import cut_graph, usable_encodings
+
+    model = load_model(model_path)
+    ann = annotate(model, load_profile(device_profile), load_profile(cloud_profile))
+    graph, names = cut_graph(model)
+    emitted = emitted_sets(model, build_dir, plan)
+    usable, _ = usable_encodings(model, encodings)
+    kind, candidates = oracle_candidates(model, graph, names, usable, emitted)
+    sets = {cut_id: hex_mask(mask) for cut_id, (mask, _) in emitted.items()}
+    weights = {cut_id: weight_bytes(model, mask) for cut_id, (mask, _) in emitted.items()}
+    ids, rejected, entries = [], [], []
+    with CutEmitter(model, ann, build_dir, link_weights=True) as emitter:
+        for c in candidates:
+            if c.cut_id is not None:
+                ids.append(c.cut_id)
+                continue
+            try:
+                entry = emitter.emit(c.mask, c.encoding)
+            except CutRejected as exc:
+                rejected.append({"cut": exc.cut_id, "violations": exc.accuracy["violations"]})
+                continue
+            entry["oracle_candidate"] = True
+            entries.append(entry)
+            ids.append(entry["id"])
+            sets[entry["id"]] = hex_mask(c.mask)
+            weights[entry["id"]] = weight_bytes(model, c.mask)
+    plan = {**plan, "cuts": plan["cuts"] + entries}
+    plan[ORACLE_KEY] = {"version": ORACLE_VERSION, "kind": kind, "encodings": list(usable), "candidates": ids,
+                        "sets": sets, "weights": weights, "rejected": rejected}
+    write_plan(build_dir, plan)
+    return plan
