@@ -164,15 +164,19 @@ def _quota_slowdown(threads: int, provider: str) -> float:
     """Wall time over CPU time of onnxruntime runs under the current CPU quota (>= 1).
 
     Convolutions and fully connected layers of about 1 to 20 ms of work, run back to back
-    in batches of at least 0.2 s (50 periods of the 4 ms quota period); the median ratio.
+    in batches of at least 0.2 s and 50 CFS periods (a 12.5% quota has an 8 ms period);
+    the median ratio.
     """
     import statistics
+
+    from nscompile.profiler.quota import quota_period_s
 
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     from nscompile.profiler.timing import make_session
 
+    batch_s = max(0.2, 50 * (quota_period_s() or 0.0))
     rng = np.random.default_rng(11)
     ratios = []
     for cin, cout, hw, k in ((64, 64, 56, 3), (256, 128, 28, 1), (128, 128, 28, 3), (512, 512, 7, 3), (3, 32, 112, 3)):
@@ -188,7 +192,7 @@ def _quota_slowdown(threads: int, provider: str) -> float:
         sess.run(None, feeds)
         for _ in range(3):
             w0, c0, n = time.perf_counter(), time.thread_time(), 0
-            while time.perf_counter() - w0 < 0.2 or n < 3:
+            while time.perf_counter() - w0 < batch_s or n < 3:
                 sess.run(None, feeds)
                 n += 1
             ratios.append((time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9))
