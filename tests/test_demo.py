@@ -114,10 +114,13 @@ def assert_page_shows_record(page: dict, plan: dict) -> None:
         return
     from nscompile.runtime.plan import Plan
 
-    row = Plan(plan, Path(plan["_build"]) / "device").load_row(rec["load"])
+    runtime_plan = Plan(plan, Path(plan["_build"]) / "device")
+    row = runtime_plan.load_row(rec["load"])
     col = max([i for i, b in enumerate(grid["bandwidth_mbps"]) if b <= rec["bandwidth_mbps"]], default=0)
-    assert page["here"] == plan["tables"]["latency"][row][col]
-    if rec["reason"] == "table" and not plan["mixed"]["latency"][row][col]:
+    # The map of the device-load level the runner decided at (its Kd, measured in this browser).
+    level = runtime_plan.device_load_row(rec["device_load"])
+    assert page["here"] == plan["device_tables"]["latency"][level][row][col]
+    if rec["reason"] == "table" and level == grid["device_load"].index(1.0) and not plan["mixed"]["latency"][row][col]:
         assert page["here"] == rec["cut"]
 
 

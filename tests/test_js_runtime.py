@@ -1,7 +1,8 @@
 """The JavaScript runtime (nscompile/runtime/js/) against the Python one.
 
-- The look-up: for every zoo build and a grid of conditions, the JavaScript plan and
-  Python's ``Plan.lookup`` (and the runner's RTT rule) name the same cut.
+- The look-up: for every zoo build and a grid of conditions (bandwidth, server load, RTT,
+  device load), the JavaScript plan and Python's ``Plan.lookup`` (and the runner's RTT
+  rule) name the same cut; plans with and without the device-load axis.
 - The wire: requests the JavaScript side encodes decode in Python, answers Python encodes
   decode in JavaScript, for every datatype.
 - The runner, in Node (onnxruntime-web's WASM build) and in headless Chromium: every cut
@@ -9,6 +10,8 @@
   Python within the build's verification tolerance; it falls back to all-device on a
   refused connection, a timeout and a 5xx; a bad device directory, an unknown plan schema
   and a server answering wrong shapes are one clear Error.
+- The device load: the runner's estimate tracks an injected slow device, its decisions move
+  to the server as Kd rises and back as it falls; a pinned Kd is used as given.
 - CORS (Chromium only): a page on an allowed origin splits, one on another origin is
   refused by the browser and finishes on the device.
 
@@ -69,52 +72,95 @@ def zoo_builds(tmp_path_factory):
             out = root / f"{info.name}-{tag}"
             build(path, out, device_profile=device, grid=grid, verify=False, report=False, include_all_cloud=True)
             builds.append(out / "device")
-    # The same look-up from buckets alone (a plan written before breakpoints and the device-load axis existed).
-    bucketed = root / "alexnet-buckets"
-    shutil.copytree(root / "alexnet-quota25" / "device", bucketed)
-    doc = json.loads((bucketed / "plan.json").read_text())
-    for key in ("breakpoints", "device_breakpoints", "device_tables"):
-        del doc[key]
-    doc["grid"].pop("device_load")
-    (bucketed / "plan.json").write_text(json.dumps(doc))
-    builds.append(bucketed)
+    # The same look-up from buckets alone: a plan written before breakpoints and the
+    # device-load axis existed, and one with buckets for every device level.
+    for tag, drop, keep_axis in (("buckets", ("breakpoints", "device_breakpoints", "device_tables"), False),
+                                 ("device-buckets", ("breakpoints", "device_breakpoints"), True)):
+        variant = root / f"alexnet-{tag}"
+        shutil.copytree(root / "alexnet-quota25" / "device", variant)
+        doc = json.loads((variant / "plan.json").read_text())
+        for key in drop:
+            del doc[key]
+        if not keep_axis:
+            doc["grid"].pop("device_load")
+        (variant / "plan.json").write_text(json.dumps(doc))
+        builds.append(variant)
     return builds
 
 
-def conditions(plan_doc: dict) -> list[dict]:
+def _geometric_middles(levels: list[float]) -> list[float]:
+    """Between two levels, off their geometric middle by 1e-6 either way (at the middle
+    itself the nearest level is a tie that the last bit of log() decides)."""
+    return [math.sqrt(a * b) * f for a, b in zip(levels, levels[1:]) for f in (1 - 1e-6, 1 + 1e-6)]
+
+
+def conditions(plan_doc: dict, device_dir: Path) -> list[dict]:
     """Bandwidths at, just below and just above every breakpoint and bucket start, and a log
     sweep past both ends; loads on, between and beyond the grid's levels; RTTs under, at and
-    over the plan's; both objectives."""
+    over the plan's; both objectives; at device load 1. Then the device-load axis: levels,
+    between and beyond them, over every level's breakpoints and a coarser sweep, fewer loads
+    (the full product would be ten times larger), and RTTs just either side of the one at
+    which the RTT rule flips (Python's Cut.latency_ms says where that is)."""
+    from nscompile.runtime.plan import Plan
+
     grid = plan_doc["grid"]
-    edges = {float(b) for b in grid["bandwidth_mbps"]}
-    for rows in (plan_doc.get("breakpoints") or {}).values():
-        for row in rows:
-            edges.update(float(p["from_mbps"]) for p in row)
-    bandwidths = {b * f for b in edges if b > 0 for f in (1 - 1e-12, 1.0, 1 + 1e-12)}
-    bandwidths.update(10 ** (e / 8) for e in range(-24, 49))  # 0.001 .. 1e6 Mbps
+
+    def starts(source: str) -> set[float]:
+        rows = [row for level in (plan_doc.get(source) or {}).values() for row in level]
+        if source == "device_breakpoints":
+            rows = [row for level in rows for row in level]
+        return {float(p["from_mbps"]) for row in rows for p in row}
+
+    def near(values: set[float]) -> set[float]:
+        return {b * f for b in values if b > 0 for f in (1 - 1e-12, 1.0, 1 + 1e-12)}
+
+    buckets = {float(b) for b in grid["bandwidth_mbps"]}
+    bandwidths = near(buckets | starts("breakpoints")) | {10 ** (e / 8) for e in range(-24, 49)}  # 0.001 .. 1e6 Mbps
     loads = [float(x) for x in grid["load"]]
-    # Between two levels, off their geometric middle by 1e-6 either way (at the middle
-    # itself the nearest row is a tie that the last bit of log() decides).
-    between = [math.sqrt(a * b) * f for a, b in zip(loads, loads[1:]) for f in (1 - 1e-6, 1 + 1e-6)]
-    load_values = sorted(set(loads + between + [0.5, 1.3, 3.0, 100.0]))
+    load_values = sorted(set(loads + _geometric_middles(loads) + [0.5, 1.3, 3.0, 100.0]))
     plan_rtt = float(grid.get("rtt_ms") or 0.0)
     rtts = [None, plan_rtt, plan_rtt + 5.0, plan_rtt + 80.0, 400.0]
     objectives = sorted((plan_doc.get("tables") or {"latency": None}).keys())
-    return [{"bandwidth_mbps": bw, "load": load, "objective": obj, "rtt_ms": rtt}
-            for obj in objectives for load in load_values for bw in sorted(bandwidths) for rtt in rtts]
+    conds = [{"bandwidth_mbps": bw, "load": load, "objective": obj, "rtt_ms": rtt, "device_load": 1.0}
+             for obj in objectives for load in load_values for bw in sorted(bandwidths) for rtt in rtts]
+
+    plan = Plan(plan_doc, device_dir)
+    fallback = plan.cuts[plan.fallback]
+    down = float(grid["downlink_mbps"]) if grid.get("downlink_mbps") else None
+
+    def tie_rtts(bw: float, load: float, kd: float, obj: str) -> list[float]:
+        cut = plan.cuts[plan.lookup(bw, load, obj, kd)]
+        if cut.all_device or "cloud_ms" not in cut.predicted:
+            return [plan_rtt + 5.0]
+        level = plan.device_loads[plan.device_load_row(kd)]
+        tie = fallback.latency_ms(bw, load, 0.0, down, level) - cut.latency_ms(bw, load, 0.0, down, level)
+        return [tie * f for f in (1 - 1e-9, 1 + 1e-9)] if tie > plan_rtt else [plan_rtt + 5.0]
+
+    device_loads = [float(x) for x in grid.get("device_load", [1.0])]
+    kd_values = sorted(set(device_loads + _geometric_middles(device_loads) + [0.3, 3.0, 50.0]) - {1.0})
+    kd_bandwidths = sorted(near(starts("device_breakpoints") or buckets) | {10 ** (e / 2) for e in range(-6, 13)})
+    kd_loads = sorted(set(loads[:1] + loads[-1:] + [3.0]))
+    conds += [{"bandwidth_mbps": bw, "load": load, "objective": obj, "rtt_ms": rtt, "device_load": kd}
+              for obj in objectives for kd in kd_values for load in kd_loads for bw in kd_bandwidths
+              for rtt in (None, 400.0, *tie_rtts(bw, load, kd, obj))]
+    return conds
 
 
 def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
-    """Python's answers: Plan.lookup, and the runner's RTT rule for the cut it names."""
+    """Python's answers: Plan.lookup, and the runner's RTT rule for the cut it names (at the
+    device-load level it was looked up at, as CutPolicy.choose does)."""
     from nscompile.runtime import SplitRunner
 
     runner = SplitRunner(device_dir, "http://127.0.0.1:9")  # never called: only the decision code runs
+    plan = runner.plan
     answers = []
     for c in conds:
-        cut = runner.plan.lookup(c["bandwidth_mbps"], c["load"], c["objective"])
+        kd = c["device_load"]
+        cut = plan.lookup(c["bandwidth_mbps"], c["load"], c["objective"], kd)
         runner.objective = c["objective"]
         runner.net.rtt.value = c["rtt_ms"]
-        rtt_device = runner.cut_policy._rtt_says_device(runner.plan.cuts[cut], c["bandwidth_mbps"], c["load"], 1.0)
+        level = plan.device_loads[plan.device_load_row(kd)]
+        rtt_device = runner.cut_policy._rtt_says_device(plan.cuts[cut], c["bandwidth_mbps"], c["load"], level)
         answers.append({"cut": cut, "rtt_device": rtt_device})
     runner.close()
     return answers
@@ -122,10 +168,10 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
 
 def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
     need(in_browser=False)
-    compared = splits = 0
+    compared = splits = moved = 0
     for device_dir in zoo_builds:
         doc = json.loads((device_dir / "plan.json").read_text())
-        conds = conditions(doc)
+        conds = conditions(doc, device_dir)
         r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
                            input=json.dumps(conds), capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -136,8 +182,15 @@ def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
         assert not wrong, f"{device_dir}: {len(wrong)} of {len(conds)} differ, first: {wrong[0]}"
         compared += len(conds)
         splits += sum(1 for p in py if p["cut"] not in (doc["fallback"],) and not p["rtt_device"])
-    # The grid is not trivial: many conditions, and decisions other than all-device among them.
-    assert compared > 100_000 and splits > 1000, (compared, splits)
+        if "device_load" in doc["grid"]:
+            # The device axis matters: the same bandwidth and load give other cuts at other Kd.
+            by_kd = {}
+            for c, p in zip(conds, py):
+                by_kd.setdefault((c["objective"], c["bandwidth_mbps"], c["load"], c["rtt_ms"]), set()).add(p["cut"])
+            moved += sum(1 for cuts in by_kd.values() if len(cuts) > 1)
+    # The grid is not trivial: many conditions, decisions other than all-device among them,
+    # and decisions that the device load changes.
+    assert compared > 100_000 and splits > 1000 and moved > 100, (compared, splits, moved)
 
 
 def test_plan_errors_name_the_field(tmp_path):
@@ -148,19 +201,61 @@ const docs = JSON.parse(await new Response(process.stdin).text());
 const out = docs.map((d) => { try { new Plan(d, "dev/plan.json"); return "ok"; } catch (e) { return e.name + ": " + e.message; } });
 process.stdout.write(JSON.stringify(out));
 """
-    base = json.loads((rt.make_handmade_build(tmp_path) / "device" / "plan.json").read_text())
+    device_dir = rt.make_handmade_build(tmp_path) / "device"
+    base = json.loads((device_dir / "plan.json").read_text())
     other_schema = {**base, "schema": "nscompile.plan/9"}
     no_cuts = {k: v for k, v in base.items() if k != "cuts"}
     ghost = json.loads(json.dumps(base))
     ghost["breakpoints"]["latency"][0][0]["cut"] = "ghost"
     rows = json.loads(json.dumps(base))
     rows["grid"]["load"] = [1, 2]
-    msgs = json.loads(node(script, json.dumps([base, other_schema, no_cuts, ghost, rows])))
+    axis = json.loads(json.dumps(base))
+    axis["grid"]["device_load"] = [1.0, 4.0]  # but only the Kd = 1 slice of tables
+    msgs = json.loads(node(script, json.dumps([base, other_schema, no_cuts, ghost, rows, axis])))
     assert msgs[0] == "ok"
     assert msgs[1].startswith("NscompileError: dev/plan.json has schema \"nscompile.plan/9\", expected \"nscompile.plan/1\"")
     assert "lacks model/cuts/grid" in msgs[2]
     assert 'names cut "ghost"' in msgs[3]
     assert "has 4 load rows but the grid has 2 load levels" in msgs[4]
+    assert msgs[5].endswith('objective "latency" has 1 device-load levels but grid.device_load has 2; rebuild the plan'), msgs[5]
+    from nscompile.errors import NscompileError
+    from nscompile.runtime.plan import Plan
+
+    with pytest.raises(NscompileError, match="'latency' has 1 device-load levels but grid.device_load has 2"):
+        Plan(axis, device_dir)  # Python refuses it the same way
+
+
+def test_device_load_estimate_matches_python():
+    """The same samples give the same Kd in both languages, after every sample: one
+    preempted run, a lasting slowdown, ties of the weighted median, zeros and NaNs ignored."""
+    need(in_browser=False)
+    from nscompile.runtime.netstate import DeviceLoad
+
+    rng = np.random.default_rng(7)
+    sequences = [
+        [(10.0, 10.0), (11.0, 10.0), (9.0, 10.0), (10.0, 10.0), (200.0, 10.0), (30.0, 10.0), (30.0, 10.0), (30.0, 10.0)],
+        [(2.0, 1.0), (4.0, 1.0), (6.0, 1.0), (8.0, 1.0)],  # the half between two samples: their mean
+        [(0.0, 10.0), (5.0, 0.0), (float("nan"), 3.0), (3.0, 1.0), (1.0, 3.0)],
+        [(float(m), float(p)) for m, p in zip(rng.lognormal(1, 1, 60), rng.choice([0.5, 3.0, 40.0, 40.0], 60))],
+    ]
+    want = []
+    for seq in sequences:
+        kd = DeviceLoad()
+        values = []
+        for m, p in seq:
+            kd.add(m, p)
+            values.append((kd.value, kd.samples))
+        want.append(values)
+    script = """
+import { DeviceLoad } from "./netstate.js";
+const seqs = JSON.parse(await new Response(process.stdin).text());
+process.stdout.write(JSON.stringify(seqs.map((seq) => {
+  const kd = new DeviceLoad();
+  return seq.map(([m, p]) => { kd.add(m ?? NaN, p); return [kd.value, kd.samples]; });
+})));
+"""
+    got = json.loads(node(script, json.dumps([[[None if math.isnan(m) else m, p] for m, p in seq] for seq in sequences])))
+    assert [[tuple(v) for v in seq] for seq in got] == want
 
 
 # ---------------------------------------------------------------------------------------
@@ -403,6 +498,78 @@ def test_measures_the_link_when_not_pinned(rig):
     rec = ok(rig.run(rt.sample_inputs()))["record"]
     assert rec["probe_ms"] > 0 and rec["rtt_ms"] > 0 and rec["bandwidth_mbps"] > 0, rec
     assert rec["reason"] in ("table", "rtt") and not rec["fell_back"]
+
+
+@pytest.fixture(scope="module")
+def device_axis_build(handmade, tmp_path_factory):
+    """The hand-made build with a device-load axis (test_runtime.py's): as profiled (Kd = 1)
+    everything on the device, four times slower (Kd = 4) everything on the server."""
+    root = tmp_path_factory.mktemp("js-kd")
+    rt._with_device_axis(handmade, root, prob_ms=10.0)
+    (root / "cloud").symlink_to(handmade / "cloud", target_is_directory=True)
+    return root
+
+
+def slow_down(rig: Rig, ms: float) -> None:
+    """Make the device slower by ``ms`` per run of the all-device model (0: as it is)."""
+    answer = rig.harness.call("slowDown", "prob", ms)
+    assert answer is None, answer
+
+
+def test_decisions_follow_the_device_load_it_measures(harness_kind, device_axis_build, handmade, tmp_path):
+    """As the Python runner: a slow device session (another app on the CPU) moves the work to
+    the server; once the slowdown is gone the work comes back. One slow run alone moves nothing."""
+    inputs = rt.sample_inputs()
+    want = rt.reference(handmade.parent / "tiny.onnx", inputs)
+    # The tiny model runs in a few milliseconds at most: against a prediction of 10 ms that
+    # reads as Kd < 1 (level 1); 150 ms more per run reads as Kd ~15 (level 4).
+    r = Rig(harness_kind, device_axis_build, tmp_path)
+    try:
+        ok(r.open(bandwidthMbps=100.0, load=1.0, staleS=60.0))
+        records = [ok(r.run(inputs))["record"] for _ in range(5)]  # the window full of normal runs
+        assert [x["cut"] for x in records] == ["prob"] * 5 and records[0]["device_load"] == 1.0, records
+        assert all(x["device_load"] < 2.0 for x in records), records
+        slow_down(r, 150)
+        assert ok(r.run(inputs))["record"]["cut"] == "prob"
+        slow_down(r, 0)
+        rec = ok(r.run(inputs))["record"]
+        assert rec["cut"] == "prob" and rec["device_load"] < 2.0, rec  # one preempted run: still on the device
+        slow_down(r, 150)
+        runs = [ok(r.run(inputs)) for _ in range(4)]
+        cuts = [a["record"] for a in runs]
+        first = next(i for i, x in enumerate(cuts) if x["cut"] == "input")
+        assert first <= 3 and cuts[first]["device_load"] >= 4.0, cuts  # adapted within three slow runs
+        assert all(x["cut"] == "input" and x["reason"] == "table" and not x["fell_back"] for x in cuts[first:]), cuts
+        assert cuts[first]["predicted"]["device_ms"] == 0 and cuts[0]["predicted"]["device_ms"] == pytest.approx(
+            10.0 * cuts[0]["device_load"])
+        assert_matches(runs[first]["outputs"], want)  # the server's answer
+        # All-cloud runs nothing on the device, so nothing shows it is fast again: a stale
+        # estimate is forgotten and the device is tried again.
+        slow_down(r, 0)
+        r.harness.call("configure", {"staleS": 0.0})
+        rec = ok(r.run(inputs))["record"]
+        assert rec["cut"] == "prob" and rec["device_load"] == 1.0, rec
+        r.harness.call("configure", {"staleS": 60.0})
+        answer = ok(r.run(inputs))
+        assert answer["record"]["cut"] == "prob" and answer["record"]["device_load"] < 2.0, answer["record"]
+        assert_matches(answer["outputs"], want)
+    finally:
+        r.close()
+
+
+def test_pinned_device_load_is_used_as_given(harness_kind, device_axis_build, handmade, tmp_path):
+    inputs = rt.sample_inputs()
+    r = Rig(harness_kind, device_axis_build, tmp_path)
+    try:
+        for kd, cut in ((4.0, "input"), (2.1, "input"), (1.9, "prob")):  # the nearest level on a log scale
+            ok(r.open(bandwidthMbps=100.0, load=1.0, deviceLoad=kd))
+            answer = ok(r.run(inputs))
+            assert answer["record"]["cut"] == cut and answer["record"]["device_load"] == kd, answer["record"]
+            assert_matches(answer["outputs"], rt.reference(handmade.parent / "tiny.onnx", inputs))
+        for _ in range(3):  # its own runs, however fast, do not move a pinned Kd
+            assert ok(r.run(inputs))["record"]["device_load"] == 1.9
+    finally:
+        r.close()
 
 
 def test_refused_connection_runs_on_the_device(rig):

@@ -27,6 +27,10 @@ def serve(
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Let pages on this origin call the server, e.g. http://localhost:8080 (repeatable; default: none)."
     ),
+    preload: Optional[str] = typer.Option(
+        None, "--preload", help="Models to load at start-up, comma separated ('' for none; default: all). The others load on "
+                                "their first request or POST /v2/repository/models/NAME/load, and unload on .../unload."
+    ),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
@@ -46,6 +50,7 @@ def serve(
         threads=threads,
         drain_s=drain_seconds,
         cors_origins=check_origins(cors_origin),
+        preload=None if preload is None else [m.strip() for m in preload.split(",") if m.strip()],
     )
 
 

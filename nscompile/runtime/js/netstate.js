@@ -1,5 +1,6 @@
-// What the device knows about the network and the server: uplink, RTT, load, back-off,
-// as nscompile/runtime/netstate.py keeps it. Times are seconds on a monotonic clock
+// What the device knows about the network, the server and itself: uplink, RTT, load,
+// back-off, and its own slowdown against its profile, as nscompile/runtime/netstate.py
+// keeps them. Times are seconds on a monotonic clock
 // (performance.now() / 1000). Bandwidth is smoothed on a log scale because the plan's
 // buckets are log-spaced: a 10x change should move the estimate as fast as a 2x change.
 
@@ -80,6 +81,11 @@ export class NetState {
   /** Note a failed server call; return the back-off chosen, in seconds. */
   failed(now) {
     this.failures += 1;
+    if (now < this.retryAt) {
+      // A call that started before the back-off began (a background probe beside a
+      // request): the same outage, so it must not double the back-off again.
+      return this.retryAt - now;
+    }
     this._backoff = this._backoff === 0 ? this.backoffFirst : Math.min(this._backoff * 2, this.backoffMax);
     this.retryAt = now + this._backoff;
     return this._backoff;
@@ -90,4 +96,67 @@ export class NetState {
     this._backoff = 0;
     this.retryAt = 0;
   }
+}
+
+/**
+ * The device's slowdown factor Kd: measured over predicted time of its own runs
+ * (Python's DeviceLoad).
+ *
+ * Every prefix (the all-device model included) that the device runs is one sample: its
+ * measured milliseconds over the plan's prediction for that cut. The estimate is the
+ * median of the last `window` samples, weighted by their predicted milliseconds, so one
+ * run preempted by another tab moves it by one rank at most, while a lasting change
+ * (another app, heat, a throttled background tab) takes over after about
+ * window // 2 + 1 runs; a long run counts for more than a short one, which shows a
+ * slowdown less faithfully. Before the first sample it is 1: the device as profiled.
+ *
+ * @param {number} window how many recent samples the median is taken over
+ */
+export class DeviceLoad {
+  constructor(window = 5) {
+    if (!(window >= 1)) throw new RangeError("window must be >= 1");
+    this.window = window;
+    this._samples = []; // [ratio, predicted ms], oldest first
+    /** The current estimate (1 before the first sample). */
+    this.value = 1;
+    this.samples = 0;
+    this.updatedAt = 0;
+  }
+
+  /** Fold in one run of device work that the plan predicted at `predictedMs`. */
+  add(measuredMs, predictedMs, now = monotonic()) {
+    if (!(measuredMs > 0 && predictedMs > 0 && Number.isFinite(measuredMs) && Number.isFinite(predictedMs))) return;
+    this._samples.push([measuredMs / predictedMs, predictedMs]);
+    if (this._samples.length > this.window) this._samples.shift();
+    this.value = weightedMedian(this._samples);
+    this.samples += 1;
+    this.updatedAt = now;
+  }
+
+  /** Forget every sample: back to the device as profiled. */
+  reset() {
+    this._samples = [];
+    this.value = 1;
+    this.samples = 0;
+  }
+}
+
+/**
+ * The value at half the total weight of [value, weight] pairs (the mean of the two middle
+ * values where the half falls exactly between them, as the plain median does); the same
+ * order of additions as Python's _weighted_median, so both give the same number.
+ */
+export function weightedMedian(samples) {
+  const ordered = [...samples].sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let total = 0;
+  for (const [, w] of ordered) total += w;
+  const half = total / 2;
+  let seen = 0;
+  for (let i = 0; i < ordered.length; i++) {
+    const [value, weight] = ordered[i];
+    seen += weight;
+    if (seen > half * (1 + 1e-12)) return value;
+    if (Math.abs(seen - half) <= half * 1e-12) return i + 1 < ordered.length ? 0.5 * (value + ordered[i + 1][0]) : value;
+  }
+  return ordered[ordered.length - 1][0];
 }

@@ -2,8 +2,9 @@
 //
 // Pure JavaScript, no ONNX Runtime: the look-up test runs it in Node next to Python's
 // Plan.lookup and checks that both name the same cut. Keep the two in step: the same
-// checks, the same nearest load row (on a log scale), the same bisection of the exact
-// breakpoints ("from this uplink upwards").
+// checks, the same look-up sources (the Kd = 1 slice or every device level, buckets or
+// breakpoints), the same nearest load and device-load level (on a log scale), the same
+// bisection of the exact breakpoints ("from this uplink upwards").
 
 import { NscompileError } from "./errors.js";
 
@@ -39,6 +40,21 @@ function lastAtOrBelow(starts, x) {
   return lo - 1;
 }
 
+/** Index of the level nearest `value` on a log scale (levels are geometric), as Python's _nearest_log. */
+function nearestLog(logLevels, value) {
+  const x = Math.log(Math.max(value, 1e-9));
+  let best = 0;
+  let dist = Math.abs(logLevels[0] - x);
+  for (let i = 1; i < logLevels.length; i++) {
+    const d = Math.abs(logLevels[i] - x);
+    if (d < dist) {
+      best = i;
+      dist = d;
+    }
+  }
+  return best;
+}
+
 /**
  * One emitted cut: what the device runs, what it uploads, which server model finishes it.
  *
@@ -72,27 +88,47 @@ export class Cut {
   /**
    * The plan's predicted latency of one request through this cut, phase by phase (ms).
    *
-   * device + K x cloud + upload / uplink + download / downlink + RTT, from the
-   * `predicted` figures the build wrote (DESIGN.md's Latency(S)); all-device costs its
-   * device time alone.
+   * Kd x device + K x cloud + upload / uplink + download / downlink + RTT, from the
+   * `predicted` figures the build wrote (DESIGN.md's Latency(S), Python's Cut.latency_ms);
+   * all-device costs its device time alone.
    *
    * @param {number} uplinkMbps
    * @param {number} load server slowdown factor K >= 1
    * @param {number} rttMs
-   * @param {number|null} downlinkMbps null or 0 leaves the download out
+   * @param {number|null} downlinkMbps null: equal to the uplink (the planner's symmetric link); Infinity: downloads cost nothing
+   * @param {number} deviceLoad device slowdown factor Kd against its profile (1 = as profiled)
    * @returns {{device_ms:number, upload_ms:number, server_ms:number, download_ms:number, rtt_ms:number, total_ms:number}}
    */
-  predictedPhases(uplinkMbps, load = 1, rttMs = 0, downlinkMbps = null) {
+  predictedPhases(uplinkMbps, load = 1, rttMs = 0, downlinkMbps = null, deviceLoad = 1) {
     const p = this.predicted;
-    const phases = { device_ms: Number(p.device_ms ?? 0), upload_ms: 0, server_ms: 0, download_ms: 0, rtt_ms: 0 };
+    const phases = { device_ms: deviceLoad * Number(p.device_ms ?? 0), upload_ms: 0, server_ms: 0, download_ms: 0, rtt_ms: 0 };
     if (!this.allDevice) {
       phases.server_ms = load * Number(p.cloud_ms ?? 0);
       phases.upload_ms = (Number(p.upload_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / uplinkMbps;
-      if (downlinkMbps) phases.download_ms = (Number(p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / downlinkMbps;
+      phases.download_ms = (Number(p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / (Number(downlinkMbps) || uplinkMbps);
       phases.rtt_ms = rttMs;
     }
     phases.total_ms = phases.device_ms + phases.upload_ms + phases.server_ms + phases.download_ms + phases.rtt_ms;
     return phases;
+  }
+
+  /**
+   * The predicted latency (ms), summed in the order of Python's Cut.latency_ms, so that the
+   * RTT rule compares the same floating-point numbers in both languages.
+   *
+   * @param {number} uplinkMbps
+   * @param {number} load
+   * @param {number} rttMs
+   * @param {number|null} downlinkMbps as in predictedPhases
+   * @param {number} deviceLoad
+   * @returns {number}
+   */
+  latencyMs(uplinkMbps, load = 1, rttMs = 0, downlinkMbps = null, deviceLoad = 1) {
+    const p = this.predicted;
+    if (this.allDevice) return deviceLoad * p.device_ms;
+    let ms = deviceLoad * (p.device_ms ?? 0) + load * p.cloud_ms + ((p.upload_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / uplinkMbps;
+    ms += ((p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / (downlinkMbps || uplinkMbps);
+    return ms + rttMs;
   }
 }
 
@@ -100,8 +136,9 @@ export class Cut {
  * plan.json, checked, with the look-up structures built once.
  *
  * Fields: raw, modelName, modelSha256, inputs, outputs, cuts (Map id -> Cut), fallback
- * (the all-device cut's id), loads (grid rows, ascending), rttMs, downlinkMbps, weights
- * (file name of the shared weights, or null), objectives.
+ * (the all-device cut's id), loads (grid rows, ascending), deviceLoads (the device
+ * slowdown levels the plan was solved for, ascending; [1] for a plan without that axis),
+ * rttMs, downlinkMbps, weights (file name of the shared weights, or null), objectives.
  */
 export class Plan {
   /**
@@ -147,41 +184,61 @@ export class Plan {
       throw new NscompileError(`${where}: fallback cut "${this.fallback}" is not an all-device cut`);
     }
     this.loads = (grid.load ?? [1]).map(Number);
-    this._logLoads = this.loads.map((x) => Math.log(Math.max(x, 1e-9)));
-    this._tables = new Map();
+    this.deviceLoads = (grid.device_load ?? [1]).map(Number);
+    this._tables = new Map(); // objective -> [device level] -> [server level] -> [bandwidth starts, cut ids]
     this._buildLookup(grid, where);
+    this._logLoads = this.loads.map((x) => Math.log(Math.max(x, 1e-9)));
+    this._logDeviceLoads = this.deviceLoads.map((x) => Math.log(Math.max(x, 1e-9)));
   }
 
   _buildLookup(grid, where) {
-    const breakpoints = this.raw.breakpoints ?? {};
-    const tables = { ...(this.raw.tables ?? {}) };
+    // Every source as [device level][server level]. `breakpoints` / `tables` (and `table`)
+    // are the slice at device load 1, all a plan without the device axis has;
+    // `device_breakpoints` / `device_tables` hold every level. Later sources win: a source
+    // with every device level beats a slice, exact breakpoints beat buckets.
+    const raw = this.raw;
+    const tables = { ...(raw.tables || {}) };
     const objective = grid.objective ?? "latency";
-    if ("table" in this.raw && !(objective in tables)) tables[objective] = this.raw.table;
+    if ("table" in raw && !(objective in tables)) tables[objective] = raw.table;
+    const sources = new Map();
+    for (const [kind, key, sliced] of [["table", null, true], ["points", "breakpoints", true],
+      ["table", "device_tables", false], ["points", "device_breakpoints", false]]) {
+      for (const [obj, value] of Object.entries(key === null ? tables : raw[key] || {})) {
+        sources.set(obj, [kind, sliced ? [value] : value]);
+      }
+    }
     const bandwidths = (grid.bandwidth_mbps ?? []).map(Number);
-    for (const obj of new Set([...Object.keys(breakpoints), ...Object.keys(tables)])) {
-      const rows = [];
-      if (obj in breakpoints) {
-        for (const row of breakpoints[obj]) {
-          // A stable sort, as Python's sorted(): equal starts keep the plan's order.
-          const pts = [...row].sort((a, b) => Number(a.from_mbps) - Number(b.from_mbps));
-          rows.push([pts.map((p) => Number(p.from_mbps)), pts.map((p) => String(p.cut))]);
-        }
-      } else {
-        // Only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b].
-        for (const row of tables[obj]) rows.push([bandwidths.slice(), row.map(String)]);
+    for (const [obj, [kind, levels]] of sources) {
+      if (!Array.isArray(levels) || levels.length !== this.deviceLoads.length) {
+        throw new NscompileError(`${where}: objective "${obj}" has ${Array.isArray(levels) ? levels.length : 0} device-load `
+          + `levels but grid.device_load has ${this.deviceLoads.length}; rebuild the plan`);
       }
-      if (rows.length !== this.loads.length) {
-        throw new NscompileError(`${where}: objective "${obj}" has ${rows.length} load rows but the grid has `
-          + `${this.loads.length} load levels; rebuild the plan`);
-      }
-      for (const [, ids] of rows) {
-        for (const id of ids) {
-          if (!this.cuts.has(id)) throw new NscompileError(`${where}: the table names cut "${id}" which is not emitted`);
-        }
-      }
-      this._tables.set(obj, rows);
+      this._tables.set(obj, levels.map((rows) => this._rows(kind, rows, bandwidths, obj, where)));
     }
     if (this._tables.size === 0) throw new NscompileError(`${where} has neither breakpoints nor a table; rebuild the plan`);
+  }
+
+  /** One device level's server-load rows as [bandwidth starts, cut ids], checked. */
+  _rows(kind, rows, bandwidths, obj, where) {
+    if (!Array.isArray(rows)) throw new NscompileError(`${where}: objective "${obj}" has a device level that is not a list of load rows; rebuild the plan`);
+    const out = rows.map((row) => {
+      if (kind === "points") {
+        // A stable sort, as Python's sorted(): equal starts keep the plan's order.
+        const pts = [...row].sort((a, b) => Number(a.from_mbps) - Number(b.from_mbps));
+        return [pts.map((p) => Number(p.from_mbps)), pts.map((p) => String(p.cut))];
+      }
+      return [bandwidths.slice(), row.map(String)]; // only buckets: the cell starting at bandwidth_mbps[b] holds table[l][b]
+    });
+    if (out.length !== this.loads.length) {
+      throw new NscompileError(`${where}: objective "${obj}" has ${out.length} load rows but the grid has `
+        + `${this.loads.length} load levels; rebuild the plan`);
+    }
+    for (const [, ids] of out) {
+      for (const id of ids) {
+        if (!this.cuts.has(id)) throw new NscompileError(`${where}: the table names cut "${id}" which is not emitted`);
+      }
+    }
+    return out;
   }
 
   /** The objectives this plan has tables for, sorted. */
@@ -189,45 +246,59 @@ export class Plan {
     return [...this._tables.keys()].sort();
   }
 
-  /** The cut every bandwidth and load of `objective`'s table selects, if there is one such cut (else null). */
+  /** The cut every condition of `objective`'s tables selects, if there is one such cut (else null). */
   onlyCut(objective = "latency") {
     const ids = new Set();
-    for (const [, row] of this._tables.get(objective) ?? []) for (const id of row) ids.add(id);
+    for (const level of this._tables.get(objective) ?? []) for (const [, row] of level) for (const id of row) ids.add(id);
     return ids.size === 1 ? [...ids][0] : null;
   }
 
   /** Index of the grid row nearest `load` (nearest on a log scale: loads are geometric). */
   loadRow(load) {
-    const x = Math.log(Math.max(load, 1e-9));
-    let best = 0;
-    let dist = Math.abs(this._logLoads[0] - x);
-    for (let i = 1; i < this._logLoads.length; i++) {
-      const d = Math.abs(this._logLoads[i] - x);
-      if (d < dist) {
-        best = i;
-        dist = d;
-      }
-    }
-    return best;
+    return nearestLog(this._logLoads, load);
+  }
+
+  /** Index of the device-load level nearest `deviceLoad` (on a log scale). */
+  deviceLoadRow(deviceLoad) {
+    return nearestLog(this._logDeviceLoads, deviceLoad);
   }
 
   /**
-   * The cut id for the given uplink bandwidth and server load.
+   * The cut id for the given uplink bandwidth, server load and device load.
    *
    * @param {number} bandwidthMbps measured uplink in Mbit/s
    * @param {number} load server slowdown factor (1 = idle)
    * @param {string} objective "latency" or "energy" (what the plan has tables for)
+   * @param {number} deviceLoad device slowdown factor against its profile (1 = as profiled); ignored by a plan without that axis
    * @returns {string}
    * @throws {NscompileError} the plan has no table for `objective`
    */
-  lookup(bandwidthMbps, load = 1, objective = "latency") {
-    const rows = this._tables.get(objective);
-    if (rows === undefined) {
+  lookup(bandwidthMbps, load = 1, objective = "latency", deviceLoad = 1) {
+    const levels = this._tables.get(objective);
+    if (levels === undefined) {
       throw new NscompileError(`the plan has no table for objective "${objective}"; use one of ${JSON.stringify(this.objectives)}`);
     }
+    const rows = levels.length > 1 ? levels[this.deviceLoadRow(deviceLoad)] : levels[0];
     const [starts, ids] = rows[this.loadRow(load)];
     const i = lastAtOrBelow(starts, bandwidthMbps);
     return ids[i >= 0 ? i : 0];
+  }
+
+  /**
+   * The runner's decision for these conditions: the table's cut, or all-device where the
+   * measured RTT makes that faster (Python's CutPolicy.choose, after the estimates).
+   *
+   * The device load enters the RTT rule as the plan level it was looked up at, as in Python.
+   *
+   * @returns {{cut: string, reason: "table"|"rtt", level: number}} level: the device-load level used
+   */
+  decide(bandwidthMbps, load, rttMs, objective = "latency", deviceLoad = 1) {
+    const level = this.deviceLoadRow(deviceLoad);
+    const cut = this.lookup(bandwidthMbps, load, objective, deviceLoad);
+    if (this.rttSaysDevice(cut, bandwidthMbps, load, rttMs, objective, this.deviceLoads[level])) {
+      return { cut: this.fallback, reason: "rtt", level };
+    }
+    return { cut, reason: "table", level };
   }
 
   /**
@@ -237,14 +308,12 @@ export class Plan {
    * best of the split cuts; only the comparison with all-device can flip (the Python
    * runner's "rtt" rule).
    */
-  rttSaysDevice(cutId, bandwidthMbps, load, rttMs, objective = "latency") {
+  rttSaysDevice(cutId, bandwidthMbps, load, rttMs, objective = "latency", deviceLoad = 1) {
     const cut = this.cuts.get(cutId);
     if (objective !== "latency" || cut.allDevice || rttMs === null || rttMs === undefined || rttMs <= this.rttMs) return false;
-    const p = cut.predicted;
-    const f = this.cuts.get(this.fallback).predicted;
-    if (!("device_ms" in f) || !("cloud_ms" in p)) return false;
-    let splitMs = (p.device_ms ?? 0) + p.cloud_ms * load + ((p.upload_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / bandwidthMbps + rttMs;
-    if (this.downlinkMbps) splitMs += ((p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / Number(this.downlinkMbps);
-    return splitMs > f.device_ms;
+    const fallback = this.cuts.get(this.fallback);
+    if (!("device_ms" in fallback.predicted) || !("cloud_ms" in cut.predicted)) return false;
+    const down = this.downlinkMbps ? Number(this.downlinkMbps) : null;
+    return cut.latencyMs(bandwidthMbps, load, rttMs, down, deviceLoad) > fallback.latencyMs(bandwidthMbps, load, rttMs, down, deviceLoad);
   }
 }

@@ -3,7 +3,8 @@
 // on a KServe v2 server, with nscompile/runtime/runner.py's behaviour.
 //
 // Per call the runner reads its estimates of uplink bandwidth, RTT and server load
-// (probing when it has none or they went stale), looks the cut up in the plan, runs the
+// (probing when it has none or they went stale) and of its own slowdown against the
+// device profile (learnt from every prefix it runs), looks the cut up in the plan, runs the
 // prefix, sends the cut tensors in Triton's binary format and merges the server's outputs
 // with the ones computed on the device. A server that is unreachable, slower than the
 // deadline or answers 5xx (any error status) is absorbed: the request finishes with the
@@ -19,7 +20,7 @@
 // `ort` (the <script> build), else `import("onnxruntime-web")` (Node, bundlers).
 
 import { NscompileError, ProtocolError } from "./errors.js";
-import { monotonic, NetState } from "./netstate.js";
+import { DeviceLoad, monotonic, NetState } from "./netstate.js";
 import { Plan } from "./plan.js";
 import { decodeResponse, encodeRequest, HEADER_LENGTH } from "./protocol.js";
 
@@ -142,6 +143,8 @@ function shapeMatches(expected, got) {
  * reason says why the cut was chosen: "table", "forced", "plan" (everything on the device
  * whatever the conditions), "rtt" (the measured RTT made all-device faster), "backoff"
  * (the server failed recently) or "fallback" (it failed during this call; error says how).
+ * device_load is the device's slowdown Kd the decision used (pinned or learnt).
+ * session_ms is the time spent creating a prefix session on first use (not in prefix_ms).
  * upload_ms and download_ms split the measured transfer: until the answer's headers
  * arrived less the server's time, and the answer's body. predicted holds the plan's
  * figures for the chosen cut at the conditions it was chosen for.
@@ -155,9 +158,11 @@ export class RunRecord {
     this.bandwidth_mbps = null;
     this.load = 1;
     this.rtt_ms = null;
+    this.device_load = 1;
     this.lookup_us = 0;
     this.probe_ms = 0;
     this.prefix_ms = 0;
+    this.session_ms = 0;
     this.encode_ms = 0;
     this.transfer_ms = 0;
     this.upload_ms = 0;
@@ -198,6 +203,8 @@ export class SplitRunner {
    * @param {string} [options.forceCut] always use this cut
    * @param {number} [options.bandwidthMbps] pin the uplink bandwidth instead of measuring it
    * @param {number} [options.load] pin the server load instead of reading what the server reports
+   * @param {number} [options.deviceLoad] pin the device's slowdown Kd against its profile instead of
+   *   learning it from its own runs (measured over predicted time of each prefix it runs)
    * @param {number} [options.initialBandwidthMbps=10] estimate when the server offers no probe endpoint (Triton)
    * @param {number} [options.staleS=10] re-probe when the estimates are older than this
    * @param {[number, number]} [options.backoffS=[0.5, 30]] (first, max) seconds to leave a failed server alone
@@ -243,15 +250,19 @@ export class SplitRunner {
     this.forceCut = options.forceCut ?? null;
     this.fixedBandwidth = options.bandwidthMbps ?? null;
     this.fixedLoad = options.load ?? null;
+    this.fixedDeviceLoad = options.deviceLoad ?? null;
     this.initialBandwidth = options.initialBandwidthMbps ?? 10;
     this.probeBytes = options.probeBytes ?? [4096, 1 << 20];
     this.net = new NetState(0.4, options.staleS ?? 10, options.backoffS ?? [0.5, 30]);
+    /** The device's own slowdown, learnt from every prefix it runs (see _learnDevice). */
+    this.device = new DeviceLoad();
     this.sessionOptions = options.sessionOptions ?? {};
     this.lastRecord = null;
     this._fetch = fetchFn;
     this._sessions = new Map(); // cut id -> Promise<InferenceSession>
     this._weights = null; // Promise<Uint8Array>: fetched once, shared by every prefix
     this._verified = new Set();
+    this._warm = new Set(); // cut ids whose session has run once: later runs are device-load samples
     this._probeSupported = true;
     this._probeDue = false;
     this._probing = null;
@@ -277,11 +288,7 @@ export class SplitRunner {
     let outputs = null;
     if (!cut.allDevice) outputs = await this._split(cut, feeds, rec);
     if (outputs === null) { // all-device by choice, or the server failed
-      const t = performance.now();
-      outputs = await this._runPrefix(this.plan.cuts.get(this.plan.fallback), feeds);
-      const dt = performance.now() - t;
-      if (rec.fell_back) rec.fallback_ms = dt;
-      else rec.prefix_ms = dt;
+      outputs = await this._runPrefix(this.plan.cuts.get(this.plan.fallback), feeds, rec, rec.fell_back ? "fallback_ms" : "prefix_ms");
     }
     rec.total_ms = performance.now() - t0;
     if (this._probeDue) {
@@ -321,6 +328,20 @@ export class SplitRunner {
     this._decision = { key: null, cut: "", reason: "" };
   }
 
+  /**
+   * Kd as the next decision will use it: pinned, or learnt from the device's runs.
+   *
+   * An estimate older than the staleness limit is forgotten: the cut it chose may run
+   * nothing on the device (all-cloud), so no run would ever show that the device got fast
+   * again. The next device run says otherwise if it is still slow.
+   */
+  get deviceLoad() {
+    if (this.fixedDeviceLoad !== null) return this.fixedDeviceLoad;
+    const device = this.device;
+    if (device.samples && monotonic() - device.updatedAt > this.net.staleS) device.reset();
+    return device.value;
+  }
+
   /** Wait until a background probe in progress (if any) has finished. */
   async waitForProbe() {
     if (this._probing) await this._probing;
@@ -337,7 +358,7 @@ export class SplitRunner {
 
   async _choose(now) {
     const { plan, net } = this;
-    const pick = (id, reason, fields) => [plan.cuts.get(id), this._record(id, reason, fields)];
+    const pick = (id, reason, fields) => [plan.cuts.get(id), this._record(id, reason, { device_load: this.deviceLoad, ...fields })];
     if (this.forceCut !== null) return pick(this.forceCut, "forced");
     if (this._deviceOnly[this.objective]) return pick(plan.fallback, "plan");
     if (net.inBackoff(now)) return pick(plan.fallback, "backoff");
@@ -359,24 +380,25 @@ export class SplitRunner {
     const bw = this.fixedBandwidth ?? net.bandwidth.value ?? this.initialBandwidth;
     const load = this.fixedLoad ?? net.load;
     const rtt = net.rtt.value;
+    const deviceLoad = this.deviceLoad;
     const t = performance.now();
-    const key = `${this.objective}|${bw}|${load}|${rtt}`;
+    // The device load enters the key as its plan level: every run moves the estimate a little.
+    const key = `${this.objective}|${bw}|${load}|${rtt}|${plan.deviceLoadRow(deviceLoad)}`;
     if (key !== this._decision.key) {
-      let cutId = plan.lookup(bw, load, this.objective);
-      let reason = "table";
-      if (plan.rttSaysDevice(cutId, bw, load, rtt, this.objective)) [cutId, reason] = [plan.fallback, "rtt"];
-      this._decision = { key, cut: cutId, reason };
+      const { cut, reason } = plan.decide(bw, load, rtt, this.objective, deviceLoad);
+      this._decision = { key, cut, reason };
     }
     const lookupUs = (performance.now() - t) * 1e3;
     const { cut: cutId, reason } = this._decision;
-    return pick(cutId, reason, { bandwidth_mbps: bw, load, rtt_ms: rtt, lookup_us: lookupUs, probe_ms: probeMs });
+    return pick(cutId, reason, { bandwidth_mbps: bw, load, rtt_ms: rtt, device_load: deviceLoad, lookup_us: lookupUs,
+      probe_ms: probeMs });
   }
 
   _record(cutId, reason, fields = {}) {
     const cut = this.plan.cuts.get(cutId);
     const rec = new RunRecord(cutId, reason, this.objective, { encoding: cut.encoding, ...fields });
     const bw = rec.bandwidth_mbps ?? this.fixedBandwidth ?? this.net.bandwidth.value ?? this.initialBandwidth;
-    rec.predicted = cut.predictedPhases(bw, rec.load, rec.rtt_ms ?? this.plan.rttMs, this.plan.downlinkMbps);
+    rec.predicted = cut.predictedPhases(bw, rec.load, rec.rtt_ms ?? this.plan.rttMs, this.plan.downlinkMbps, rec.device_load);
     return rec;
   }
 
@@ -439,20 +461,32 @@ export class SplitRunner {
     }
   }
 
-  async _runPrefix(cut, feeds) {
+  /**
+   * Run `cut`'s prefix: its milliseconds go to rec[field] and to the device-load estimate.
+   *
+   * A session made for this request is made outside the timing (its milliseconds go to
+   * rec.session_ms), and a session's first run is no sample of the device's speed: in
+   * onnxruntime-web it pays one-time costs (kernel set-up, WASM memory growth) that made a
+   * 0.5 ms model take 20 ms, which alone would read as a device twice slower than profiled.
+   */
+  async _runPrefix(cut, feeds, rec, field) {
+    const t0 = performance.now();
     const session = await this._session(cut);
     const inputs = {};
     for (const name of session.inputNames) inputs[name] = feeds[name];
-    return session.run(inputs);
+    const t1 = performance.now();
+    rec.session_ms += t1 - t0;
+    const outputs = await session.run(inputs);
+    const ms = performance.now() - t1;
+    rec[field] = ms;
+    if (this._warm.has(cut.id)) this._learnDevice(cut, ms);
+    else this._warm.add(cut.id);
+    return outputs;
   }
 
   async _split(cut, feeds, rec) {
     let produced = {};
-    if (cut.prefix !== null) {
-      const t = performance.now();
-      produced = await this._runPrefix(cut, feeds);
-      rec.prefix_ms = performance.now() - t;
-    }
+    if (cut.prefix !== null) produced = await this._runPrefix(cut, feeds, rec, "prefix_ms");
     const upload = {};
     for (const spec of cut.tensors) {
       const tensor = produced[spec.name] ?? feeds[spec.name];
@@ -598,6 +632,11 @@ export class SplitRunner {
   }
 
   // -- measuring -------------------------------------------------------------------------
+
+  /** Note that the device ran `cut`'s prefix (the whole model for all-device) in `measuredMs` (Python's learn_device). */
+  _learnDevice(cut, measuredMs) {
+    this.device.add(measuredMs, Number(cut.predicted.device_ms ?? 0));
+  }
 
   /** Update the estimates from one completed transfer (as the Python runner's _learn). */
   _learn(cut, rec, remote) {

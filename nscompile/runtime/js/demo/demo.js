@@ -111,8 +111,11 @@ function drawTimes(rec) {
 
 function drawMap(plan, objective, rec, colours) {
   const grid = plan.raw.grid;
-  const table = (plan.raw.tables ?? {})[objective] ?? plan.raw.table;
-  $("map-objective").textContent = objective;
+  // The map of the device-load level the runner decided at, where the plan has that axis.
+  const level = plan.deviceLoadRow(rec.device_load ?? 1);
+  const byLevel = (plan.raw.device_tables ?? {})[objective];
+  const table = byLevel ? byLevel[level] : (plan.raw.tables ?? {})[objective] ?? plan.raw.table;
+  $("map-objective").textContent = byLevel ? `${objective}, device load Kd=${plan.deviceLoads[level]}` : objective;
   const starts = grid.bandwidth_mbps;
   const bw = rec.bandwidth_mbps;
   const row = plan.loadRow(rec.load ?? 1);
@@ -155,7 +158,8 @@ function show(config, runner, rec) {
   $("reason").textContent = `(${rec.reason})`;
   $("conditions").textContent = rec.bandwidth_mbps === null
     ? "forced: the runner decided nothing (predictions at its last estimates)"
-    : `decided for uplink ${fmt(rec.bandwidth_mbps)} Mbps, server load K=${fmt(rec.load)}, RTT ${fmt(rec.rtt_ms)} ms`;
+    : `decided for uplink ${fmt(rec.bandwidth_mbps)} Mbps, server load K=${fmt(rec.load)}, RTT ${fmt(rec.rtt_ms)} ms, `
+      + `device load Kd=${fmt(rec.device_load)}`;
   const notice = $("notice");
   if (rec.reason === "backoff" || rec.reason === "fallback") {
     notice.hidden = false;

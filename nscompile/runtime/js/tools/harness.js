@@ -22,11 +22,13 @@ async function settle(work) {
  * The harness's calls, bound to one ONNX Runtime module.
  *
  * open(device, server, options) -> {fallback, cuts}; run(feedSpec, {outputs}) -> {outputs, record};
- * configure({forceCut, fresh}); close(). feedSpec: {name: {type, dims, url}}.
+ * configure({forceCut, fresh, staleS, deviceLoad}); slowDown(cutId, ms); close().
+ * feedSpec: {name: {type, dims, url}}.
  */
 export function makeHarness(ort) {
   let runner = null;
   const feedCache = new Map();
+  const slowed = new Map(); // cut id -> the real session, while slowDown wraps it
 
   async function fetchFeeds(spec) {
     const feeds = {};
@@ -51,6 +53,7 @@ export function makeHarness(ort) {
       return settle(async () => {
         if (runner) await runner.close();
         runner = null;
+        slowed.clear();
         runner = await SplitRunner.open(device, server, { ort, ...options });
         return { fallback: runner.plan.fallback, cuts: [...runner.plan.cuts.keys()] };
       });
@@ -62,10 +65,31 @@ export function makeHarness(ort) {
         return { outputs: json, record: record.asDict() };
       });
     },
-    configure({ forceCut = null, fresh = false } = {}) {
+    configure({ forceCut = null, fresh = false, staleS, deviceLoad } = {}) {
       runner.forceCut = forceCut;
       if (fresh) runner.resetEstimates();
+      if (staleS !== undefined) runner.net.staleS = staleS;
+      if (deviceLoad !== undefined) runner.fixedDeviceLoad = deviceLoad;
       return null;
+    },
+    // Tests: make the device slow for one cut's prefix (another app on the CPU), by `ms`
+    // more per run; 0 restores the real session.
+    slowDown(cutId, ms) {
+      return settle(async () => {
+        const real = slowed.get(cutId) ?? await runner._session(runner.plan.cuts.get(cutId));
+        slowed.set(cutId, real);
+        const session = ms > 0 ? {
+          inputNames: real.inputNames,
+          outputNames: real.outputNames,
+          run: async (...args) => {
+            await new Promise((r) => setTimeout(r, ms));
+            return real.run(...args);
+          },
+          release: () => real.release(),
+        } : real;
+        runner._sessions.set(cutId, Promise.resolve(session));
+        return null;
+      });
     },
     async waitForProbe() {
       await runner.waitForProbe();
