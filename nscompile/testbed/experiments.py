@@ -69,6 +69,10 @@ NOISE_FLOOR_MS = 1.0
 PRUNE = 2.0
 
 
+#: The phone-class device where this CPU has no shipped one: the AMD EPYC profile at 25% of a core.
+PHONE_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"
+
+
 def single_core_cloud_profile() -> Path:
     """The server profile when the testbed pins the server to one CPU: this machine's CPU,
     one thread, no quota (the shipped AMD EPYC one where this CPU has none)."""
@@ -133,7 +137,7 @@ class BenchConfig:
                     loads={"idle": 0, "loaded": 3}, repeats=5, max_s=2.0, min_s=0.5, trace_model="resnet18",
                     trace_phase_s=2.0, load_model="resnet18", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
                     device_load_model="resnet18", device_load_phase_s=2.5,
-                    device_profiles=[COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"])
+                    device_profiles=[quota_profile(0.25) or PHONE_PROFILE])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
 
@@ -145,6 +149,21 @@ class BenchConfig:
         base = dict(models=[m.name for m in zoo.list_models()])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
+
+
+def quota_profile(most_cores: float) -> Path | None:
+    """The shipped device profile of this machine's kind of CPU measured under the largest CPU
+    quota of at most ``most_cores`` (None: there is none).
+
+    The device classes of the testbed: 25% of a core is the phone-class device, 12.5% (8x
+    slower than the server core) the paper-like gap of a Tegra K1 CPU against a K40 GPU.
+    """
+    best = None
+    for p in shipped_for_this_cpu("device"):
+        cores = json.loads(p.read_text()).get("cpu_quota_cores")
+        if cores and cores <= most_cores + 1e-9 and (best is None or cores > best[0]):
+            best = (cores, p)
+    return best[1] if best else None
 
 
 def device_profiles_default() -> list[Path]:

@@ -26,16 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscompile.cost_model import COST_MODELS_DIR, load_profile
+from nscompile.cost_model import load_profile
 from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
-from nscompile.testbed.experiments import BUILD_BANDWIDTH, BUILD_ENCODINGS, BUILD_LOAD, cloud_profile_default, rates_of, write_csv
+from nscompile.testbed.experiments import (BUILD_BANDWIDTH, BUILD_ENCODINGS, BUILD_LOAD, PHONE_PROFILE, cloud_profile_default,
+                                           quota_profile, rates_of, write_csv)
 from nscompile.testbed.testbed import Testbed
 
 MODES = ("nscompile", "load fixed at 1", "all-cloud")
-#: The device class of the fleet by default: the paper-like one, else the phone-class one.
-PAPER_GAP_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota12.json"
-PHONE_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"
 #: Time bins of the herding figures.
 BIN_S = 0.5
 
@@ -55,10 +53,11 @@ class FleetConfig:
     userspace: bool = False
 
     def profile_path(self) -> Path:
-        """The device profile: the one given, else the paper-like class if shipped, else the phone class."""
+        """The device profile: the one given, else this CPU's paper-like class (12.5% of a core) if
+        shipped, else its phone class (25%), else the shipped phone class of another CPU."""
         if self.device_profile is not None:
             return Path(self.device_profile)
-        return PAPER_GAP_PROFILE if PAPER_GAP_PROFILE.is_file() else PHONE_PROFILE
+        return quota_profile(0.125) or quota_profile(0.25) or PHONE_PROFILE
 
 
 def percentile(xs: list[float], q: float) -> float:
