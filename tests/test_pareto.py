@@ -509,6 +509,11 @@ def test_objective_and_policy_are_one_setting(front_build):
     assert runner.policy == LATENCY
     runner.policy = "slo(latency_ms=80)"
     assert runner.objective == "pareto" and runner.policy == slo(80)
+    # All-device needs no estimates to be predicted (here forced: no server is asked).
+    runner.force_cut = "prob"
+    rec = runner.run(sample_inputs(), with_record=True)[1]
+    assert (rec.reason, rec.policy, rec.predicted_latency_ms, rec.predicted_energy_mj) == ("forced", "slo(latency_ms=80)",
+                                                                                          500.0, COMPUTE_MJ["prob"])
     runner.close()
 
 

@@ -37,8 +37,8 @@ class RunRecord:
     ``objective`` is "latency" or "energy" for those policies and "pareto" for the others;
     ``policy`` is the policy's text form (``slo(latency_ms=120)``). ``predicted_latency_ms``
     and ``predicted_energy_mj`` are the plan's prediction for the chosen cut at the
-    estimates the choice was made on (None where there were none: forced, backoff, or a
-    plan without an energy model).
+    estimates the choice was made on (the all-device cut's needs none; None for a forced
+    split, and the energy for a plan without an energy model).
     """
 
     cut: str
@@ -148,8 +148,13 @@ class CutPolicy:
         self.policy = value
 
     def _record(self, cut: str, reason: str, **fields) -> RunRecord:
+        """A record made without the network estimates; an all-device cut's prediction needs none."""
         policy = self._policy
-        return RunRecord(cut, reason, policy.objective, policy=str(policy), **fields)
+        rec = RunRecord(cut, reason, policy.objective, policy=str(policy), **fields)
+        if cut == self.plan.fallback:
+            rec.predicted_latency_ms, rec.predicted_energy_mj = self._predict(
+                self.plan.cuts[cut], 1.0, 1.0, None, self.plan.device_loads[self.plan.device_load_row(rec.device_load)])
+        return rec
 
     def reset_estimates(self, stale_s: float | None = None, backoff_s: tuple[float, float] | None = None) -> None:
         """Forget bandwidth, RTT, load and back-off (see :meth:`SplitRunner.reset_estimates`)."""
