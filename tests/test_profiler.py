@@ -158,12 +158,13 @@ def test_profile_corrects_for_the_machine_speed_at_each_moment(monkeypatch):
     _small_cases(monkeypatch)
     fixed = profiler.FixedCosts(run=0.004, node=0.0004, lone=0.0042, input=0.0006, output=0.0002)
     monkeypatch.setattr(profiler, "_fixed_costs", lambda *a: fixed)
-    monkeypatch.setattr(profiler, "_reorder_ms_per_byte", lambda *a: 2e-8)
+    monkeypatch.setattr(profiler, "_reorder_curve", lambda *a: [(1e4, 2e-8), (1e6, 4e-8)])
     plain = profiler.run_profile("plain", quick=True)
     monkeypatch.setattr(SpeedCheck, "factor", lambda self, kind, at: 2.0)
     halved = profiler.run_profile("halved", quick=True)
     assert (halved.run_overhead_ms, halved.node_overhead_ms, halved.input_overhead_ms, halved.output_overhead_ms,
-            halved.reorder_ms_per_byte) == pytest.approx((0.002, 0.0002, 0.0003, 0.0001, 1e-8))
+            halved.reorder_ms_per_byte) == pytest.approx((0.002, 0.0002, 0.0003, 0.0001, 1.5e-8))
+    assert halved.reorder_curve == pytest.approx(((1e4, 1e-8), (1e6, 2e-8)))
     assert 0.004 / 2 <= plain.run_overhead_ms <= 0.004 * 2  # real checks: a factor within the clip
 
 

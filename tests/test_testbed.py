@@ -318,8 +318,8 @@ def test_bench_quick_end_to_end(tmp_path):
     assert any(r["contested"] == "True" for r in rows), "--quick must keep a contested case"
     with open(out / "cuts.csv") as f:
         cut_rows = list(csv.DictReader(f))
-    for r in cut_rows:  # every candidate either has requests or says which measured bound left it out
-        assert int(r["n"]) > 0 or r["pruned"] in ("bound", "fastest request"), r
+    for row in cut_rows:  # every candidate either has requests or says which measured bound left it out
+        assert int(row["n"]) > 0 or row["pruned"] in ("bound", "fastest request"), row
     assert {r["encoding"] for r in cut_rows} == {"fp32", "fp16", "int8"}
     loaded = [r for r in rows if r["load"] == "loaded"]
     assert all(float(r["server_load_k"]) > 1.0 for r in loaded)  # the load is measured, not assumed
