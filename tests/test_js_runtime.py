@@ -166,16 +166,21 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
     return answers
 
 
+def js_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
+    """JavaScript's answers for ``conds``: tools/lookup.js on the build's plan."""
+    r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
+                       input=json.dumps(conds), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
 def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
     need(in_browser=False)
     compared = splits = moved = 0
     for device_dir in zoo_builds:
         doc = json.loads((device_dir / "plan.json").read_text())
         conds = conditions(doc, device_dir)
-        r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
-                           input=json.dumps(conds), capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        js = json.loads(r.stdout)
+        js = js_decisions(device_dir, conds)
         py = python_decisions(device_dir, conds)
         assert len(js) == len(py) == len(conds)
         wrong = [(c, j, p) for c, j, p in zip(conds, js, py) if j != p]
@@ -277,10 +282,7 @@ def test_policies_match_python_on_every_zoo_build(zoo_builds):
             continue
         with_fronts += 1
         conds, unmeetable = policy_conditions(doc, device_dir)
-        r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
-                           input=json.dumps(conds), capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, r.stderr[-2000:]
-        js = json.loads(r.stdout)
+        js = js_decisions(device_dir, conds)
         py = python_policy_decisions(device_dir, conds)
         assert len(js) == len(py) == len(conds)
         wrong = [(c, j, p) for c, j, p in zip(conds, js, py) if not _same_decision(j, p)]
