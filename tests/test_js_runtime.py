@@ -2,7 +2,9 @@
 
 - The look-up: for every zoo build and a grid of conditions (bandwidth, server load, RTT,
   device load), the JavaScript plan and Python's ``Plan.lookup`` (and the runner's RTT
-  rule) name the same cut; plans with and without the device-load axis.
+  rule) name the same cut; plans with and without the device-load axis. The policies
+  (latency, energy, SLOs, budgets, weighted sums, an SLO no cut meets): the same cut, reason
+  and predicted latency and energy as Python's CutPolicy on every zoo build with fronts.
 - The wire: requests the JavaScript side encodes decode in Python, answers Python encodes
   decode in JavaScript, for every datatype.
 - The runner, in Node (onnxruntime-web's WASM build) and in headless Chromium: every cut
