@@ -425,9 +425,10 @@ export class SplitRunner {
     // The device load enters the key, and the predictions, as its plan level: every run
     // moves the estimate a little (as Python's CutPolicy).
     const level = plan.deviceLoadRow(deviceLoad);
-    const key = `${policy}|${bw}|${load}|${rtt}|${level}`;
-    if (key !== this._decision.key) {
-      this._decision = { key, ...decidePolicy(plan, policy, bw, load, rtt, plan.deviceLoads[level]) };
+    // The policy by identity: its text form rounds the numbers, so two policies may share one.
+    const key = `${bw}|${load}|${rtt}|${level}`;
+    if (key !== this._decision.key || policy !== this._decision.policy) {
+      this._decision = { key, policy, ...decidePolicy(plan, policy, bw, load, rtt, plan.deviceLoads[level]) };
     }
     const lookupUs = (performance.now() - t) * 1e3;
     const { cut: cutId, reason, latencyMs, energyMj } = this._decision;
