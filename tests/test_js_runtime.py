@@ -2,7 +2,9 @@
 
 - The look-up: for every zoo build and a grid of conditions (bandwidth, server load, RTT,
   device load), the JavaScript plan and Python's ``Plan.lookup`` (and the runner's RTT
-  rule) name the same cut; plans with and without the device-load axis.
+  rule) name the same cut; plans with and without the device-load axis. The policies
+  (latency, energy, SLOs, budgets, weighted sums, an SLO no cut meets): the same cut, reason
+  and predicted latency and energy as Python's CutPolicy on every zoo build with fronts.
 - The wire: requests the JavaScript side encodes decode in Python, answers Python encodes
   decode in JavaScript, for every datatype.
 - The runner, in Node (onnxruntime-web's WASM build) and in headless Chromium: every cut
@@ -166,16 +168,21 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
     return answers
 
 
+def js_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
+    """JavaScript's answers for ``conds``: tools/lookup.js on the build's plan."""
+    r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
+                       input=json.dumps(conds), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
 def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
     need(in_browser=False)
     compared = splits = moved = 0
     for device_dir in zoo_builds:
         doc = json.loads((device_dir / "plan.json").read_text())
         conds = conditions(doc, device_dir)
-        r = subprocess.run(["node", str(JS_DIR / "tools" / "lookup.js"), str(device_dir / "plan.json")],
-                           input=json.dumps(conds), capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        js = json.loads(r.stdout)
+        js = js_decisions(device_dir, conds)
         py = python_decisions(device_dir, conds)
         assert len(js) == len(py) == len(conds)
         wrong = [(c, j, p) for c, j, p in zip(conds, js, py) if j != p]
@@ -191,6 +198,194 @@ def test_lookup_matches_python_on_every_zoo_build(zoo_builds):
     # The grid is not trivial: many conditions, decisions other than all-device among them,
     # and decisions that the device load changes.
     assert compared > 100_000 and splits > 1000 and moved > 100, (compared, splits, moved)
+
+
+def policy_conditions(plan_doc: dict, device_dir: Path) -> tuple[list[dict], str]:
+    """Conditions crossed with policies, for a plan with fronts: bandwidths on and beside the
+    bucket starts and a log sweep, loads and device loads on and between the levels, RTTs
+    at and over the plan's. The policies: latency and energy (the tables the plan has), SLOs
+    and budgets between the latencies and energies the fronts themselves span (so that they
+    pick inner points, not always an end), weighted sums whose lambda trades the two spans
+    at several rates, and one SLO below every fastest point (never met). Returns the
+    conditions and that SLO's text."""
+    from nscompile.runtime.plan import Plan
+
+    plan = Plan(plan_doc, device_dir)
+    grid = plan_doc["grid"]
+    buckets = [float(b) for b in grid["bandwidth_mbps"]]
+    bandwidths = sorted({b * f for b in buckets[::4] for f in (1 - 1e-12, 1.0)} | {10 ** (e / 4) for e in range(-8, 21)})
+    loads = sorted({float(x) for x in grid["load"]} | {1.5, 3.0})
+    device_loads = [float(x) for x in grid.get("device_load", [1.0])]
+    kds = sorted(set(device_loads + _geometric_middles(device_loads) + [3.0]))
+    plan_rtt = float(grid.get("rtt_ms") or 0.0)
+    base = [{"bandwidth_mbps": bw, "load": load, "rtt_ms": rtt, "device_load": kd}
+            for bw in bandwidths for load in loads for kd in kds for rtt in (None, plan_rtt + 30.0)]
+    latencies, energies, fastest = set(), set(), math.inf
+    for c in base:
+        level = plan.device_loads[plan.device_load_row(c["device_load"])]
+        front = plan.pareto_front(c["bandwidth_mbps"], c["load"], c["rtt_ms"], None, level)
+        fastest = min(fastest, front[0].latency_ms)
+        if len(front) > 1:
+            latencies.update(p.latency_ms for p in front)
+            energies.update(p.energy_mj for p in front)
+    policies = [o for o in ("latency", "energy") if o in plan.objectives]
+    unmeetable = f"slo(latency_ms={fastest * 0.5:g})"
+    if latencies:
+        lat, en = sorted(latencies), sorted(energies)
+        quantiles = (0.1, 0.3, 0.5, 0.7, 0.9)
+        policies += [f"slo(latency_ms={lat[int(q * (len(lat) - 1))] * 1.0001:g})" for q in quantiles]
+        policies += [f"budget(energy_mj={en[int(q * (len(en) - 1))] * 1.0001:g})" for q in quantiles]
+        rate = (lat[-1] - lat[0]) / max(en[-1] - en[0], 1e-12)
+        policies += ["weighted(0)", *(f"weighted({rate * f:g})" for f in (0.1, 1.0, 10.0))]
+    policies.append(unmeetable)
+    return [{**c, "policy": p} for p in dict.fromkeys(policies) for c in base], unmeetable
+
+
+def python_policy_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
+    """Python's answers for policy conditions: CutPolicy._decide, the runner's choice after the
+    estimates, at the device-load level (as CutPolicy.choose calls it)."""
+    from nscompile.runtime import SplitRunner
+    from nscompile.runtime.policies import as_policy
+
+    runner = SplitRunner(device_dir, "http://127.0.0.1:9")  # never called: only the decision code runs
+    plan, cut_policy = runner.plan, runner.cut_policy
+    answers = []
+    for c in conds:
+        policy = as_policy(c["policy"])
+        runner.net.rtt.value = c["rtt_ms"]  # the RTT rule of latency reads the estimate
+        level = plan.device_loads[plan.device_load_row(c["device_load"])]
+        cut, reason, (latency, energy) = cut_policy._decide(policy, c["bandwidth_mbps"], c["load"], c["rtt_ms"], level)
+        answers.append({"cut": cut, "reason": reason, "policy": str(policy), "predicted_latency_ms": latency,
+                        "predicted_energy_mj": energy})
+    runner.close()
+    return answers
+
+
+def _same_decision(js: dict, py: dict) -> bool:
+    """The same cut, reason and policy text, and predictions equal within 1e-9 relative."""
+    if any(js[k] != py[k] for k in ("cut", "reason", "policy")):
+        return False
+    for key in ("predicted_latency_ms", "predicted_energy_mj"):
+        a, b = js[key], py[key]
+        if (a is None) != (b is None) or (a is not None and not math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)):
+            return False
+    return True
+
+
+def test_policies_match_python_on_every_zoo_build(zoo_builds):
+    """Every zoo build with fronts, a grid of conditions and policies: JavaScript and Python
+    choose the same cut for the same reason and predict the same latency and energy."""
+    need(in_browser=False)
+    compared = inner = unmet_seen = met_seen = 0
+    with_fronts = 0
+    for device_dir in zoo_builds:
+        doc = json.loads((device_dir / "plan.json").read_text())
+        if not doc.get("pareto") or not doc.get("energy_model"):
+            continue
+        with_fronts += 1
+        conds, unmeetable = policy_conditions(doc, device_dir)
+        js = js_decisions(device_dir, conds)
+        py = python_policy_decisions(device_dir, conds)
+        assert len(js) == len(py) == len(conds)
+        wrong = [(c, j, p) for c, j, p in zip(conds, js, py) if not _same_decision(j, p)]
+        assert not wrong, f"{device_dir}: {len(wrong)} of {len(conds)} differ, first: {wrong[0]}"
+        compared += len(conds)
+        # The policies discriminate: front policies pick cuts other than both tables' picks,
+        # SLOs and budgets are met in some conditions and not in others, and the SLO below
+        # every fastest point is never met (its fallback: the fastest, as the latency end).
+        by_condition = {}
+        for c, p in zip(conds, py):
+            by_condition.setdefault((c["bandwidth_mbps"], c["load"], c["rtt_ms"], c["device_load"]), {})[c["policy"]] = p
+        for answers in by_condition.values():
+            ends = {answers[o]["cut"] for o in ("latency", "energy") if o in answers}
+            inner += sum(1 for text, p in answers.items() if p["reason"] == "pareto" and p["cut"] not in ends)
+            assert answers[unmeetable]["reason"] == "unmet", answers[unmeetable]
+        for c, p in zip(conds, py):
+            if c["policy"].startswith(("slo", "budget")) and c["policy"] != unmeetable:
+                met_seen += p["reason"] == "pareto"
+                unmet_seen += p["reason"] == "unmet"
+    assert with_fronts >= 4 and compared > 50_000 and inner > 100 and met_seen > 1000 and unmet_seen > 100, (
+        with_fronts, compared, inner, met_seen, unmet_seen)
+
+
+def test_js_policies_parse_and_fall_back(tmp_path, zoo_builds):
+    """The text forms read as Python's (and print back the same), bad ones are one clear
+    Error; an unmeetable SLO takes the fastest point, an unmeetable budget the least energy;
+    a plan without fronts refuses the front policies, naming the field it lacks."""
+    need(in_browser=False)
+    from nscompile.errors import NscompileError
+    from nscompile.runtime.plan import load_plan
+    from nscompile.runtime.policies import as_policy
+
+    texts = ["latency", " energy ", "slo(latency_ms=120)", "slo(120.5)", "budget(energy_mj=50)", "budget( 1e-3 )",
+             "weighted(0.5)", "weighted(lam=0)", "slo(latency_ms=1_000)", "weighted(1234567)"]
+    bad = ["slo(energy_mj=3)", "slo(abc)", "slo(latency_ms=0)", "budget(-1)", "weighted(-0.5)", "slo(inf)", "fast", ""]
+    script = """
+import { asPolicy } from "./policies.js";
+const { texts, bad } = JSON.parse(await new Response(process.stdin).text());
+const objects = [{ slo: 120 }, { budget: 50 }, { weighted: 0.25 }, { slo: -1 }, { fast: 1 }];
+const tryIt = (v) => { try { return String(asPolicy(v)); } catch (e) { return e.name + ": " + e.message; } };
+process.stdout.write(JSON.stringify({ texts: texts.map(tryIt), bad: bad.map(tryIt), objects: objects.map(tryIt) }));
+"""
+    out = json.loads(node(script, json.dumps({"texts": texts, "bad": bad})))
+    assert out["texts"] == [str(as_policy(t)) for t in texts]
+    for text, msg in zip(bad, out["bad"]):
+        assert msg.startswith("NscompileError: "), (text, msg)
+        with pytest.raises(NscompileError):
+            as_policy(text)
+    assert out["bad"][0].endswith("slo() takes latency_ms=, not energy_mj="), out["bad"][0]
+    assert out["objects"][:3] == ["slo(latency_ms=120)", "budget(energy_mj=50)", "weighted(0.25)"]
+    assert "positive number of milliseconds" in out["objects"][3] and "unknown policy" in out["objects"][4]
+
+    device_dir = next(d for d in zoo_builds if d.name == "device" and d.parent.name == "alexnet-quota25")
+    plan = load_plan(device_dir)
+    conds = [(bw, load, kd) for bw in (0.3, 3.0, 30.0, 300.0, 3000.0) for load in (1.0, 8.0) for kd in (1.0, 4.0)]
+    script = """
+import { readFileSync } from "node:fs";
+import { Plan } from "./plan.js";
+import { asPolicy, decidePolicy } from "./policies.js";
+const { path, conds } = JSON.parse(await new Response(process.stdin).text());
+const plan = new Plan(JSON.parse(readFileSync(path, "utf8")), path);
+process.stdout.write(JSON.stringify(conds.map(([bw, load, kd]) => {
+  const front = plan.paretoFront(bw, load, null, null, kd);
+  const slo = decidePolicy(plan, asPolicy("slo(latency_ms=1e-6)"), bw, load, null, kd);
+  const budget = decidePolicy(plan, asPolicy("budget(energy_mj=1e-9)"), bw, load, null, kd);
+  return { front, slo, budget };
+})));
+"""
+    got = json.loads(node(script, json.dumps({"path": str(device_dir / "plan.json"), "conds": conds})))
+    for (bw, load, kd), g in zip(conds, got):
+        front = plan.pareto_front(bw, load, None, None, kd)
+        assert [p["cut"] for p in g["front"]] == [p.cut for p in front]
+        fastest, frugal = front[0], front[-1]
+        assert g["slo"]["reason"] == "unmet" and g["slo"]["cut"] == fastest.cut, g["slo"]
+        assert math.isclose(g["slo"]["latencyMs"], fastest.latency_ms, rel_tol=1e-12)
+        assert g["budget"]["reason"] == "unmet" and g["budget"]["cut"] == frugal.cut, g["budget"]
+    assert any(len(g["front"]) > 1 for g in got)  # fastest and least energy differ somewhere
+
+    old = next(d for d in zoo_builds if d.name == "alexnet-buckets")
+    script = """
+import { readFileSync } from "node:fs";
+import { Plan } from "./plan.js";
+import { asPolicy, checkPolicy } from "./policies.js";
+const { paths } = JSON.parse(await new Response(process.stdin).text());
+process.stdout.write(JSON.stringify(paths.map((path) => {
+  const plan = new Plan(JSON.parse(readFileSync(path, "utf8")), path);
+  return ["latency", "slo(latency_ms=120)", "weighted(0.5)"].map((t) => {
+    try { checkPolicy(plan, asPolicy(t)); return "ok"; } catch (e) { return e.message; }
+  });
+})));
+"""
+    no_energy = tmp_path / "no-energy"
+    shutil.copytree(device_dir, no_energy)
+    doc = json.loads((no_energy / "plan.json").read_text())
+    del doc["energy_model"]
+    (no_energy / "plan.json").write_text(json.dumps(doc))
+    (old_msgs, no_energy_msgs) = json.loads(node(script, json.dumps(
+        {"paths": [str(old / "plan.json"), str(no_energy / "plan.json")]})))
+    assert old_msgs[0] == "ok" and no_energy_msgs[0] == "ok"
+    assert "plan.json lacks 'pareto'; rebuild it" in old_msgs[1] and 'policy "weighted(0.5)"' in old_msgs[2], old_msgs
+    assert "plan.json lacks 'energy_model'; rebuild it" in no_energy_msgs[1], no_energy_msgs
 
 
 def test_plan_errors_name_the_field(tmp_path):
@@ -570,6 +765,52 @@ def test_pinned_device_load_is_used_as_given(harness_kind, device_axis_build, ha
             assert ok(r.run(inputs))["record"]["device_load"] == 1.9
     finally:
         r.close()
+
+
+def test_runner_follows_its_policy_and_falls_back_on_an_unmeetable_slo(zoo_split_builds, tmp_path):
+    """In Node, on AlexNet with fronts: the policy given at open and set between calls decides
+    as Python's CutPolicy does for the record's estimates; an SLO no cut meets takes the fastest
+    point (reason "unmet"); latency and energy keep reading the tables."""
+    need(in_browser=False)
+    from nscompile.runtime import SplitRunner
+    from nscompile.runtime.policies import as_policy
+
+    build, model_path = zoo_split_builds["alexnet"]
+    plan_doc = json.loads((build / "plan.json").read_text())
+    assert plan_doc.get("pareto") and plan_doc.get("energy_model"), "the build wrote no fronts"
+    rng = np.random.default_rng(5)
+    inputs = {t["name"]: rng.standard_normal(t["shape"]).astype(t["dtype"]) for t in plan_doc["model"]["inputs"]}
+    py = SplitRunner(build / "device", "http://127.0.0.1:9")  # only its decision code runs
+    r = Rig("node", build, tmp_path)
+    try:
+        ok(r.open(bandwidthMbps=20.0, load=1.0, deviceLoad=1.0, policy="slo(latency_ms=0.001)"))
+        records = [ok(r.run(inputs))["record"]]
+        for policy in ("energy", {"budget": 1e9}, "weighted(0.5)", "latency"):
+            assert r.harness.call("configure", {"policy": policy}) is None
+            records.append(ok(r.run(inputs))["record"])
+        bad = r.harness.call("configure", {"policy": "slo(fast=1)"})
+        assert "slo() takes latency_ms=, not fast=" in bad["error"]["message"], bad
+        records.append(ok(r.run(inputs))["record"])  # the bad policy changed nothing
+    finally:
+        r.close()
+    unmet = records[0]
+    front = py.plan.pareto_front(20.0, 1.0, unmet["rtt_ms"], None, 1.0)
+    assert unmet["reason"] == "unmet" and unmet["cut"] == front[0].cut and unmet["objective"] == "pareto", unmet
+    assert unmet["policy"] == "slo(latency_ms=0.001)"
+    assert [x["policy"] for x in records] == ["slo(latency_ms=0.001)", "energy", "budget(energy_mj=1e+09)", "weighted(0.5)",
+                                              "latency", "latency"]
+    assert [x["objective"] for x in records[1:]] == ["energy", "pareto", "pareto", "latency", "latency"]
+    for rec in records:
+        py.net.rtt.value = rec["rtt_ms"]  # the RTT rule of latency reads the estimate
+        policy = as_policy(rec["policy"])
+        cut, reason, (latency, energy) = py.cut_policy._decide(policy, 20.0, 1.0, rec["rtt_ms"], 1.0)
+        if py.cut_policy._device_only[policy.objective]:  # every table entry is all-device (energy, here)
+            reason = "plan"
+        assert (rec["cut"], rec["reason"]) == (cut, reason) and not rec["fell_back"], rec
+        assert rec["predicted_latency_ms"] == pytest.approx(latency, rel=1e-9), rec
+        assert rec["predicted_energy_mj"] == pytest.approx(energy, rel=1e-9), rec
+    assert records[2]["reason"] == "pareto" and records[2]["cut"] == front[0].cut  # every cut is within 1e9 mJ
+    py.close()
 
 
 def test_refused_connection_runs_on_the_device(rig):

@@ -55,6 +55,34 @@ function nearestLog(logLevels, value) {
   return best;
 }
 
+const ENERGY_FIGURES = ["compute_power_w", "idle_power_w"];
+const RADIO_FIGURES = ["up_alpha_w_per_mbps", "up_beta_w", "down_alpha_w_per_mbps", "down_beta_w"];
+
+/**
+ * The device's power figures and its radio model (plan.json's energy_model), as Python's
+ * EnergyModel: compute_power_w, idle_power_w, radio (its name), up/down alpha and beta
+ * (Huang et al.'s alpha * Mbps + beta watts while sending and receiving).
+ *
+ * @param {object} doc plan.json's energy_model
+ * @param {string} where the plan's location, for messages
+ * @throws {NscompileError} a figure is missing, negative or not a number
+ */
+export function energyModel(doc, where = "plan.json") {
+  const radio = doc?.radio;
+  const values = {};
+  for (const [source, keys] of [[doc, ENERGY_FIGURES], [radio, RADIO_FIGURES]]) {
+    for (const k of keys) {
+      const v = source !== null && typeof source === "object" ? source[k] : undefined;
+      const x = v === null || v === undefined || typeof v === "object" ? NaN : Number(v);
+      if (Number.isNaN(x)) throw new NscompileError(`${where}: energy_model lacks power or radio figures; rebuild the plan`);
+      values[k] = x;
+    }
+  }
+  const bad = Object.entries(values).filter(([, v]) => !(Number.isFinite(v) && v >= 0));
+  if (bad.length) throw new NscompileError(`${where}: energy_model.${bad[0][0]} must be a non-negative number; rebuild the plan`);
+  return { radio: String(radio.name ?? ""), ...values };
+}
+
 /**
  * One emitted cut: what the device runs, what it uploads, which server model finishes it.
  *
@@ -65,7 +93,7 @@ function nearestLog(logLevels, value) {
  * wrote one), predicted (the plan's figures).
  */
 export class Cut {
-  constructor(doc, where) {
+  constructor(doc, where, energy = null) {
     if (doc === null || typeof doc !== "object" || doc.id === undefined) {
       throw new NscompileError(`${where}: a cuts[] entry lacks 'id'; rebuild the plan`);
     }
@@ -78,6 +106,8 @@ export class Cut {
     this.cloudModel = cloud;
     this.predicted = { ...(doc.predicted ?? {}) };
     this.encoding = this.cloudModel === null ? null : String(doc.encoding ?? "fp32");
+    /** The plan's energy model (see energyModel), or null: a plan built before it had one. */
+    this.energy = energy;
   }
 
   /** True for the cut that needs no server. */
@@ -130,6 +160,40 @@ export class Cut {
     ms += ((p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS) / (downlinkMbps || uplinkMbps);
     return ms + rttMs;
   }
+
+  /**
+   * The plan's predicted device energy of one request through this cut (mJ), Python's
+   * Cut.energy_mj term by term and in its order, so both languages give the same number.
+   *
+   * Kd x the prefix's compute energy (predicted.device_compute_mj), idle power while the
+   * server works (K x cloud ms) and during the RTT, and the radio's alpha * Mbps + beta
+   * while sending upload_bytes and receiving download_bytes; all-device costs its compute alone.
+   *
+   * @param {number} uplinkMbps
+   * @param {number} load
+   * @param {number} rttMs
+   * @param {number|null} downlinkMbps null: equal to the uplink; Infinity: receiving takes no time (the per-bit energy remains)
+   * @param {number} deviceLoad
+   * @returns {number}
+   * @throws {NscompileError} the plan has no energy model, or predicts no device_compute_mj (or, a split, cloud_ms)
+   */
+  energyMj(uplinkMbps, load = 1, rttMs = 0, downlinkMbps = null, deviceLoad = 1) {
+    const e = this.energy;
+    if (e === null) throw new NscompileError("this plan has no energy_model to predict energy with; rebuild it with this nscompile");
+    const p = this.predicted;
+    for (const key of this.allDevice ? ["device_compute_mj"] : ["device_compute_mj", "cloud_ms"]) {
+      if (!(key in p)) throw new NscompileError(`cut "${this.id}" predicts no ${key}, so no energy; rebuild the plan`);
+    }
+    let mj = deviceLoad * p.device_compute_mj;
+    if (this.allDevice) return mj;
+    mj += e.idle_power_w * (load * p.cloud_ms + rttMs);
+    // Transfer time (bytes * 8e-3 / Mbps ms) times alpha * Mbps + beta watts: written so
+    // that an infinite rate leaves the per-bit term and drops the time-based one.
+    mj += (p.upload_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS * (e.up_alpha_w_per_mbps + e.up_beta_w / uplinkMbps);
+    const down = downlinkMbps || uplinkMbps;
+    mj += (p.download_bytes ?? 0) * MS_PER_BYTE_AT_1MBPS * (e.down_alpha_w_per_mbps + e.down_beta_w / down);
+    return mj;
+  }
 }
 
 /**
@@ -168,9 +232,12 @@ export class Plan {
     this.rttMs = Number(grid.rtt_ms || 0);
     this.downlinkMbps = grid.downlink_mbps ?? null;
     this.weights = raw.weights ? baseName(raw.weights) : null;
+    const hasEnergy = raw.energy_model && (typeof raw.energy_model !== "object" || Object.keys(raw.energy_model).length > 0);
+    /** plan.json's energy_model (see energyModel), or null for a plan built before it had one. */
+    this.energyModel = hasEnergy ? energyModel(raw.energy_model, where) : null;
     this.cuts = new Map();
     for (const doc of raw.cuts) {
-      const cut = new Cut(doc, where);
+      const cut = new Cut(doc, where, this.energyModel);
       this.cuts.set(cut.id, cut);
     }
     this.fallback = String(raw.fallback || "");
@@ -189,6 +256,101 @@ export class Plan {
     this._buildLookup(grid, where);
     this._logLoads = this.loads.map((x) => Math.log(Math.max(x, 1e-9)));
     this._logDeviceLoads = this.deviceLoads.map((x) => Math.log(Math.max(x, 1e-9)));
+    this._bandwidths = (grid.bandwidth_mbps ?? []).map(Number);
+    [this._fronts, this._frontIndex] = this._readPareto(raw.pareto, where);
+  }
+
+  /** pareto's fronts and index, checked against the grid and the cuts; empty when absent (Python's _read_pareto). */
+  _readPareto(doc, where) {
+    if (!doc || (typeof doc === "object" && Object.keys(doc).length === 0)) return [[], []];
+    const lacks = () => new NscompileError(`${where}: pareto lacks fronts or index; rebuild the plan`);
+    if (typeof doc !== "object" || !Array.isArray(doc.fronts) || !Array.isArray(doc.index)) throw lacks();
+    if (!doc.fronts.every(Array.isArray)) throw lacks();
+    const fronts = doc.fronts.map((front) => front.map(String));
+    const isInt = (i) => Number.isInteger(Number(i)) && i !== null && typeof i !== "boolean";
+    const shapeOk = doc.index.length === this.deviceLoads.length
+      && doc.index.every((rows) => Array.isArray(rows) && rows.length === this.loads.length
+        && rows.every((row) => Array.isArray(row) && row.length === this._bandwidths.length));
+    if (doc.index.some((rows) => Array.isArray(rows) && rows.some((row) => Array.isArray(row) && !row.every(isInt)))) throw lacks();
+    if (!shapeOk) throw new NscompileError(`${where}: pareto.index is not [device level][load][bucket] of the grid; rebuild the plan`);
+    const index = doc.index.map((rows) => rows.map((row) => row.map(Number)));
+    if (index.some((rows) => rows.some((row) => row.some((i) => !(i >= 0 && i < fronts.length))))) {
+      throw new NscompileError(`${where}: pareto.index names a front that pareto.fronts does not have; rebuild the plan`);
+    }
+    for (const front of fronts) {
+      for (const id of front) {
+        if (!this.cuts.has(id)) throw new NscompileError(`${where}: a pareto front names cut "${id}" which is not emitted`);
+      }
+      if (front.length === 0) throw new NscompileError(`${where}: pareto.fronts holds an empty front; rebuild the plan`);
+    }
+    return [fronts, index];
+  }
+
+  /** Whether the plan stores latency-energy fronts (pareto) and an energy model to read them with. */
+  get hasPareto() {
+    return this._fronts.length > 0 && this.energyModel !== null;
+  }
+
+  /**
+   * The plan.json fields a policy choosing on the front needs and this plan lacks ([] when it has them).
+   * @returns {string[]} among "pareto" and "energy_model"
+   */
+  get missingParetoFields() {
+    const missing = [];
+    if (this._fronts.length === 0) missing.push("pareto");
+    if (this.energyModel === null) missing.push("energy_model");
+    return missing;
+  }
+
+  /**
+   * The stored front of the condition's bucket: cut ids, fastest first at the bucket's centre
+   * (Python's Plan.front_cuts); empty for a plan without pareto.
+   */
+  frontCuts(bandwidthMbps, load = 1, deviceLoad = 1) {
+    if (this._fronts.length === 0) return [];
+    const row = this._frontIndex[this.deviceLoadRow(deviceLoad)][this.loadRow(load)];
+    const i = lastAtOrBelow(this._bandwidths, bandwidthMbps);
+    return this._fronts[row[i >= 0 ? i : 0]];
+  }
+
+  /**
+   * The latency-energy front at the given conditions, fastest first (Python's Plan.pareto_front).
+   *
+   * Candidates: the stored front of the condition's bucket, the exact latency and energy
+   * optima at this bandwidth (lookup) and the all-device cut, deduplicated in that order;
+   * each is evaluated with latencyMs and energyMj at these conditions, sorted by (latency,
+   * energy) and kept when its energy is strictly below every point before it.
+   *
+   * @param {number} bandwidthMbps uplink Mbit/s
+   * @param {number} load server slowdown K
+   * @param {number|null} rttMs null: the RTT the plan assumed
+   * @param {number|null} downlinkMbps null: the plan's (null there: the uplink's)
+   * @param {number} deviceLoad device slowdown Kd (the stored front is that of the nearest level)
+   * @returns {{cut: string, latency_ms: number, energy_mj: number}[]}
+   * @throws {NscompileError} the plan has no energy model
+   */
+  paretoFront(bandwidthMbps, load = 1, rttMs = null, downlinkMbps = null, deviceLoad = 1) {
+    if (this.energyModel === null) {
+      throw new NscompileError("this plan has no energy_model, so no latency-energy front; rebuild it with this nscompile");
+    }
+    const ids = new Set(this.frontCuts(bandwidthMbps, load, deviceLoad));
+    for (const objective of ["latency", "energy"]) {
+      if (this._tables.has(objective)) ids.add(this.lookup(bandwidthMbps, load, objective, deviceLoad));
+    }
+    ids.add(this.fallback);
+    const rtt = rttMs ?? this.rttMs;
+    const down = downlinkMbps ?? (this.downlinkMbps ? Number(this.downlinkMbps) : null);
+    const points = [...ids].map((id) => {
+      const cut = this.cuts.get(id);
+      return { cut: id, latency_ms: cut.latencyMs(bandwidthMbps, load, rtt, down, deviceLoad),
+        energy_mj: cut.energyMj(bandwidthMbps, load, rtt, down, deviceLoad) };
+    });
+    // Stable, as Python's sorted(): points equal in both keep the candidates' order.
+    points.sort((a, b) => (a.latency_ms < b.latency_ms ? -1 : a.latency_ms > b.latency_ms ? 1
+      : a.energy_mj < b.energy_mj ? -1 : a.energy_mj > b.energy_mj ? 1 : 0));
+    const front = [];
+    for (const p of points) if (front.length === 0 || p.energy_mj < front[front.length - 1].energy_mj) front.push(p);
+    return front;
   }
 
   _buildLookup(grid, where) {
@@ -246,10 +408,15 @@ export class Plan {
     return [...this._tables.keys()].sort();
   }
 
-  /** The cut every condition of `objective`'s tables selects, if there is one such cut (else null). */
+  /**
+   * The cut every condition of `objective`'s tables selects, if there is one such cut (else null).
+   * objective "pareto": the cut every table and every front of the plan names.
+   */
   onlyCut(objective = "latency") {
     const ids = new Set();
-    for (const level of this._tables.get(objective) ?? []) for (const [, row] of level) for (const id of row) ids.add(id);
+    const tables = objective === "pareto" ? [...this._tables.values()] : [this._tables.get(objective) ?? []];
+    for (const levels of tables) for (const level of levels) for (const [, row] of level) for (const id of row) ids.add(id);
+    if (objective === "pareto") for (const front of this._fronts) for (const id of front) ids.add(id);
     return ids.size === 1 ? [...ids][0] : null;
   }
 

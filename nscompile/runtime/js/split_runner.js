@@ -22,10 +22,12 @@
 import { NscompileError, ProtocolError } from "./errors.js";
 import { DeviceLoad, monotonic, NetState } from "./netstate.js";
 import { Plan } from "./plan.js";
+import { asPolicy, checkPolicy, decidePolicy, predict } from "./policies.js";
 import { decodeResponse, encodeRequest, HEADER_LENGTH } from "./protocol.js";
 
 export { NscompileError, ProtocolError } from "./errors.js";
 export { Cut, Plan, PLAN_SCHEMA } from "./plan.js";
+export { asPolicy, budget, slo, weighted } from "./policies.js";
 
 /** Headers and endpoints nscompile serve adds (nscompile/runtime/contract.py). */
 export const LOAD_HEADER = "nscompile-load";
@@ -140,9 +142,16 @@ function shapeMatches(expected, got) {
  * What one run() did, with each phase's time; the fields of the Python runner's RunRecord
  * (snake_case, so that both serialise to the same JSON) plus the browser's own measures.
  *
- * reason says why the cut was chosen: "table", "forced", "plan" (everything on the device
- * whatever the conditions), "rtt" (the measured RTT made all-device faster), "backoff"
- * (the server failed recently) or "fallback" (it failed during this call; error says how).
+ * reason says why the cut was chosen: "table", "pareto" (the policy's point of the
+ * latency-energy front), "unmet" (no cut meets the policy's SLO or budget: its fallback,
+ * the fastest or the least energy), "forced", "plan" (everything on the device whatever
+ * the conditions), "rtt" (the measured RTT made all-device faster), "backoff" (the server
+ * failed recently) or "fallback" (it failed during this call; error says how).
+ * objective is "latency" or "energy" for those policies and "pareto" for the others;
+ * policy is the policy's text form ("slo(latency_ms=120)"); predicted_latency_ms and
+ * predicted_energy_mj are the plan's prediction for the chosen cut at the estimates the
+ * choice was made on, as Python's (the all-device cut's needs none; null for a forced
+ * split, and the energy for a plan without an energy model).
  * device_load is the device's slowdown Kd the decision used (pinned or learnt).
  * session_ms is the time spent creating a prefix session on first use (not in prefix_ms).
  * upload_ms and download_ms split the measured transfer: until the answer's headers
@@ -176,6 +185,9 @@ export class RunRecord {
     this.fell_back = false;
     this.error = null;
     this.predicted = null;
+    this.policy = objective;
+    this.predicted_latency_ms = null;
+    this.predicted_energy_mj = null;
     Object.assign(this, fields);
   }
 
@@ -198,7 +210,12 @@ export class SplitRunner {
    * @param {string} serverUrl base URL of a KServe v2 server serving the build's cloud/
    * @param {object} [options]
    * @param {object} [options.ort] the ONNX Runtime module (onnxruntime-web or onnxruntime-node)
-   * @param {string} [options.objective="latency"] which of the plan's tables to use
+   * @param {string} [options.objective] "latency" or "energy": which of the plan's tables to use (the
+   *   policies of those names; with neither option, "latency")
+   * @param {string|object} [options.policy] what to optimise: "latency", "energy", or a point of the
+   *   latency-energy front: "slo(latency_ms=X)" or {slo: X}, "budget(energy_mj=Y)" or {budget: Y},
+   *   "weighted(LAM)" or {weighted: LAM} (the text Python's as_policy reads); pass this or objective, not both.
+   *   runner.policy may be set between calls.
    * @param {number} [options.deadlineMs=5000] a server call slower than this is abandoned, the request finished on the device
    * @param {string} [options.forceCut] always use this cut
    * @param {number} [options.bandwidthMbps] pin the uplink bandwidth instead of measuring it
@@ -212,7 +229,8 @@ export class SplitRunner {
    * @param {object} [options.sessionOptions] ONNX Runtime session options for the prefixes
    * @param {Function} [options.fetch] the fetch to use (default: globalThis.fetch)
    * @returns {Promise<SplitRunner>}
-   * @throws {NscompileError} a missing file, an unknown plan schema, an objective or cut not in the plan
+   * @throws {NscompileError} a missing file, an unknown plan schema, an objective, policy or cut the plan
+   *   cannot follow (a front policy on a plan without pareto / energy_model), both objective and policy
    */
   static async open(deviceDirUrl, serverUrl, options = {}) {
     const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis);
@@ -234,9 +252,9 @@ export class SplitRunner {
   }
 
   constructor(plan, dir, serverUrl, ort, fetchFn, options) {
-    const objective = options.objective ?? "latency";
-    if (!plan.objectives.includes(objective)) {
-      throw new NscompileError(`objective "${objective}" is not in the plan; use one of ${JSON.stringify(plan.objectives)}`);
+    if (options.objective != null && options.policy != null) {
+      throw new NscompileError(`pass policy or objective, not both (got objective ${JSON.stringify(options.objective)}, `
+        + `policy ${JSON.stringify(String(options.policy))})`);
     }
     if (options.forceCut != null && !plan.cuts.has(options.forceCut)) {
       throw new NscompileError(`cut "${options.forceCut}" is not in the plan; use one of ${JSON.stringify([...plan.cuts.keys()].sort())}`);
@@ -244,7 +262,7 @@ export class SplitRunner {
     this.plan = plan;
     this.dir = dir;
     this.ort = ort;
-    this.objective = objective;
+    this.policy = options.policy ?? options.objective ?? "latency";
     this.serverUrl = String(serverUrl ?? "").replace(/\/+$/, "");
     this.deadlineMs = options.deadlineMs ?? 5000;
     this.forceCut = options.forceCut ?? null;
@@ -266,10 +284,31 @@ export class SplitRunner {
     this._probeSupported = true;
     this._probeDue = false;
     this._probing = null;
-    this._decision = { key: null, cut: "", reason: "" };
-    // Objectives whose every table entry is all-device: no condition can change that
-    // (RTT only ever favours the device), so such a runner never probes or calls out.
-    this._deviceOnly = Object.fromEntries(plan.objectives.map((o) => [o, plan.onlyCut(o) === plan.fallback]));
+    this._decision = { key: null };
+    // Objectives whose every table entry is all-device ("pareto": every table and front): no
+    // condition can change that (RTT only ever favours the device), so such a runner never
+    // probes or calls out.
+    this._deviceOnly = Object.fromEntries([...plan.objectives, "pareto"].map((o) => [o, plan.onlyCut(o) === plan.fallback]));
+  }
+
+  /** The policy the next decision follows (a Policy of policies.js); assign one, its text form or {slo: X} to change it. */
+  get policy() {
+    return this._policy;
+  }
+
+  set policy(value) {
+    const policy = asPolicy(value);
+    checkPolicy(this.plan, policy);
+    this._policy = policy;
+  }
+
+  /** "latency" or "energy" for those policies, "pareto" for the others; assigning sets the policy. */
+  get objective() {
+    return this._policy.objective;
+  }
+
+  set objective(value) {
+    this.policy = value;
   }
 
   // -- public API ----------------------------------------------------------------------
@@ -325,7 +364,7 @@ export class SplitRunner {
   resetEstimates() {
     const old = this.net;
     this.net = new NetState(old.bandwidth.alpha, old.staleS, [old.backoffFirst, old.backoffMax]);
-    this._decision = { key: null, cut: "", reason: "" };
+    this._decision = { key: null };
   }
 
   /**
@@ -358,9 +397,10 @@ export class SplitRunner {
 
   async _choose(now) {
     const { plan, net } = this;
+    const policy = this._policy;
     const pick = (id, reason, fields) => [plan.cuts.get(id), this._record(id, reason, { device_load: this.deviceLoad, ...fields })];
     if (this.forceCut !== null) return pick(this.forceCut, "forced");
-    if (this._deviceOnly[this.objective]) return pick(plan.fallback, "plan");
+    if (this._deviceOnly[policy.objective]) return pick(plan.fallback, "plan");
     if (net.inBackoff(now)) return pick(plan.fallback, "backoff");
     let probeMs = 0;
     if (!net.needsProbe(now, this.fixedBandwidth === null, this.fixedLoad === null)) {
@@ -382,21 +422,29 @@ export class SplitRunner {
     const rtt = net.rtt.value;
     const deviceLoad = this.deviceLoad;
     const t = performance.now();
-    // The device load enters the key as its plan level: every run moves the estimate a little.
-    const key = `${this.objective}|${bw}|${load}|${rtt}|${plan.deviceLoadRow(deviceLoad)}`;
-    if (key !== this._decision.key) {
-      const { cut, reason } = plan.decide(bw, load, rtt, this.objective, deviceLoad);
-      this._decision = { key, cut, reason };
+    // The device load enters the key, and the predictions, as its plan level: every run
+    // moves the estimate a little (as Python's CutPolicy).
+    const level = plan.deviceLoadRow(deviceLoad);
+    // The policy by identity: its text form rounds the numbers, so two policies may share one.
+    const key = `${bw}|${load}|${rtt}|${level}`;
+    if (key !== this._decision.key || policy !== this._decision.policy) {
+      this._decision = { key, policy, ...decidePolicy(plan, policy, bw, load, rtt, plan.deviceLoads[level]) };
     }
     const lookupUs = (performance.now() - t) * 1e3;
-    const { cut: cutId, reason } = this._decision;
+    const { cut: cutId, reason, latencyMs, energyMj } = this._decision;
     return pick(cutId, reason, { bandwidth_mbps: bw, load, rtt_ms: rtt, device_load: deviceLoad, lookup_us: lookupUs,
-      probe_ms: probeMs });
+      probe_ms: probeMs, predicted_latency_ms: latencyMs, predicted_energy_mj: energyMj });
   }
 
   _record(cutId, reason, fields = {}) {
     const cut = this.plan.cuts.get(cutId);
-    const rec = new RunRecord(cutId, reason, this.objective, { encoding: cut.encoding, ...fields });
+    const policy = this._policy;
+    const rec = new RunRecord(cutId, reason, policy.objective, { encoding: cut.encoding, policy: String(policy), ...fields });
+    if (cutId === this.plan.fallback && !("predicted_latency_ms" in fields)) {
+      // Made without the network estimates (forced, plan, backoff): the all-device cut's prediction needs none.
+      [rec.predicted_latency_ms, rec.predicted_energy_mj] = predict(this.plan, cutId, 1, 1, null,
+        this.plan.deviceLoads[this.plan.deviceLoadRow(rec.device_load)]);
+    }
     const bw = rec.bandwidth_mbps ?? this.fixedBandwidth ?? this.net.bandwidth.value ?? this.initialBandwidth;
     rec.predicted = cut.predictedPhases(bw, rec.load, rec.rtt_ms ?? this.plan.rttMs, this.plan.downlinkMbps, rec.device_load);
     return rec;

@@ -22,7 +22,7 @@ async function settle(work) {
  * The harness's calls, bound to one ONNX Runtime module.
  *
  * open(device, server, options) -> {fallback, cuts}; run(feedSpec, {outputs}) -> {outputs, record};
- * configure({forceCut, fresh, staleS, deviceLoad}); slowDown(cutId, ms); close().
+ * configure({forceCut, fresh, staleS, deviceLoad, policy}); slowDown(cutId, ms); close().
  * feedSpec: {name: {type, dims, url}}.
  */
 export function makeHarness(ort) {
@@ -65,12 +65,15 @@ export function makeHarness(ort) {
         return { outputs: json, record: record.asDict() };
       });
     },
-    configure({ forceCut = null, fresh = false, staleS, deviceLoad } = {}) {
-      runner.forceCut = forceCut;
-      if (fresh) runner.resetEstimates();
-      if (staleS !== undefined) runner.net.staleS = staleS;
-      if (deviceLoad !== undefined) runner.fixedDeviceLoad = deviceLoad;
-      return null;
+    configure({ forceCut = null, fresh = false, staleS, deviceLoad, policy } = {}) {
+      return settle(async () => {
+        if (policy !== undefined) runner.policy = policy; // first: a policy the plan cannot follow changes nothing
+        runner.forceCut = forceCut;
+        if (fresh) runner.resetEstimates();
+        if (staleS !== undefined) runner.net.staleS = staleS;
+        if (deviceLoad !== undefined) runner.fixedDeviceLoad = deviceLoad;
+        return null;
+      });
     },
     // Tests: make the device slow for one cut's prefix (another app on the CPU), by `ms`
     // more per run; 0 restores the real session.
