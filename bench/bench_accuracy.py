@@ -35,7 +35,7 @@ def predict_model(model, profile):
 
     shapes = static_shapes(model)
     consts = {i.name for i in model.graph.initializer}
-    feats = graph_features(model.graph, shapes, consts)
+    feats = graph_features(model.graph, shapes, consts, profile.nchwc_block)
     return [(f.key, profile.predict_ms(f)) for f in feats]
 
 
@@ -147,10 +147,11 @@ def main(argv=None) -> int:
     if args.passes < 1 or args.repeats < 1:
         ap.error("--passes and --repeats must be at least 1")
 
-    from nscompile.cost_model import default_profile_path, load_profile
+    from nscompile.cost_model import default_profile_path, load_profile, shipped_for_this_cpu
     from nscompile.profiler.modelprep import light_model_paths, load_light_model, random_feeds
 
-    profile = load_profile(args.profile or default_profile_path("device"))
+    # By default this CPU's shipped profile: the measurement is taken here.
+    profile = load_profile(args.profile or (shipped_for_this_cpu("device") or [default_profile_path("device")])[0])
     wanted = [n.strip() for n in (args.models or "").split(",") if n.strip()]
     names = [n for n in wanted if not n.startswith("zoo:")] if wanted else list(light_model_paths())
     models = [(n, lambda n=n: load_light_model(n)) for n in names]
@@ -195,6 +196,16 @@ def main(argv=None) -> int:
         timer = stack.enter_context(BrowserTimer())
         print(f"(browser: onnxruntime-web {timer.versions.get('ort')} in Chromium {timer.browser.version}, "
               f"{timer.clock} clock; native: onnxruntime, 1 thread, the same clock)")
+    # The profile's reference kernels, timed again between passes: how far the machine's
+    # speed has moved since the profile was made (a shared VM's host moves it by 10-20%
+    # over minutes), reported next to the errors, never folded into them.
+    reference = profile.meta.get("speed_checks", {}).get("median_ms", {})
+    speed = None
+    if reference and not args.web:
+        from nscompile.profiler.stability import SpeedCheck
+
+        speed = SpeedCheck(profile.threads, profile.provider, profile.meta.get("clock", clock), every_s=0.0)
+        speed.check(force=True)
     for p in range(args.passes):
         for name, model in loaded:
             if args.web:  # the browser, then native onnxruntime right after it (side by side)
@@ -204,6 +215,8 @@ def main(argv=None) -> int:
                 continue
             passes[name].append(measure_model(model, feeds_of[name], profile.threads, profile.provider,
                                               args.repeats, clock, args.stat))
+        if speed is not None:
+            speed.check(force=True)
         print(f"(pass {p + 1} of {args.passes} done)", flush=True)
     print(f"{'model':<14}{'predicted ms':>14}{'measured ms':>14}{'error':>9}" + (f"{'native ms':>12}{'browser/native':>16}" if args.web else ""))
     for name, model in loaded:
@@ -235,6 +248,11 @@ def main(argv=None) -> int:
             print("   ORT kernels:     ", {k: round(v, 2) for k, v in sorted(br.items(), key=lambda x: -x[1])})
     if quota or args.web:
         stack.close()
+    drift = {}
+    if speed is not None:
+        drift = {k: statistics.median(v) / reference[k] for k, v in speed.times.items() if v and reference.get(k)}
+        print("machine speed against the profile's run (reference kernels' time now / then): "
+              + ", ".join(f"{k} x{v:.2f}" for k, v in sorted(drift.items())))
     errs = [abs(r["rel_error"]) for r in rows]
     if errs:
         print(f"median |error| {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}%")
@@ -243,7 +261,7 @@ def main(argv=None) -> int:
         print(f"prefix/suffix latencies: {len(cut_all)}, median |error| {100 * statistics.median(cut_all):.1f}%")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"profile": profile.name, "clock": clock, "rows": rows}, fh, indent=1)
+            json.dump({"profile": profile.name, "clock": clock, "rows": rows, "reference_drift": drift}, fh, indent=1)
     return 0 if all(e <= args.tolerance for e in errs) else 1
 
 

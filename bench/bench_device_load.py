@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nscompile.compiler import build
 from nscompile.cost_model import COST_MODELS_DIR, load_profile
-from nscompile.testbed.experiments import (SINGLE_CORE_CLOUD_PROFILE, BenchConfig, _prepare_model, _special_cuts,
+from nscompile.testbed.experiments import (BenchConfig, _prepare_model, _special_cuts, single_core_cloud_profile,
                                            device_load_summary, run_device_load, write_csv)
 from nscompile.testbed.report import plot_device_load
 from nscompile.testbed.testbed import Testbed
@@ -43,7 +43,7 @@ def main() -> None:
     cfg = BenchConfig(models=[args.model], device_load_network=args.network, device_load_phase_s=args.phase_s)
     with Testbed(out / "logs") as tb:
         print(f"testbed: {tb.describe()}")
-        cloud = SINGLE_CORE_CLOUD_PROFILE if tb.server_cpus and len(tb.server_cpus) == 1 else None
+        cloud = single_core_cloud_profile() if tb.server_cpus and len(tb.server_cpus) == 1 else None
         build_dir = out / "build"
         result = build(_prepare_model(args.model, "full", out / "models"), build_dir, device_profile=PHONE,
                        cloud_profile=cloud, encodings="fp32,fp16,int8", include_all_cloud=True, verify=False)

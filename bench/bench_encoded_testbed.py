@@ -22,7 +22,7 @@ from pathlib import Path
 from nscompile.compiler import build
 from nscompile.cost_model import COST_MODELS_DIR, load_profile
 from nscompile.planner import GridSpec
-from nscompile.testbed.experiments import SINGLE_CORE_CLOUD_PROFILE, _prepare_model, predicted_ms, rates_of
+from nscompile.testbed.experiments import single_core_cloud_profile, _prepare_model, predicted_ms, rates_of
 from nscompile.testbed.testbed import Testbed
 
 PHONE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"
@@ -41,7 +41,7 @@ def main() -> None:
     errors = []
     with Testbed(work / "logs") as tb:
         print(f"testbed: {tb.describe()}")
-        cloud = SINGLE_CORE_CLOUD_PROFILE if tb.server_cpus and len(tb.server_cpus) == 1 else None
+        cloud = single_core_cloud_profile() if tb.server_cpus and len(tb.server_cpus) == 1 else None
         for model in args.models.split(","):
             out = work / "builds" / model
             result = build(_prepare_model(model, "full", work / "models"), out, device_profile=PHONE, cloud_profile=cloud,

@@ -207,7 +207,7 @@ def main() -> None:
         chooser.net.load_at = time.monotonic() + 1e9  # estimates fresh: no probe
         t = time.perf_counter()
         for _ in range(n // 10):
-            chooser.policy.choose(time.monotonic(), chooser.transport)
+            chooser.cut_policy.choose(time.monotonic(), chooser.transport)
         decide_us = (time.perf_counter() - t) / (n // 10) * 1e6
 
         # 3. transport on loopback

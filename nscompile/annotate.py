@@ -42,12 +42,17 @@ def annotate(model: LoadedModel, device: Profile, cloud: Profile) -> Annotation:
     Returns:
         The per-node predictions.
     """
-    features = graph_features(model.model.graph, model.shapes(), model.constants)
+    features = _features(model, device)
     device_ms = _node_ms(model, features, device)
-    cloud_ms = _node_ms(model, features, cloud)
+    # The server's CPU may block its convolutions' channels differently from the device's.
+    cloud_ms = _node_ms(model, features if cloud.nchwc_block == device.nchwc_block else _features(model, cloud), cloud)
     power = np.full(len(features), device.compute_power_w, dtype=np.float64)
     return Annotation(features=features, device_ms=device_ms, cloud_ms=cloud_ms,
                       device_power_w=power, device=device, cloud=cloud)
+
+
+def _features(model: LoadedModel, profile: Profile) -> list[NodeFeatures]:
+    return graph_features(model.model.graph, model.shapes(), model.constants, profile.nchwc_block)
 
 
 def _node_ms(model: LoadedModel, features: list[NodeFeatures], profile: Profile) -> np.ndarray:

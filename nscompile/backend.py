@@ -19,10 +19,11 @@ import onnx
 from onnx import TensorProto, helper
 
 from nscompile import __version__
-from nscompile.encoding import ENCODINGS, WireTensor, decode_inputs, encode_outputs, wire_layout
+from nscompile.encoding import ENCODINGS, LOSSLESS, WireTensor, codec_costs, decode_inputs, encode_outputs, wire_layout
 from nscompile.errors import InternalError, NscompileError
 from nscompile.frontend import LoadedModel
-from nscompile.planner import CutChoice, Plan, prefix_io
+from nscompile.partition import upload_set
+from nscompile.planner import CutChoice, Plan, _describe_cuts, cut_graph, prefix_io, tensor_wire_bytes, usable_encodings
 from nscompile.runtime.contract import MODEL_SHA_METADATA, MODEL_SHA_PARAMETER, PLAN_SCHEMA, WEIGHTS_FILE
 
 #: How Triton runs a suffix: its onnxruntime backend, or the Python backend running
@@ -209,7 +210,8 @@ def artifact_name(cut_id: str) -> str:
     return cut_id.replace("@", "-")
 
 
-def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str) -> dict:
+def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, cloud_dir: Path, triton_backend: str,
+              link_weights: bool = False) -> dict:
     prefix = suffix = cloud_model = None
     name = artifact_name(cut.id)
     sent = cut.upload
@@ -226,7 +228,11 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
         version_dir.mkdir(parents=True)
         used = {i for node, on_device in zip(model.nodes, cut.device) if not on_device for i in node.input}
         stored = used & model.weights.arrays.keys()
-        suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored) if stored else {}
+        suffix_offsets = {}
+        if stored and link_weights:
+            suffix_offsets = _link_weights(device_dir / WEIGHTS_FILE, version_dir / "model.onnx.data", offsets)
+        if stored and not suffix_offsets:
+            suffix_offsets = write_weights(model, version_dir / "model.onnx.data", stored)
         sub = submodel(model, ~cut.device, sent, cut.download, suffix_offsets, "model.onnx.data", cloud_model, cut.id, "suffix")
         if cut.is_lossy:
             decode_inputs(sub.graph, cut.wire)
@@ -253,6 +259,209 @@ def _emit_cut(model: LoadedModel, cut: CutChoice, offsets, device_dir: Path, clo
                       "upload_bytes": cut.upload_bytes, "download_bytes": cut.download_bytes,
                       "device_compute_mj": round(cut.device_compute_mj, 4)},
     }
+
+
+class CutRejected(NscompileError):
+    """A lossy pair that :class:`CutEmitter` measured beyond the accuracy tolerance (its files are removed).
+
+    Attributes:
+        cut_id: the pair's id.
+        accuracy: the gate's figures (``cuts[].accuracy``), ``violations`` among them.
+    """
+
+    def __init__(self, cut_id: str, accuracy: dict):
+        super().__init__(f"cut '{cut_id}' is beyond the accuracy tolerance ({'; '.join(accuracy['violations'])}); "
+                         "emit it lossless (fp32) or pass a looser tolerance")
+        self.cut_id, self.accuracy = cut_id, accuracy
+
+
+class CutEmitter:
+    """Emits any closed device set of a model, under any encoding the model allows, into a build directory.
+
+    :func:`emit` writes the cuts the planner selects; this writes any other (device set,
+    encoding) pair the same way (the same prefix, suffix, Triton config and ``plan.json``
+    cut entry), for example every layer boundary that a benchmark's oracle times. Each
+    pair is checked as the build checks its own before it is returned: a lossless pair
+    against the whole model with :class:`nscompile.verify.Verifier` (tight tolerance), a
+    lossy one with :class:`nscompile.accuracy.AccuracyGate`. A pair that fails leaves no
+    file behind. ``plan.json`` is not touched: the caller adds the entries it keeps
+    (see :func:`write_plan`).
+
+    Args:
+        model: the loaded model.
+        annotation: its annotation (the entries' ``predicted`` figures come from it).
+        build_dir: a build directory (its ``device/weights.bin`` is reused; ids and
+            artifact names of its ``plan.json`` are taken), or an empty or missing one
+            (``device/``, ``cloud/`` and the weights file are made).
+        input_bytes: upload size of the raw model input, as the build's ``--input-bytes``.
+        triton_backend: how Triton runs the suffixes, one of :data:`TRITON_BACKENDS`.
+        tolerance: what a lossy pair may change (default: the build's, relative L2 1e-2, top-1 0.99).
+        calibration: real inputs for the accuracy gate (:func:`nscompile.accuracy.load_calibration`);
+            None: the verification's random inputs.
+        link_weights: each suffix's weights file is a hard link to ``device/weights.bin``
+            instead of a copy of what it uses (a hundred suffixes of VGG-19 would copy
+            50 GB); only onnxruntime-based servers read such a repository.
+
+    Use it as a context manager: leaving waits for the verification's runs.
+    """
+
+    def __init__(self, model: LoadedModel, annotation, build_dir: Path, *, input_bytes: int | None = None,
+                 triton_backend: str = "onnxruntime", tolerance=None, calibration=None, link_weights: bool = False):
+        from nscompile.accuracy import AccuracyGate, Tolerance
+        from nscompile.verify import Verifier
+
+        check_triton_backend(triton_backend)
+        self.model, self.annotation, self.build_dir = model, annotation, Path(build_dir)
+        self.triton_backend, self.link_weights = triton_backend, link_weights
+        self.graph, self.names = cut_graph(model)
+        self.wire = tensor_wire_bytes(model, self.names, input_bytes)
+        self.encodings, _ = usable_encodings(model, ENCODINGS)
+        self._codecs: dict = {}
+        self.device_dir, self.cloud_dir = self.build_dir / "device", self.build_dir / "cloud"
+        weights = self.device_dir / WEIGHTS_FILE
+        if weights.is_file():
+            self.offsets = weights_layout(model)
+        else:
+            self.device_dir.mkdir(parents=True, exist_ok=True)
+            self.offsets = write_weights(model, weights)
+        self.cloud_dir.mkdir(exist_ok=True)
+        plan_path = self.build_dir / "plan.json"
+        existing = json.loads(plan_path.read_text())["cuts"] if plan_path.is_file() else []
+        self.taken = {c["id"] for c in existing}
+        self._set_names: dict[bytes, str] = {}  # device set -> its id's base, shared by its encodings
+        self._verifier = Verifier(model)
+        self._gate = AccuracyGate(model, tolerance or Tolerance(), calibration)
+
+    def emit(self, device_mask, encoding: str = LOSSLESS, cut_id: str | None = None) -> dict:
+        """Write and check the pair running ``device_mask`` on the device, its upload under ``encoding``.
+
+        Args:
+            device_mask: bool per node of ``model.nodes`` (topological order): the device set.
+            encoding: ``fp32``, ``fp16`` or ``int8`` (:mod:`nscompile.encoding`).
+            cut_id: the id to give it; default: named after the layer it cuts behind, as
+                the planner names cuts (``pool5``, ``pool5@int8``), made unique.
+
+        Returns:
+            The cut's ``plan.json`` entry (paths relative to ``build_dir``); a lossy one
+            with its ``accuracy`` figures.
+
+        Raises:
+            NscompileError: a mask of the wrong length or not closed under producers, an
+                encoding the model cannot use or that changes nothing for this set, an id
+                already taken, a lossless pair that differs from the whole model.
+            CutRejected: a lossy pair beyond the accuracy tolerance.
+        """
+        mask = self._checked_mask(device_mask)
+        if encoding not in self.encodings:
+            raise NscompileError(f"encoding '{encoding}' is not usable for {self.model.name}; use one of {', '.join(self.encodings)}")
+        codecs = {}
+        if encoding != LOSSLESS:
+            codec = self._codecs.get(encoding) or codec_costs(self.model, self.annotation, self.names, self.wire, encoding)
+            self._codecs[encoding] = codecs[encoding] = codec
+            if not codec.encodable[upload_set(self.graph, mask)].any():
+                raise NscompileError(f"this device set uploads no float32 tensor computed on the device, so {encoding} "
+                                     "changes nothing on the wire; emit it as fp32")
+        cut = _describe_cuts(self.model, self.annotation, self.graph, self.names, self.wire, [mask], [encoding], codecs)[0]
+        cut.id = self._name(mask, cut.id, encoding, cut_id)
+        entry = _emit_cut(self.model, cut, self.offsets, self.device_dir, self.cloud_dir, self.triton_backend, self.link_weights)
+        try:
+            if encoding == LOSSLESS:
+                self._verifier.check(self.build_dir, {"cuts": [entry]})
+            else:
+                entry["accuracy"] = self._gate.measure(self.build_dir, entry)
+                if not entry["accuracy"]["passed"]:
+                    raise CutRejected(cut.id, entry["accuracy"])
+        except BaseException:
+            _remove_cut(self.build_dir, entry)
+            raise
+        self.taken.add(cut.id)
+        return entry
+
+    def _checked_mask(self, device_mask) -> np.ndarray:
+        mask = np.asarray(device_mask)
+        n = len(self.model.nodes)
+        if mask.shape != (n,):
+            raise NscompileError(f"device set has shape {mask.shape}, but {self.model.name} has {n} nodes; "
+                                 "pass one bool per node of model.nodes")
+        mask = mask.astype(bool)
+        nodes = self.model.nodes
+        for i in np.flatnonzero(mask):
+            for t in nodes[i].input:
+                info = self.model.tensors.get(t)
+                if info is not None and info.producer >= 0 and not mask[info.producer]:
+                    raise NscompileError(
+                        f"device set is not closed under producers: node '{nodes[i].name}' is in it but "
+                        f"'{nodes[info.producer].name}', which makes its input '{t}', is not; add "
+                        f"'{nodes[info.producer].name}' to the set or leave '{nodes[i].name}' out")
+        return mask
+
+    def _name(self, mask: np.ndarray, described: str, encoding: str, cut_id: str | None) -> str:
+        """The pair's id: ``cut_id``, or the described name made unique, sharing one base per device set."""
+        suffix = "" if encoding == LOSSLESS else f"@{encoding}"
+        if cut_id is not None:
+            ident = cut_id
+        else:
+            key = mask.tobytes()
+            base = self._set_names.get(key)
+            if base is None:
+                stem = described.removesuffix(suffix)
+                base, k = stem, 2
+                while any(b == base for b in self._set_names.values()) or base in self.taken or f"{base}{suffix}" in self.taken:
+                    base, k = f"{stem}_{k}", k + 1
+                self._set_names[key] = base
+            ident = base + suffix
+        taken_names = {artifact_name(t) for t in self.taken}
+        if ident in self.taken or artifact_name(ident) in taken_names:
+            why = ("this device set was emitted under this encoding already" if cut_id is None
+                   else f"it is taken in {self.build_dir / 'plan.json'} or by an earlier pair")
+            raise NscompileError(f"cut id '{ident}' cannot be used: {why}; pass another cut_id")
+        return ident
+
+    def close(self) -> None:
+        """Wait for the verification's runs in flight."""
+        self._verifier.__exit__(None, None, None)
+
+    def __enter__(self) -> CutEmitter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def emit_cut(model: LoadedModel, annotation, device_mask, encoding: str, out_dir: Path, **options) -> dict:
+    """Emit one closed device set as a verified prefix/suffix pair into ``out_dir`` (see :class:`CutEmitter`).
+
+    Args:
+        model: the loaded model.
+        annotation: its annotation.
+        device_mask: bool per node: the device set.
+        encoding: how its upload travels (``fp32``, ``fp16``, ``int8``).
+        out_dir: a build directory, or an empty or missing one.
+        **options: :class:`CutEmitter`'s keyword arguments (``cut_id`` too).
+
+    Returns:
+        The cut's ``plan.json`` entry.
+
+    Raises:
+        NscompileError: see :meth:`CutEmitter.emit`.
+    """
+    cut_id = options.pop("cut_id", None)
+    with CutEmitter(model, annotation, out_dir, **options) as emitter:
+        return emitter.emit(device_mask, encoding, cut_id)
+
+
+def _link_weights(shared: Path, target: Path, offsets: dict) -> dict:
+    """Make ``target`` a hard link to the shared weights file; its offsets, or {} where links cannot be made.
+
+    onnxruntime (and so Triton's onnxruntime backend and ``nscompile serve``) reads linked
+    external data; the onnx package refuses to (a guard against link attacks), which is
+    why the build's own suffixes get copies.
+    """
+    try:
+        target.hardlink_to(shared)
+    except OSError:
+        return {}
+    return offsets
 
 
 def _tensor_doc(model: LoadedModel, name: str) -> dict:
@@ -286,4 +495,10 @@ def plan_document(model: LoadedModel, plan: Plan, cut_docs: list[dict], profiles
         "device_tables": plan.device_tables,
         "device_breakpoints": {o: [[[{"from_mbps": b, "cut": c} for b, c in row] for row in rows] for rows in levels]
                                for o, levels in plan.device_breakpoints.items()},
+        # What the runtime needs to predict a cut's device energy where it is (Cut.energy_mj).
+        "energy_model": plan.energy_model,
+        # The latency-energy fronts: each distinct one once (cut ids, fastest first), and per
+        # [device level][load][bucket] the number of that condition's front.
+        "pareto": {"fronts": plan.pareto_fronts, "index": plan.pareto_index},
     }
+

@@ -242,9 +242,17 @@ class Profile:
         fallback: Regression for op types the profile never saw.
         radio_models: Network preset name -> radio model.
         meta: Everything else stored in the JSON (versions, CPU, dates, sources, notes).
+        nchwc_block: Channels per block of onnxruntime's NCHWc convolutions on this
+            machine (MLAS: 8 with AVX2, 16 with AVX-512), measured by the profiler. Node
+            features must be computed with it (``graph_features(..., nchwc_block=)``):
+            it decides the padded MAC counts and the layout copies.
         reorder_ms_per_byte: Cost of onnxruntime's NCHWc layout copies, charged on a
             node's ``reorder_bytes`` feature on top of its regression (0 where the
-            provider has no such layout).
+            provider has no such layout); the median over the sizes of ``reorder_curve``.
+        reorder_curve: ``(bytes per copy, ms per byte)`` measured at several tensor sizes,
+            ascending: a copy that stays in the L2 cache costs half as much per byte as one
+            of a 3 MB feature map. Where given, a node's copies are priced at their mean
+            size on it (log-interpolated, flat beyond the ends); empty in older profiles.
         run_overhead_ms: Fixed cost of one session run (binding one input and one output,
             launch), paid once per model run, not per node: see :meth:`run_ms`.
         node_overhead_ms: Dispatch cost of one kernel (each node that runs as its own
@@ -272,6 +280,8 @@ class Profile:
     radio_models: dict[str, RadioModel] = field(default_factory=lambda: dict(RADIO_PRESETS))
     meta: dict[str, Any] = field(default_factory=dict)
     reorder_ms_per_byte: float = 0.0
+    reorder_curve: tuple[tuple[float, float], ...] = ()
+    nchwc_block: int = 8
     run_overhead_ms: float = 0.0
     node_overhead_ms: float = 0.0
     input_overhead_ms: float = 0.0
@@ -314,10 +324,7 @@ class Profile:
         key = f.key
         if key.startswith("folded:"):
             return 0.0
-        extra = 0.0
-        rb = f.values.get("reorder_bytes", 0.0)
-        if rb and self.reorder_ms_per_byte and math.isfinite(rb):
-            extra = max(rb, 0.0) * self.reorder_ms_per_byte
+        extra = self.reorder_ms(f.values.get("reorder_bytes", 0.0), f.values.get("reorder_copies", 0.0))
         # Dispatch: one per kernel (a fused node has none of its own) and one per layout copy.
         kernels = f.values.get("reorder_copies", 0.0) + (0.0 if ":" in key else 1.0)
         extra += self.node_overhead_ms * kernels
@@ -330,6 +337,10 @@ class Profile:
             generic = self.models.get("fused:*")
             return ((generic.predict(f.values) if generic is not None else 0.0) + extra) * self.time_scale
         return (self.fallback.predict(f.values) + extra) * self.time_scale
+
+    def reorder_ms(self, reorder_bytes: float, copies: float) -> float:
+        """What ``copies`` NCHWc layout copies of ``reorder_bytes`` in all cost (ms, before :attr:`time_scale`)."""
+        return copy_ms(reorder_bytes, copies, self.reorder_ms_per_byte, self.reorder_curve)
 
     def run_ms(self, node_ms: float, inputs: int = 1, outputs: int = 1) -> float:
         """Latency of one run of a (sub)model whose nodes are predicted to take ``node_ms`` in all.
@@ -405,6 +416,8 @@ class Profile:
                 "models": {k: v.to_json() for k, v in sorted(self.models.items())},
                 "fallback": self.fallback.to_json(),
                 "reorder_ms_per_byte": float(self.reorder_ms_per_byte),
+                "reorder_curve": [[float(b), float(c)] for b, c in self.reorder_curve],
+                "nchwc_block": int(self.nchwc_block),
                 "run_overhead_ms": float(self.run_overhead_ms),
                 "node_overhead_ms": float(self.node_overhead_ms),
                 "input_overhead_ms": float(self.input_overhead_ms),
@@ -456,9 +469,17 @@ class Profile:
             fixed[k] = d.get(k, 1.0 if k == "time_scale" else 0.0)
             if not _finite(fixed[k]) or fixed[k] < 0:
                 raise NscompileError(f"field '{k}' must be a non-negative number")
+        curve = d.get("reorder_curve", [])
+        if not (isinstance(curve, list) and all(isinstance(pt, list) and len(pt) == 2 and all(_finite(v) and v >= 0 for v in pt)
+                                                and pt[0] > 0 for pt in curve)):
+            raise NscompileError("field 'reorder_curve' must be a list of [bytes per copy > 0, ms per byte >= 0] pairs")
+        # Profiles made before the block was measured come from AVX2 machines: 8.
+        block = d.get("nchwc_block", 8)
+        if not isinstance(block, int) or isinstance(block, bool) or block < 1:
+            raise NscompileError("field 'nchwc_block' must be a positive integer (channels per NCHWc block)")
         calibrations = _calibrations(d.get("calibrations", {}))
         known = {"schema", "name", "kind", "provider", "threads", "power", "radio", "models", "fallback",
-                 "calibrations", *fixed}
+                 "calibrations", "nchwc_block", "reorder_curve", *fixed}
         meta = {k: v for k, v in d.items() if k not in known}
         meta["power_source"] = power.get("power_source", "assumed")
         return cls(
@@ -473,6 +494,8 @@ class Profile:
             radio_models=radio or dict(RADIO_PRESETS),
             meta=meta,
             **{k: float(v) for k, v in fixed.items()},
+            nchwc_block=block,
+            reorder_curve=tuple((float(b), float(c)) for b, c in sorted(curve)),
             calibrations=calibrations,
         )
 
@@ -548,6 +571,57 @@ def default_profile_path(kind: str) -> Path:
     if k not in DEFAULT_PROFILES:
         raise NscompileError(f"unknown profile kind '{kind}'; use 'device' or 'server'")
     return COST_MODELS_DIR / DEFAULT_PROFILES[k]
+
+
+def copy_ms(nbytes: float, copies: float, per_byte: float, curve=()) -> float:
+    """Milliseconds of ``copies`` layout copies moving ``nbytes`` in all: at ``per_byte``, or
+    where a ``curve`` of (bytes per copy, ms per byte) is given, at its log-interpolated
+    cost for the copies' mean size (flat beyond its ends)."""
+    if not nbytes or not math.isfinite(nbytes) or nbytes <= 0:
+        return 0.0
+    if curve:
+        per_byte = float(np.interp(math.log(nbytes / max(copies, 1.0)), np.log([b for b, _ in curve]),
+                                   [c for _, c in curve]))
+    return nbytes * per_byte
+
+
+def same_cpu(a: str, b: str) -> bool:
+    """Whether two ``cpu_model`` strings name the same kind of CPU.
+
+    VMs report their CPUs loosely ("AMD EPYC", "Intel(R) Xeon(R) Processor"), so the
+    family word is what is compared, and the whole string where neither has one.
+    """
+    def family(text: str) -> str:
+        words = text.lower().replace("(r)", " ").split()
+        return next((w for w in words if w in _CPU_FAMILIES), " ".join(words))
+
+    return family(a) == family(b)
+
+
+_CPU_FAMILIES = frozenset({"epyc", "ryzen", "xeon", "core", "graviton", "neoverse", "apple"})
+
+
+def shipped_for_this_cpu(kind: str) -> list[Path]:
+    """The shipped profiles of ``kind`` ("device" or "server") measured on this machine's kind of CPU.
+
+    What a measurement on this machine (the testbed, the accuracy bench) should predict
+    with: a profile of another CPU mis-prices its kernels (a different NCHWc block, other
+    cache sizes). The shipped default comes first where it qualifies, then profiles
+    without a CPU quota; empty when no shipped profile was made on this kind of CPU.
+    """
+    from nscompile.profiler import cpu_model  # lazily: the profiler imports this module
+
+    here = cpu_model()
+    default = default_profile_path(kind)
+    found = []
+    for p in COST_MODELS_DIR.glob("*.json"):
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if d.get("kind") == kind and d.get("provider") == "cpu" and same_cpu(str(d.get("cpu_model", "")), here):
+            found.append((p != default, bool(d.get("cpu_quota_cores")), p.name, p))
+    return [p for *_, p in sorted(found)]
 
 
 def load_radio_overrides(path) -> dict[str, RadioModel]:

@@ -291,7 +291,7 @@ def codec_costs(model, ann, names: Sequence[str], wire: np.ndarray, encoding: st
             consts.update(t.name for t in inits)
             shapes.update(_codec_shapes(model, parts, inits))
         graph = helper.make_graph(nodes, f"codec_{encoding}_{side}", [], [])
-        for i, f in zip(owner, graph_features(graph, shapes, consts)):
+        for i, f in zip(owner, graph_features(graph, shapes, consts, profile.nchwc_block)):
             out[i] += profile.predict_ms(f)
         binding = profile.fixed_ms(1, 1 + extra) if side == "device" else profile.fixed_ms(1 + extra, 1)
         out[index] += binding - profile.fixed_ms(1, 1)

@@ -89,6 +89,15 @@ class NodeFeatures:
         return (self.key.split(":", 1)[1] if ":" in self.key else self.key).split(".", 1)[0]
 
 
+# onnxruntime's CPU provider runs convolutions in the blocked NCHWc layout (MLAS block of
+# 8 channels on AVX2, 16 on AVX-512: a profile measures which and stores it as
+# ``nchwc_block``; NCHWC_BLOCK is the default, for profiles made before). Where
+# an NCHWc tensor meets an op without an NCHWc kernel (Concat, an unfused Add or Relu, a
+# graph output...), onnxruntime inserts a ReorderOutput / ReorderInput copy. A single-op
+# conv microbenchmark always pays both copies, a conv inside a chain of convs none; so
+# the copies are a feature of their own ("reorder_bytes"), costed per byte by the profile.
+NCHWC_BLOCK = 8
+
 def _numel(shape: tuple[int, ...]) -> int:
     n = 1
     for d in shape:
@@ -165,7 +174,7 @@ def _split_by_rows(v: dict[str, float], macs: float, rows: int) -> None:
     v["macs_many_rows"] = macs if rows >= MANY_ROWS else 0.0
 
 
-def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
+def _conv_features(node, attrs, shapes, v: dict[str, float], block: int) -> None:
     x = shapes.get(node.input[0])
     w = shapes.get(node.input[1]) if len(node.input) > 1 else None
     y = shapes.get(node.output[0])
@@ -196,18 +205,19 @@ def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
     v["paper_conv"] = (k_side / max(stride, 1.0)) ** 2 * c_out
     # One MAC count per kernel family: onnxruntime/MLAS runs them with different
     # kernels (depthwise, grouped, pointwise GEMM, im2col/NCHWc), each at its own speed.
-    # The NCHWc kernels (dense and depthwise) compute whole blocks of channels: 50
-    # filters cost what 56 do, 20 input channels what 24 do (measured here: equal times),
-    # so those families count the MACs of the padded channels. Fewer than a block of
-    # input channels (the first conv, c_in=3) is read unblocked, and vectorises badly.
-    pad = _round_up_to_block if len(ws) == 4 else int  # NCHWc is for 2-D convs only
+    # The NCHWc kernels (dense and depthwise) compute whole blocks of channels: with
+    # AVX2's block of 8, 50 filters cost what 56 do and 20 input channels what 24 do;
+    # with AVX-512's 16, 20 to 32 channels all cost what 32 do (both measured: equal
+    # times), so those families count the MACs of the padded channels. Fewer than a block
+    # of input channels (the first conv, c_in=3) is read unblocked, and vectorises badly.
+    pad = (lambda c: _round_up(c, block)) if len(ws) == 4 else int  # NCHWc is for 2-D convs only
     v["macs_dw"] = float(batch * pad(c_out) * spatial_out * kernel) if depthwise else 0.0
     v["macs_grouped"] = macs if (group > 1 and not depthwise) else 0.0
-    dense = float(batch * pad(c_out) * spatial_out * (pad(c_in_per_group) if c_in_per_group >= NCHWC_BLOCK
+    dense = float(batch * pad(c_out) * spatial_out * (pad(c_in_per_group) if c_in_per_group >= block
                                                       else c_in_per_group) * kernel)
     v["macs_1x1"] = dense if (group == 1 and kernel == 1) else 0.0
     v["macs_kxk"] = dense if (group == 1 and kernel > 1) else 0.0
-    v["macs_narrow"] = dense if (group == 1 and c_in_per_group < NCHWC_BLOCK) else 0.0
+    v["macs_narrow"] = dense if (group == 1 and c_in_per_group < block) else 0.0
     # Shape terms for the power-law (loglog) form: GEMM dimensions and kernel family
     # indicators, so efficiency can vary with channels and spatial size.
     v["c_in_per_group"] = float(c_in_per_group)
@@ -216,14 +226,14 @@ def _conv_features(node, attrs, shapes, v: dict[str, float]) -> None:
     v["is_1x1"] = 1.0 if kernel == 1 else 0.0
 
 
-def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
+def _op_features(node, attrs, shapes, v: dict[str, float], block: int) -> None:
     op = node.op_type
     ins = [shapes.get(n) for n in node.input]
     outs = [shapes.get(n) for n in node.output]
     elems_out = v["elems_out"]
     elems_in = v["elems_in"]
     if op in ("Conv", "FusedConv"):
-        _conv_features(node, attrs, shapes, v)
+        _conv_features(node, attrs, shapes, v, block)
     elif op == "ConvTranspose":
         x = ins[0]
         w = ins[1] if len(ins) > 1 else None
@@ -310,7 +320,7 @@ def _op_features(node, attrs, shapes, v: dict[str, float]) -> None:
         v["flops"] = float(elems_out)
 
 
-def _node_values(node, attrs, shapes: Shapes, constants: AbstractSet[str]) -> dict[str, float]:
+def _node_values(node, attrs, shapes: Shapes, constants: AbstractSet[str], block: int) -> dict[str, float]:
     bytes_in = bytes_param = 0.0
     elems_in = 0
     n_inputs = 0
@@ -345,7 +355,7 @@ def _node_values(node, attrs, shapes: Shapes, constants: AbstractSet[str]) -> di
         "bytes_total": bytes_in + bytes_out + bytes_param,
     }
     try:
-        _op_features(node, attrs, shapes, v)
+        _op_features(node, attrs, shapes, v, block)
     except Exception:  # malformed attributes or shapes: keep the generic features
         pass
     for k, x in list(v.items()):
@@ -358,6 +368,7 @@ def graph_features(
     graph: onnx.GraphProto,
     shapes: Shapes,
     constants: AbstractSet[str],
+    nchwc_block: int = NCHWC_BLOCK,
 ) -> list[NodeFeatures]:
     """Features of every node of a graph, in ``graph.node`` order.
 
@@ -366,6 +377,9 @@ def graph_features(
         shapes: Static shape and numpy dtype of every tensor (graph inputs, initializers,
             intermediates, outputs). Tensors missing here count as 0 bytes.
         constants: Names of constant tensors (initializers / weights).
+        nchwc_block: Channels per block of the machine's NCHWc convolutions (8 with AVX2,
+            16 with AVX-512; a profile's ``nchwc_block``): it sets the padded MAC counts and
+            which tensors stay blocked.
 
     Returns:
         One :class:`NodeFeatures` per node. Never raises on an unknown op type: such a
@@ -391,7 +405,7 @@ def graph_features(
     result: list[NodeFeatures] = []
     for i, node in enumerate(nodes):
         attrs = _attrs(node)
-        values = _node_values(node, attrs, shapes, const)
+        values = _node_values(node, attrs, shapes, const, nchwc_block)
         op = node.op_type
         real_inputs = [x for x in node.input if x]
         dyn_inputs = [x for x in real_inputs if x not in const]
@@ -409,7 +423,7 @@ def graph_features(
                 key = f"fused:{op}"
                 stage[i] = fused
             elif op in _CONV_LIKE:
-                stage[i] = ("conv", 0, _nchwc_eligible(op, values) and _nchwc_output_kept(op, values))
+                stage[i] = ("conv", 0, _nchwc_eligible(op, values, nchwc_block) and _nchwc_output_kept(op, values, nchwc_block))
                 if values.get("is_dw"):
                     key = f"{op}.depthwise"
                 elif values.get("is_grouped"):
@@ -418,7 +432,7 @@ def graph_features(
                 stage[i] = ("gemm", 0, False)
         result.append(NodeFeatures(key=key, values=values))
     _skip_layer_norms(nodes, result, producer, consumers, graph_outputs, shapes, const)
-    _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const)
+    _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const, nchwc_block)
     _cold_weights(nodes, result, shapes, constants)
     return result
 
@@ -458,21 +472,14 @@ def _cold_weights(nodes, result, shapes, constants) -> None:
             f.values["param_bytes_cold"] = f.values.get("param_bytes", 0.0) * share
 
 
-# onnxruntime's CPU provider runs convolutions in the blocked NCHWc layout (MLAS block of
-# 8 channels on AVX2; AVX-512 uses 16, and 16-aligned channels are 8-aligned too). Where
-# an NCHWc tensor meets an op without an NCHWc kernel (Concat, an unfused Add or Relu, a
-# graph output...), onnxruntime inserts a ReorderOutput / ReorderInput copy. A single-op
-# conv microbenchmark always pays both copies, a conv inside a chain of convs none; so
-# the copies are a feature of their own ("reorder_bytes"), costed per byte by the profile.
-NCHWC_BLOCK = 8
 _NCHWC_POOLS = frozenset({"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool"})
 
 
-def _round_up_to_block(channels: int) -> int:
-    return -(-int(channels) // NCHWC_BLOCK) * NCHWC_BLOCK
+def _round_up(channels: int, block: int) -> int:
+    return -(-int(channels) // block) * block
 
 
-def _nchwc_eligible(op: str, v: dict[str, float]) -> bool:
+def _nchwc_eligible(op: str, v: dict[str, float], block: int = NCHWC_BLOCK) -> bool:
     """Whether onnxruntime runs this node in the NCHWc layout.
 
     Checked against onnxruntime 1.32's optimised graphs: a plain or depthwise conv always
@@ -481,26 +488,26 @@ def _nchwc_eligible(op: str, v: dict[str, float]) -> bool:
     """
     if op == "BatchNormalization":
         return v.get("elems_in", 0) > 0 and v.get("param_bytes", 0) > 0 and \
-            (v["param_bytes"] / 16) % NCHWC_BLOCK == 0  # 4 float vectors of C channels
+            (v["param_bytes"] / 16) % block == 0  # 4 float vectors of C channels
     if op not in ("Conv", "FusedConv") or "group" not in v:
         return False
     g, cin, cout = int(v["group"]), int(v["c_in"]), int(v["c_out"])
     if g == 1 or g == cin == cout:
         return True
-    return (cin // g) % NCHWC_BLOCK == 0 and (cout // g) % NCHWC_BLOCK == 0
+    return (cin // g) % block == 0 and (cout // g) % block == 0
 
 
-def _nchwc_output_kept(op: str, v: dict[str, float]) -> bool:
+def _nchwc_output_kept(op: str, v: dict[str, float], block: int = NCHWC_BLOCK) -> bool:
     """Whether an NCHWc node's output stays blocked for its consumers.
 
     A padded output (channels not a multiple of the block) is copied back to NCHW at once.
     """
     if op not in ("Conv", "FusedConv"):
         return True
-    return int(v.get("c_out", 0)) % NCHWC_BLOCK == 0
+    return int(v.get("c_out", 0)) % block == 0
 
 
-def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const) -> None:
+def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, const, block: int = NCHWC_BLOCK) -> None:
     """Fill ``reorder_bytes`` and ``reorder_copies``: the NCHWc<->NCHW copies onnxruntime adds around each node."""
     nchwc = [False] * len(nodes)
     resident: set[str] = set()
@@ -521,12 +528,12 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
         elif op == "Concat":
             # NCHWc Concat along channels of NCHWc inputs with block-aligned channels.
             on = (len(dyn) == len([x for x in node.input if x]) and all(x in resident for x in dyn)
-                  and all(len(shapes.get(x, ((),))[0]) == 4 and shapes[x][0][1] % NCHWC_BLOCK == 0 for x in dyn)
+                  and all(len(shapes.get(x, ((),))[0]) == 4 and shapes[x][0][1] % block == 0 for x in dyn)
                   and _attrs(node).get("axis") == 1)
         else:
-            on = _nchwc_eligible(op, f.values)
+            on = _nchwc_eligible(op, f.values, block)
         nchwc[i] = on
-        if on and _nchwc_output_kept(op, f.values):
+        if on and _nchwc_output_kept(op, f.values, block):
             resident.update(o for o in node.output if o)
     consumers: dict[str, list[int]] = {}
     for i, node in enumerate(nodes):
@@ -548,7 +555,7 @@ def _layout_reorders(nodes, result, stage, producer, graph_outputs, shapes, cons
         for j, x in enumerate(dyn):
             if x in resident:
                 continue
-            if j == 0 and node.op_type in _CONV_LIKE and f.values.get("c_in", NCHWC_BLOCK) < NCHWC_BLOCK:
+            if j == 0 and node.op_type in _CONV_LIKE and f.values.get("c_in", block) < block:
                 continue  # narrow-input convs read NCHW directly
             rb += nbytes(x)
             copies += 1

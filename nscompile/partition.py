@@ -2,8 +2,9 @@
 
 Nothing here knows about ONNX. The compiler maps a graph and an objective (latency or
 device energy at some bandwidth, load and RTT) onto a :class:`CutGraph` and one or two
-:class:`Weights`, then calls :func:`solve` (one operating point) or
-:func:`lower_envelope` (every bandwidth of a load level at once).
+:class:`Weights`, then calls :func:`solve` (one operating point),
+:func:`lower_envelope` (every bandwidth of a load level at once) or :func:`pareto_front`
+(every trade-off ``latency + lambda * energy`` of one condition at once).
 
 Method (DADS, INFOCOM 2019, extended to multi-consumer tensors, graph inputs, downloads
 and a fixed remote cost). The source side of an s-t cut is the device:
@@ -61,6 +62,10 @@ __all__ = [
     "solve",
     "lower_envelope",
     "lines_envelope",
+    "FrontPoint",
+    "Front",
+    "lines_front",
+    "pareto_front",
 ]
 
 # Capacities are int32 in scipy's max-flow. The optimum's cut value is scaled to at most
@@ -767,3 +772,179 @@ def lines_envelope(intercepts, slopes, x_lo: float, x_hi: float) -> list[tuple[f
         x = x_next
     kept = [p for p in pieces if p[1] > p[0]]
     return kept or pieces[-1:]
+
+
+# --------------------------------------------------------------------------- Pareto fronts
+
+
+@dataclass(frozen=True, eq=False)
+class FrontPoint:
+    """One point of a latency-energy (first-second) front: the best pair for every lambda in
+    [lambda_from, lambda_to] of ``first + lambda * second``.
+
+    Attributes:
+        lambda_from, lambda_to: the weights of ``second`` for which this point is optimal
+            (``lambda_to`` is ``inf`` for the last point).
+        cut: the device set; ``cut.cost`` is its ``first`` objective, ``cut.gap`` the rounding
+            bound of the solve that found it (0 for a hint).
+        option: which of the options (e.g. cut-tensor encodings) the point uses.
+        first, second: the two objectives of the pair.
+    """
+
+    lambda_from: float
+    lambda_to: float
+    cut: Cut
+    option: int
+    first: float
+    second: float
+
+
+class Front(list):
+    """The list of :class:`FrontPoint` returned by :func:`pareto_front`, first objective
+    ascending (so the second descending), plus counters.
+
+    Attributes:
+        n_solves: how many min-cut solves it took.
+    """
+
+    n_solves: int = 0
+
+
+def lines_front(firsts, seconds) -> list[tuple[float, float, int]]:
+    """The points of least ``firsts[i] + lam * seconds[i]`` over every ``lam >= 0``.
+
+    These are the vertices of the lower-left convex hull of the points
+    ``(firsts[i], seconds[i])`` (monotone chain): the supported Pareto points. A point that
+    is only ever tied (it lies on the segment between two neighbours, or repeats one) is
+    left out, as :func:`lines_envelope` leaves out pieces of zero width; of equal points the
+    lower index is kept.
+
+    Args:
+        firsts, seconds: one entry per point (at least one), finite.
+
+    Returns:
+        ``(lam_from, lam_to, index)`` per front point, ``firsts`` ascending and ``seconds``
+        descending; the first starts at 0, the last ends at ``inf``, and neighbours meet at
+        the exact ``lam = (firsts[k+1] - firsts[k]) / (seconds[k] - seconds[k+1])`` where
+        both cost the same.
+
+    Raises:
+        SolverInputError: no points, lengths differ, or a value that is not finite.
+    """
+    a = np.asarray(firsts, dtype=np.float64)
+    e = np.asarray(seconds, dtype=np.float64)
+    if a.ndim != 1 or a.shape != e.shape or a.size == 0:
+        raise SolverInputError(f"lines_front: need as many firsts as seconds, at least one; got {a.shape} and {e.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(e))):
+        raise SolverInputError("lines_front: every value must be finite")
+    hull: list[int] = []
+    for i in (int(j) for j in np.lexsort((np.arange(a.size), e, a))):  # first, then second, then index ascending
+        if hull and e[i] >= e[hull[-1]]:
+            continue  # no better in the second objective than a point at least as good in the first
+        # hull[-1] stays a vertex only if it wins on a lambda interval of positive width:
+        # lam(hull[-2], hull[-1]) < lam(hull[-1], i), cross-multiplied (both denominators > 0).
+        while len(hull) >= 2:
+            p, q = hull[-2], hull[-1]
+            if (a[q] - a[p]) * (e[q] - e[i]) < (a[i] - a[q]) * (e[p] - e[q]):
+                break
+            hull.pop()
+        hull.append(i)
+    cuts = [float((a[q] - a[p]) / (e[p] - e[q])) for p, q in zip(hull, hull[1:])]
+    starts, ends = [0.0, *cuts], [*cuts, np.inf]
+    return [(lo, hi, i) for lo, hi, i in zip(starts, ends, hull)]
+
+
+def pareto_front(graph: CutGraph, options, hints=(), hints_hold_ends: bool = False) -> Front:
+    """The exact front of ``first + lam * second`` over every closed set, option and ``lam >= 0``.
+
+    Options are alternatives of the same problem, each with its own pair of objectives
+    (e.g. cut-tensor encodings: one (latency, energy) pair of weights each); a candidate is a
+    (closed set, option) pair. The best cost over lam, ``g(lam) = min first + lam * second``,
+    is concave and piecewise linear: the lower envelope of one line per pair, lam its
+    parameter. Eisner-Severance, as :func:`lower_envelope` does over bandwidth: take the
+    front of the pairs known so far (:func:`lines_front`) and solve one min-cut per option at
+    each of its breakpoints; a strictly better pair there joins the known ones, otherwise the
+    breakpoint is exact. When both ends (lam = 0, and lam = inf as ``second + mu * first`` at
+    mu = 0) and every breakpoint are checked, the known front equals ``g`` everywhere (a
+    concave function that meets a piecewise-linear one at its ends and kinks is not below it).
+    Breakpoints above lam = 1 are solved as ``second + (1 / lam) * first``, so the weights
+    stay within the magnitudes of the two objectives.
+
+    Args:
+        graph: the graph.
+        options: a sequence of ``(first, second)`` :class:`Weights` pairs (at least one).
+        hints: ``(device mask, option)`` pairs to start from (e.g. the front of a nearby
+            condition); each must be a closed set.
+        hints_hold_ends: the caller vouches that the hints include a pair of least
+            ``first`` and a pair of least ``second`` over everything (e.g. from the exact
+            per-objective envelopes), which saves the end solves.
+
+    Returns:
+        A :class:`Front`: its points, ``first`` ascending, exact breakpoints between them.
+        ``Front.n_solves`` counts the min-cut solves.
+
+    Raises:
+        SolverInputError: no options, weights that do not match the graph, or a bad hint.
+    """
+    options = list(options)
+    if not options:
+        raise SolverInputError("pareto_front: need at least one (first, second) pair of weights")
+    for first, second in options:
+        first._check(graph)
+        second._check(graph)
+    front = Front()
+    known: dict[tuple[bytes, int], tuple[np.ndarray, int, float, float, float]] = {}
+
+    def add(mask: np.ndarray, option: int, gap: float = 0.0) -> bool:
+        key = (mask.tobytes(), option)
+        if key in known:
+            return False
+        first, second = options[option]
+        known[key] = (mask, option, evaluate(graph, first, mask), evaluate(graph, second, mask), gap)
+        return True
+
+    for mask, option in hints:
+        if not 0 <= int(option) < len(options):
+            raise SolverInputError(f"pareto_front: hint option {option} is outside 0..{len(options) - 1}")
+        mask = _mask(graph, mask).copy()
+        if not is_closed(graph, mask):
+            raise SolverInputError("pareto_front: a hint is not closed under producers")
+        add(mask, int(option))
+    if not (hints_hold_ends and known):
+        for o, (first, second) in enumerate(options):
+            for weights in (first, second):
+                front.n_solves += 1
+                cut = _solve(graph, weights)
+                add(cut.device, o, cut.gap)
+
+    def tol(value: float) -> float:
+        return 1e-12 * max(abs(value), 1e-300)
+
+    checked: set[float] = set()  # breakpoints where g is known to equal the known front
+    budget = len(options) * (4 * graph.n_nodes + 64)  # a safety net against float trouble only
+    while True:
+        pairs = list(known.values())
+        pieces = lines_front([p[2] for p in pairs], [p[3] for p in pairs])
+        todo = next((k for k in range(1, len(pieces)) if pieces[k][0] not in checked), None)
+        if todo is None or budget <= 0:
+            break
+        lam = pieces[todo][0]
+        left, right = pairs[pieces[todo - 1][2]], pairs[pieces[todo][2]]
+        # The front's value at lam, in the scale the solve uses (divided by lam above 1).
+        scale_first, scale_second = (1.0, lam) if lam <= 1.0 else (1.0 / lam, 1.0)
+        at = scale_first * left[2] + scale_second * left[3]
+        better = False
+        for o, (first, second) in enumerate(options):
+            budget -= 1
+            front.n_solves += 1
+            weights = first.combine(second, lam) if lam <= 1.0 else second.combine(first, 1.0 / lam)
+            near = tuple(p[0] for p in (left, right) if p[1] == o)
+            cut = _solve(graph, weights, known=near)
+            if cut.cost < at - tol(at):
+                better |= add(cut.device, o, cut.gap)
+        if not better:
+            checked.add(lam)
+    for lo, hi, i in pieces:
+        mask, option, first_value, second_value, gap = pairs[i]
+        front.append(FrontPoint(lo, hi, Cut(mask, first_value, gap), option, first_value, second_value))
+    return front

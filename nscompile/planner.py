@@ -12,6 +12,13 @@ Cut-tensor encodings (:mod:`nscompile.encoding`) make the candidates pairs (devi
 encoding). An encoding only changes the upload terms (bytes, plus the codec's time on
 each side), so its cost stays linear in x: each encoding gets its own weights and its
 own exact envelope, and the table is read off the lower envelope of all their lines.
+
+The latency-energy trade-off: at a fixed condition (bucket, server load, device load)
+``latency(S) + lam * energy(S)`` is linear in lam, so the pairs best for some lam >= 0 (the
+supported Pareto front) are again a lower envelope, in lam, whose exact breakpoints a few
+min-cuts find (:func:`nscompile.partition.pareto_front`). Its ends are the latency and
+energy optima the tables already hold, and the neighbouring bucket's front is the start,
+so a condition whose two optima agree costs no min-cut at all.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from nscompile.annotate import Annotation
 from nscompile.encoding import ENCODINGS, INT8_MIN_OPSET, LOSSLESS, Codec, WireTensor, codec_costs, parse_encodings, wire_layout
 from nscompile.errors import NscompileError
 from nscompile.frontend import LoadedModel
-from nscompile.partition import CutGraph, Weights, lines_envelope, lower_envelope, upload_set
+from nscompile.partition import CutGraph, Weights, evaluate, lines_envelope, lines_front, lower_envelope, pareto_front, upload_set
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS
 
 OBJECTIVES = ("latency", "energy")
@@ -37,6 +44,11 @@ NETWORK_PRESETS = {
     "3G": {"uplink_mbps": 1.1, "downlink_mbps": 2.0, "rtt_ms": 100.0, "radio": "3g"},
     "LTE": {"uplink_mbps": 5.85, "downlink_mbps": 12.0, "rtt_ms": 50.0, "radio": "lte"},
     "WIFI": {"uplink_mbps": 18.88, "downlink_mbps": 54.0, "rtt_ms": 10.0, "radio": "wifi"},
+    # 5G: Ookla Speedtest Intelligence, 5G on the iPhone 12 in Seoul, Q4 2020 (the fastest of the 15
+    # cities of its January 2021 report): median upload 49.09 Mbps, download 472.28 Mbps. RTT: Ookla's
+    # median 5G multi-server latency of the lowest-latency US operator, H1 2024: 47 ms. Huang et al.
+    # measured no 5G radio: NR non-standalone rides on an LTE anchor, so the LTE power model.
+    "5G": {"uplink_mbps": 49.09, "downlink_mbps": 472.28, "rtt_ms": 47.0, "radio": "lte"},
 }
 
 
@@ -157,6 +169,11 @@ class Plan:
     device_mixed: dict[str, list[list[list[bool]]]]  # ... -> [bucket]: the optimum changes inside it
     device_breakpoints: dict[str, list[list[list[tuple[float, str]]]]]  # ... -> [load] -> (from_mbps, cut id)
     fallback: str
+    # The latency-energy fronts, deduplicated: ``pareto_fronts[i]`` lists cut ids fastest
+    # first, ``pareto_index[device level][load][bucket]`` is the front of that condition.
+    pareto_fronts: list[list[str]] = field(default_factory=list)
+    pareto_index: list[list[list[int]]] = field(default_factory=list)
+    energy_model: dict | None = None  # plan.json's energy_model (:func:`energy_model`)
     stats: dict = field(default_factory=dict)
     encodings: tuple[str, ...] = (LOSSLESS,)
     dropped: list[str] = field(default_factory=list)  # lossy cuts removed by the accuracy gate
@@ -200,6 +217,10 @@ class _Candidates:
     masks: dict[bytes, np.ndarray]
     lines: dict[str, list[list[list[_Line]]]]  # objective -> [device level][load] -> lines
     always: list[tuple[bytes, str]]  # emitted whatever the tables say
+    # [device level][load][bucket] -> the pairs on that condition's latency-energy front
+    fronts: list[list[list[list[tuple[bytes, str]]]]] = field(default_factory=list)
+    # [device level][load] -> pair -> (latency intercept, slope, energy intercept, slope) in x = 1/uplink
+    coefficients: list[list[dict[tuple[bytes, str], tuple[float, float, float, float]]]] = field(default_factory=list)
     excluded: frozenset = frozenset()
 
 
@@ -332,17 +353,19 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
         masks[(~full).tobytes()] = ~full
         always.append(((~full).tobytes(), LOSSLESS))
     lines: dict[str, list[list[list[_Line]]]] = {}
+    weights_of: dict[tuple[str, int, int, str], tuple[Weights, Weights]] = {}  # (objective, level, load, encoding)
     solves = 0
     for obj in OBJECTIVES:
         lines[obj] = []
-        for device_load in grid.device_load:
+        for di, device_load in enumerate(grid.device_load):
             level = []
-            for load in grid.load:
+            for li, load in enumerate(grid.load):
                 base, slope = objective_weights(obj, ann, graph, wire, load, grid, device_load)
                 row: dict[tuple[bytes, str], _Line] = {}  # fp32 first: the lossless pair wins exact ties
                 for enc in usable:
                     weights = ((base, slope) if enc == LOSSLESS
                                else encoded_weights(obj, ann, base, slope, wire, codecs[enc], load, device_load))
+                    weights_of[obj, di, li, enc] = weights
                     segments = lower_envelope(graph, *weights, x_lo, x_hi)
                     solves += segments.n_solves
                     for seg in segments:
@@ -354,9 +377,99 @@ def plan(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: str = "
                         row.setdefault((key, actual), _Line(seg.intercept, seg.slope, key, actual))
                 level.append(list(row.values()))
             lines[obj].append(level)
-    candidates = _Candidates(graph, names, wire, codecs, masks, lines, always)
-    stats = {"min_cuts": solves, "nodes": graph.n_nodes, "tensors": len(names), "notes": notes}
+    fronts, coefficients, front_solves = _solve_fronts(graph, grid, usable, codecs, weights_of, lines, masks)
+    candidates = _Candidates(graph, names, wire, codecs, masks, lines, always, fronts, coefficients)
+    stats = {"min_cuts": solves, "pareto_min_cuts": front_solves, "nodes": graph.n_nodes, "tensors": len(names),
+             "notes": notes}
     return _tabulate(model, ann, grid, objective, candidates, usable, stats, dropped=[])
+
+
+def energy_model(ann: Annotation, grid: GridSpec) -> dict:
+    """What the runtime needs to predict a cut's device energy (``plan.json``'s ``energy_model``).
+
+    The device profile's compute and idle power, and the radio model of the grid's network
+    (Huang et al.'s ``P = alpha * Mbps + beta``): with a cut's ``predicted`` figures that is
+    :func:`objective_weights`' energy objective (``nscompile.runtime.plan.Cut.energy_mj``).
+
+    Raises:
+        NscompileError: the device profile has no radio model for ``grid.radio``.
+    """
+    radio = ann.device.radio(grid.radio)
+    return {"compute_power_w": float(ann.device.compute_power_w), "idle_power_w": float(ann.device.idle_power_w),
+            "radio": {"name": grid.radio, "up_alpha_w_per_mbps": radio.up_alpha_w_per_mbps, "up_beta_w": radio.up_beta_w,
+                      "down_alpha_w_per_mbps": radio.down_alpha_w_per_mbps, "down_beta_w": radio.down_beta_w}}
+
+
+def bucket_centres(bandwidth_mbps) -> np.ndarray:
+    """Each bucket's representative uplink: its geometric centre; the open last bucket, its start."""
+    bandwidth = np.asarray(bandwidth_mbps, dtype=np.float64)
+    return np.append(np.sqrt(bandwidth[:-1] * bandwidth[1:]), bandwidth[-1])
+
+
+def _solve_fronts(graph: CutGraph, grid: GridSpec, usable: tuple[str, ...], codecs: dict[str, Codec],
+                  weights_of: dict, lines: dict[str, list[list[list[_Line]]]], masks: dict[bytes, np.ndarray]):
+    """The exact latency-energy front of every condition, at each bucket's representative uplink.
+
+    A front belongs to a point, not to a bandwidth range: the pairs best for some lam change
+    with the bandwidth, and not at the tables' breakpoints. Each bucket's front is solved at
+    the point its table cell stands for (:func:`bucket_centres`), so that the front's ends are
+    that cell's latency and energy optima; the runtime evaluates the front's cuts at the
+    conditions it measures (``nscompile.runtime.plan.Plan.pareto_front``).
+
+    Returns:
+        (fronts, coefficients, min-cut solves): ``fronts[level][load][bucket]`` the front's
+        pairs fastest first; ``coefficients[level][load][pair]`` every listed pair's latency
+        and energy as intercept and slope in x = 1/uplink.
+    """
+    fronts, coefficients, solves = [], [], 0
+    centres = bucket_centres(grid.bandwidth_mbps)
+    for di in range(len(grid.device_load)):
+        level_fronts, level_coefficients = [], []
+        for li in range(len(grid.load)):
+            coeffs: dict[tuple[bytes, str], tuple[float, float, float, float]] = {}
+
+            def line_of(key: tuple[bytes, str]) -> tuple[float, float, float, float]:
+                if key not in coeffs:
+                    mask = masks[key[0]]
+                    (lat_base, lat_slope), (en_base, en_slope) = (weights_of["latency", di, li, key[1]],
+                                                                  weights_of["energy", di, li, key[1]])
+                    coeffs[key] = (evaluate(graph, lat_base, mask), evaluate(graph, lat_slope, mask),
+                                   evaluate(graph, en_base, mask), evaluate(graph, en_slope, mask))
+                return coeffs[key]
+
+            row_fronts, previous = [], []
+            for centre in centres:
+                x = 1.0 / centre
+                # The ends are exact already: the least latency and the least energy at x over
+                # every encoding's envelope. The previous bucket's front is a good start.
+                ends = [min(lines[obj][di][li], key=lambda ln: ln.intercept + x * ln.slope) for obj in OBJECTIVES]
+                hints = [(masks[k], usable.index(e)) for k, e in dict.fromkeys([*((ln.mask, ln.encoding) for ln in ends),
+                                                                                 *previous])]
+                options = [(weights_of["latency", di, li, e][0].combine(weights_of["latency", di, li, e][1], x),
+                            weights_of["energy", di, li, e][0].combine(weights_of["energy", di, li, e][1], x))
+                           for e in usable]
+                front = pareto_front(graph, options, hints, hints_hold_ends=True)
+                solves += front.n_solves
+                keys = []
+                for point in front:
+                    key = point.cut.device.tobytes()
+                    masks.setdefault(key, point.cut.device.copy())
+                    enc = usable[point.option]
+                    # As for the tables: a set that uploads nothing encodable is the fp32 pair.
+                    changes = enc != LOSSLESS and codecs[enc].encodable[upload_set(graph, point.cut.device)].any()
+                    keys.append((key, enc if changes else LOSSLESS))
+                for key in keys:
+                    line_of(key)
+                row_fronts.append(keys)
+                previous = keys
+            for obj in OBJECTIVES:  # the table cuts too: a front re-read without dropped pairs falls back on them
+                for ln in lines[obj][di][li]:
+                    line_of((ln.mask, ln.encoding))
+            level_fronts.append(row_fronts)
+            level_coefficients.append(coeffs)
+        fronts.append(level_fronts)
+        coefficients.append(level_coefficients)
+    return fronts, coefficients, solves
 
 
 def replan(model: LoadedModel, ann: Annotation, previous: Plan, drop: Iterable[str]) -> Plan:
@@ -394,8 +507,7 @@ def _tabulate(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: st
               encodings: tuple[str, ...], stats: dict, dropped: list[str]) -> Plan:
     """Tables, breakpoints and cuts from the candidates' combined lower envelope per device level and load row."""
     bandwidth = np.asarray(grid.bandwidth_mbps)
-    # A bucket's representative point: its geometric centre; the open last bucket, its start.
-    centres = np.append(np.sqrt(bandwidth[:-1] * bandwidth[1:]), bandwidth[-1])
+    centres = bucket_centres(bandwidth)
     x_lo, x_hi = 1.0 / bandwidth[-1], 1.0 / bandwidth[0]
     pairs = dict.fromkeys(cands.always)
     raw_tables, raw_mixed, raw_breaks = {}, {}, {}
@@ -424,6 +536,12 @@ def _tabulate(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: st
             raw_mixed[obj].append(mixes)
             raw_breaks[obj].append(breaks)
 
+    raw_fronts = _read_fronts(cands, raw_tables, centres)
+    for rows in raw_fronts:
+        for row in rows:
+            for front in row:
+                pairs.update(dict.fromkeys(front))
+
     chosen = list(pairs)
     cuts = _describe_cuts(model, ann, cands.graph, cands.names, cands.wire, [cands.masks[m] for m, _ in chosen],
                           [e for _, e in chosen], cands.codecs)
@@ -431,9 +549,39 @@ def _tabulate(model: LoadedModel, ann: Annotation, grid: GridSpec, objective: st
     tables = {o: [[[by_key[k] for k in row] for row in rows] for rows in levels] for o, levels in raw_tables.items()}
     breakpoints = {o: [[[(round(b, 6), by_key[k]) for b, k in row] for row in rows] for rows in levels]
                    for o, levels in raw_breaks.items()}
+    distinct: dict[tuple[str, ...], int] = {}  # many conditions share a front: store each once
+    index = [[[distinct.setdefault(tuple(by_key[k] for k in front), len(distinct)) for front in row] for row in rows]
+             for rows in raw_fronts]
     return Plan(grid=grid, objective=objective, cuts=cuts, device_tables=tables, device_mixed=raw_mixed,
-                device_breakpoints=breakpoints, fallback=by_key[cands.always[0]], stats=stats, encodings=encodings,
+                device_breakpoints=breakpoints, fallback=by_key[cands.always[0]],
+                pareto_fronts=[list(f) for f in distinct], pareto_index=index, energy_model=energy_model(ann, grid),
+                stats=stats, encodings=encodings,
                 dropped=dropped, candidates=cands)
+
+
+def _read_fronts(cands: _Candidates, raw_tables: dict, centres: np.ndarray) -> list[list[list[list[tuple[bytes, str]]]]]:
+    """Each condition's front over its solved pairs less the dropped ones, fastest first.
+
+    The condition's latency and energy table cells join the candidates: they are the
+    front's ends while nothing is dropped, and what stands in for a dropped end after.
+    (As for the tables, nothing is solved again: a pair that no solve found is not found now.)
+    """
+    fronts = []
+    for di, level in enumerate(cands.fronts):
+        level_fronts = []
+        for li, row in enumerate(level):
+            coeffs = cands.coefficients[di][li]
+            row_fronts = []
+            for b, solved in enumerate(row):
+                ends = [raw_tables[obj][di][li][b] for obj in OBJECTIVES]
+                live = [k for k in dict.fromkeys([*solved, *ends]) if k not in cands.excluded]
+                x = 1.0 / centres[b]
+                latency = [coeffs[k][0] + x * coeffs[k][1] for k in live]
+                energy = [coeffs[k][2] + x * coeffs[k][3] for k in live]
+                row_fronts.append([live[i] for _, _, i in lines_front(latency, energy)])
+            level_fronts.append(row_fronts)
+        fronts.append(level_fronts)
+    return fronts
 
 
 def _segment_at(starts_x: np.ndarray, x: float) -> int:

@@ -1,15 +1,18 @@
-"""Human-readable views of a build: per-layer rows (the paper's figure) and the decision map.
+"""Human-readable views of a build: per-layer rows (the paper's figure), the decision map and
+the latency-energy fronts.
 
 ``layer_rows`` and ``decision_map`` read only ``plan.json`` plus the annotation that the
 build stores next to it, so ``nscompile inspect`` works on a finished build directory;
-``write_report`` renders the same data as a self-contained HTML page (CSS bars, no
-scripts, no plotting dependency).
+``pareto_points`` reads the device's plan as a device would; ``write_report`` renders the
+same data as a self-contained HTML page (CSS bars and inline SVG, no scripts, no
+plotting dependency).
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 from nscompile.errors import NscompileError
@@ -65,8 +68,108 @@ def _bar(value: float, scale: float, colour: str) -> str:
     return f'<div class="bar" style="width:{width:.1f}%;background:{colour}"></div>'
 
 
-def render_html(plan_doc: dict, layers: list[dict]) -> str:
-    """The report page: per-layer latency and output size, then the decision map per objective."""
+def pareto_points(build_dir: Path, bandwidth_mbps: float | None, load: float = 1.0, device_load: float = 1.0,
+                  rtt_ms: float | None = None) -> list[dict]:
+    """The build's latency-energy front at one condition, as the device's runtime sees it.
+
+    Args:
+        build_dir: a build directory (its ``device/`` is read).
+        bandwidth_mbps: uplink Mbit/s (> 0).
+        load: server slowdown factor K (>= 1).
+        device_load: device slowdown factor Kd (> 0).
+        rtt_ms: round-trip time; None: the plan's.
+
+    Returns:
+        ``[{"cut", "latency_ms", "energy_mj"}]``, fastest first
+        (:meth:`nscompile.runtime.plan.Plan.pareto_front`).
+
+    Raises:
+        NscompileError: a missing or non-positive condition, or a build without fronts.
+    """
+    from nscompile.runtime.plan import load_plan
+
+    if bandwidth_mbps is None:
+        raise NscompileError("--pareto needs --bandwidth MBPS: the uplink to show the front at (e.g. 5.85 for LTE)")
+    for flag, value, valid, what in (("--bandwidth", bandwidth_mbps, bandwidth_mbps > 0, "a positive number of Mbit/s"),
+                                     ("--load", load, load >= 1, "a server slowdown factor >= 1"),
+                                     ("--device-load", device_load, device_load > 0, "a device slowdown factor > 0"),
+                                     ("--rtt", rtt_ms, rtt_ms is None or rtt_ms >= 0, "a round-trip time >= 0 ms")):
+        if value is not None and (not math.isfinite(value) or not valid):
+            raise NscompileError(f"{flag} must be {what}, got {value:g}")
+    plan = load_plan(Path(build_dir) / "device")
+    if not plan.has_pareto:
+        raise NscompileError(f"'{build_dir}' was built without latency-energy fronts; rebuild it with this nscompile")
+    return [{"cut": p.cut, "latency_ms": round(p.latency_ms, 4), "energy_mj": round(p.energy_mj, 4)}
+            for p in plan.pareto_front(bandwidth_mbps, load, rtt_ms, None, device_load)]
+
+
+def preset_fronts(build_dir: Path, annotation) -> dict[str, dict]:
+    """Per network preset (planner.NETWORK_PRESETS), the plan's front at its uplink, downlink and
+    RTT, idle server, the device as profiled, energy with the preset's radio model.
+
+    Returns:
+        preset -> {"conditions", "points": [ParetoPoint, ...]}; empty for a build without fronts.
+    """
+    from nscompile.planner import NETWORK_PRESETS
+    from nscompile.runtime.plan import EnergyModel, load_plan
+
+    plan = load_plan(Path(build_dir) / "device")
+    if not plan.has_pareto:
+        return {}
+    out = {}
+    base = plan.energy_model
+    for name, preset in NETWORK_PRESETS.items():
+        try:
+            radio = annotation.device.radio(preset["radio"])
+        except NscompileError:  # a profile without this radio: the plan's own model
+            energy = base
+        else:
+            energy = EnergyModel(base.compute_power_w, base.idle_power_w, preset["radio"], radio.up_alpha_w_per_mbps,
+                                 radio.up_beta_w, radio.down_alpha_w_per_mbps, radio.down_beta_w)
+        points = plan.pareto_front(preset["uplink_mbps"], 1.0, preset["rtt_ms"], preset["downlink_mbps"], 1.0, energy)
+        out[name] = {"conditions": preset, "points": points}
+    return out
+
+
+def _front_svg(points, width: int = 360, height: int = 230) -> str:
+    """One front as an inline SVG scatter: latency (x) against device energy (y), points named."""
+    left, right, top, bottom = 52, 16, 12, 34
+    xs, ys = [p.latency_ms for p in points], [p.energy_mj for p in points]
+
+    def span(values):
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.08 or max(abs(hi), 1.0) * 0.1
+        return lo - pad, hi + pad
+
+    (x0, x1), (y0, y1) = span(xs), span(ys)
+    px = lambda v: left + (v - x0) / (x1 - x0) * (width - left - right)
+    py = lambda v: height - bottom - (v - y0) / (y1 - y0) * (height - top - bottom)
+    out = [f"<svg width='{width}' height='{height}' viewBox='0 0 {width} {height}' style='font:10px sans-serif'>",
+           f"<line x1='{left}' y1='{height - bottom}' x2='{width - right}' y2='{height - bottom}' stroke='#888'/>",
+           f"<line x1='{left}' y1='{top}' x2='{left}' y2='{height - bottom}' stroke='#888'/>",
+           f"<text x='{(left + width - right) / 2}' y='{height - 4}' text-anchor='middle'>latency (ms)</text>",
+           f"<text x='10' y='{(top + height - bottom) / 2}' text-anchor='middle' transform='rotate(-90 10 {(top + height - bottom) / 2})'>device energy (mJ)</text>"]
+    for v in (x0 + (x1 - x0) * f for f in (0.1, 0.5, 0.9)):
+        out.append(f"<text x='{px(v):.1f}' y='{height - bottom + 12}' text-anchor='middle' fill='#666'>{v:.3g}</text>")
+    for v in (y0 + (y1 - y0) * f for f in (0.1, 0.5, 0.9)):
+        out.append(f"<text x='{left - 4}' y='{py(v) + 3:.1f}' text-anchor='end' fill='#666'>{v:.3g}</text>")
+    if len(points) > 1:
+        path = " ".join(f"{px(p.latency_ms):.1f},{py(p.energy_mj):.1f}" for p in points)
+        out.append(f"<polyline points='{path}' fill='none' stroke='#4e79a7' stroke-dasharray='3 2'/>")
+    for i, p in enumerate(points):
+        x, y = px(p.latency_ms), py(p.energy_mj)
+        anchor = "end" if x > width * 0.65 else "start"
+        dx = -6 if anchor == "end" else 6
+        out.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='3.5' fill='#e15759'><title>{html.escape(p.cut)}: "
+                   f"{p.latency_ms:.2f} ms, {p.energy_mj:.2f} mJ</title></circle>"
+                   f"<text x='{x + dx:.1f}' y='{y - 5:.1f}' text-anchor='{anchor}'>{html.escape(p.cut)}</text>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def render_html(plan_doc: dict, layers: list[dict], fronts: dict[str, dict] | None = None) -> str:
+    """The report page: per-layer latency and output size, the decision map per objective, and
+    the latency-energy front per network preset (``fronts``: :func:`preset_fronts`)."""
     model = plan_doc["model"]
     ids = [c["id"] for c in plan_doc["cuts"]]
     colour = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(ids)}
@@ -105,6 +208,22 @@ def render_html(plan_doc: dict, layers: list[dict]) -> str:
         ticks = "".join(f"<td style='border:0;font-size:9px'>{b:.3g}</td>" if i % 4 == 0 else "<td style='border:0'></td>"
                         for i, b in enumerate(grid["bandwidth_mbps"]))
         out.append(f"<tr><th></th>{ticks}</tr></table>")
+    if fronts:
+        radio = (plan_doc.get("energy_model") or {}).get("radio", {}).get("name", "?")
+        out.append("<h2>Latency against device energy</h2><p>Per network preset (uplink / downlink Mbps, RTT; idle "
+                   "server, the device as profiled): the cuts of the plan's latency-energy front for that bucket, with "
+                   "the latency and energy optima at that uplink and all-device, each predicted as the runtime predicts "
+                   f"it; points another beats in both are left out. Energy uses the preset's radio model (the fronts were "
+                   f"solved with the grid's, {html.escape(radio)}). A point is named by its cut and encoding "
+                   "(<code>@int8</code>); fastest on the left.</p><div>")
+        for name, front in fronts.items():
+            c = front["conditions"]
+            rows = "".join(f"<tr><td>{html.escape(p.cut)}</td><td>{p.latency_ms:.2f}</td><td>{p.energy_mj:.2f}</td></tr>"
+                           for p in front["points"])
+            out.append(f"<div style='display:inline-block;vertical-align:top;margin:0 1.5em 1em 0'><b>{html.escape(name)}</b> "
+                       f"({c['uplink_mbps']:g} / {c['downlink_mbps']:g} Mbps, RTT {c['rtt_ms']:g} ms)<br>"
+                       f"{_front_svg(front['points'])}<table><tr><th>cut</th><th>ms</th><th>mJ</th></tr>{rows}</table></div>")
+        out.append("</div>")
     out.append("<h2>Per layer</h2><table><tr><th>node</th><th>op</th><th>device ms</th><th class='w'></th><th>cloud ms</th>"
                "<th class='w'></th><th>output KB</th><th class='w'></th><th>cuts after</th></tr>")
     for r in layers:
@@ -121,4 +240,4 @@ def write_report(build_dir: Path, model, annotation, plan_doc: dict, html_page: 
     layers = layer_table(model, annotation, plan_doc)
     (Path(build_dir) / LAYERS_FILE).write_text(json.dumps(layers, indent=0))
     if html_page:
-        (Path(build_dir) / "report.html").write_text(render_html(plan_doc, layers))
+        (Path(build_dir) / "report.html").write_text(render_html(plan_doc, layers, preset_fronts(build_dir, annotation)))

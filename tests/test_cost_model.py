@@ -1,5 +1,6 @@
 """Profiles as data: evaluation, JSON round trip, validation, radio models, shipped profiles."""
 
+import dataclasses
 import json
 import math
 
@@ -14,6 +15,8 @@ from nscompile.cost_model import (
     default_profile_path,
     load_profile,
     load_radio_overrides,
+    same_cpu,
+    shipped_for_this_cpu,
 )
 from nscompile.errors import NscompileError
 from nscompile.features import NodeFeatures, graph_features, static_shapes
@@ -180,3 +183,42 @@ def test_fixed_costs_and_time_scale():
     assert replace(io, time_scale=4.5).run_ms(2.0, 3, 1) == pytest.approx(2.0 + 4.5 * (0.004 + 2 * 0.0005))
     again = Profile.from_json(json.loads(q.canonical_json()))
     assert again.time_scale == 4.5 and again.node_overhead_ms == 0.001 and again.sha256 == q.sha256
+
+
+def test_copies_are_priced_by_their_size_and_old_profiles_read_as_before():
+    curve = ((1e4, 2e-8), (1e6, 2e-8), (4e6, 8e-8))
+    p = dataclasses.replace(_profile(), reorder_ms_per_byte=3e-8, reorder_curve=curve, nchwc_block=16)
+    q = Profile.from_json(json.loads(json.dumps(p.to_json())))
+    assert q.reorder_curve == curve and q.nchwc_block == 16 and q.sha256 == p.sha256
+    assert p.reorder_ms(2e5, 2) == pytest.approx(2e5 * 2e-8)  # two 100 kB copies: in the cache
+    assert p.reorder_ms(4e6, 2) == pytest.approx(4e6 * 5e-8)  # two of 2 MB: halfway (in log size) to 4 MB's price
+    assert p.reorder_ms(1e8, 1) == pytest.approx(1e8 * 8e-8)  # flat beyond the measured sizes
+    assert p.reorder_ms(0.0, 0) == 0.0
+    f = NodeFeatures("Conv", {"macs": 1e6, "reorder_bytes": 4e6, "reorder_copies": 2.0})
+    assert p.predict_ms(f) == pytest.approx(1.01 + 4e6 * 5e-8)
+    # A profile from before both fields: one price per byte, AVX2's block of 8.
+    d = p.to_json()
+    del d["reorder_curve"], d["nchwc_block"]
+    old = Profile.from_json(d)
+    assert old.nchwc_block == 8 and old.reorder_curve == () and old.reorder_ms(4e6, 2) == pytest.approx(4e6 * 3e-8)
+    for field, value, words in (("reorder_curve", [[0, 1e-8]], "reorder_curve"), ("reorder_curve", "x", "reorder_curve"),
+                                ("nchwc_block", 0, "nchwc_block"), ("nchwc_block", 16.5, "nchwc_block")):
+        bad = dict(p.to_json(), **{field: value})
+        with pytest.raises(NscompileError, match=words):
+            Profile.from_json(bad)
+
+
+def test_shipped_profiles_are_matched_to_this_cpu_by_family(monkeypatch):
+    import nscompile.profiler as profiler
+
+    assert same_cpu("AMD EPYC", "AMD EPYC 7B13 64-Core Processor")
+    assert same_cpu("Intel(R) Xeon(R) Processor", "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz")
+    assert not same_cpu("Intel(R) Xeon(R) Processor", "AMD EPYC")
+    monkeypatch.setattr(profiler, "cpu_model", lambda: "AMD EPYC 9B14")
+    found = shipped_for_this_cpu("device")
+    assert found and found[0] == default_profile_path("device")  # the default first
+    assert all(load_profile(p).meta["cpu_model"] == "AMD EPYC" and load_profile(p).kind == "device" for p in found)
+    assert [bool(load_profile(p).meta.get("cpu_quota_cores")) for p in found] == sorted(
+        bool(load_profile(p).meta.get("cpu_quota_cores")) for p in found)  # unthrottled before quotas
+    monkeypatch.setattr(profiler, "cpu_model", lambda: "Apple M9")
+    assert shipped_for_this_cpu("device") == []

@@ -8,7 +8,7 @@ import pytest
 from nscompile.features import NodeFeatures, graph_features, static_shapes
 
 
-def _feats(text):
+def _feats(text, **kwargs):
     # The text format declares weights as typed value_info without data: treat every
     # tensor that is neither a graph input nor produced by a node as a weight.
     model = onnx.parser.parse_model(text)
@@ -16,7 +16,7 @@ def _feats(text):
     produced = {o for n in model.graph.node for o in n.output}
     inputs = {i.name for i in model.graph.input}
     consts = {v.name for v in model.graph.value_info if v.name not in produced | inputs}
-    return graph_features(model.graph, shapes, consts)
+    return graph_features(model.graph, shapes, consts, **kwargs)
 
 
 CONV_BN_RELU = """
@@ -182,3 +182,24 @@ def test_layout_copies_follow_onnxruntime_padding():
     assert "reorder_copies" not in pool.values  # plain NCHW MaxPool
     assert conv2.values["reorder_copies"] == 2  # ReorderInput of p, ReorderOutput of y
     assert conv2.values["reorder_bytes"] == (20 * 12 * 12 + 50 * 8 * 8) * 4
+
+
+def test_padded_macs_follow_the_machines_nchwc_block():
+    # MLAS blocks 8 channels with AVX2 and 16 with AVX-512: a 24->24 conv computes 24 or
+    # 32 channels each way, and a 24-channel output stays blocked only with 8.
+    text = """
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[1,16,14,14] x) => (float[1,24,14,14] y) <float[24,16,3,3] w1, float[24,24,3,3] w2> {
+      c = Conv <pads=[1,1,1,1]> (x, w1)
+      y = Conv <pads=[1,1,1,1]> (c, w2)
+    }
+    """
+    by_block = {b: _feats(text, nchwc_block=b) for b in (8, 16)}
+    assert by_block[8][1].values["macs_kxk"] == 24 * 24 * 14 * 14 * 9
+    assert by_block[16][1].values["macs_kxk"] == 32 * 32 * 14 * 14 * 9
+    assert by_block[8][1].values["macs"] == by_block[16][1].values["macs"] == 24 * 24 * 14 * 14 * 9
+    # Block 8: x is copied in, c stays blocked, y (a graph output) is copied back.
+    assert [f.values["reorder_copies"] for f in by_block[8]] == [1, 1]
+    # Block 16: c is unaligned, so it is copied back after the first conv and in again.
+    assert [f.values["reorder_copies"] for f in by_block[16]] == [2, 2]
+    assert _feats(text)[1].values == by_block[8][1].values  # the default block

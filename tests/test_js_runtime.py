@@ -72,9 +72,9 @@ def zoo_builds(tmp_path_factory):
             out = root / f"{info.name}-{tag}"
             build(path, out, device_profile=device, grid=grid, verify=False, report=False, include_all_cloud=True)
             builds.append(out / "device")
-    # The same look-up from buckets alone: a plan written before breakpoints and the
-    # device-load axis existed, and one with buckets for every device level.
-    for tag, drop, keep_axis in (("buckets", ("breakpoints", "device_breakpoints", "device_tables"), False),
+    # The same look-up from buckets alone: a plan written before breakpoints, the
+    # device-load axis and the fronts existed, and one with buckets for every device level.
+    for tag, drop, keep_axis in (("buckets", ("breakpoints", "device_breakpoints", "device_tables", "pareto"), False),
                                  ("device-buckets", ("breakpoints", "device_breakpoints"), True)):
         variant = root / f"alexnet-{tag}"
         shutil.copytree(root / "alexnet-quota25" / "device", variant)
@@ -160,7 +160,7 @@ def python_decisions(device_dir: Path, conds: list[dict]) -> list[dict]:
         runner.objective = c["objective"]
         runner.net.rtt.value = c["rtt_ms"]
         level = plan.device_loads[plan.device_load_row(kd)]
-        rtt_device = runner.policy._rtt_says_device(plan.cuts[cut], c["bandwidth_mbps"], c["load"], level)
+        rtt_device = runner.cut_policy._rtt_says_device(plan.cuts[cut], c["bandwidth_mbps"], c["load"], level)
         answers.append({"cut": cut, "rtt_device": rtt_device})
     runner.close()
     return answers

@@ -118,7 +118,7 @@ def _small_cases(monkeypatch, scale=1):
 
 @pytest.mark.slow
 def test_run_profile_end_to_end(monkeypatch, tmp_path):
-    from nscompile.profiler import run_profile
+    from nscompile.profiler import nchwc_block, run_profile
 
     _small_cases(monkeypatch)
     seen = []
@@ -127,8 +127,13 @@ def test_run_profile_end_to_end(monkeypatch, tmp_path):
     # 8 single convs, and the base conv each of the 4 patterns was timed next to
     assert sum(r.n_samples for k, r in prof.models.items() if k.startswith("Conv")) == 12
     assert "fused:*" in prof.models
-    # NCHWc copies measured on the CPU provider, at a memory copy's speed (1 to 1000 GB/s).
+    # NCHWc copies measured on the CPU provider, at a memory copy's speed (1 to 1000 GB/s),
+    # at sizes from the L1 cache to beyond the L2; the features used this CPU's block.
     assert 1e-9 < prof.reorder_ms_per_byte < 1e-6
+    sizes = [b for b, _ in prof.reorder_curve]
+    assert len(sizes) >= 5 and sizes == sorted(sizes) and sizes[0] < 64e3 and sizes[-1] > 4e6
+    assert all(1e-10 < c < 1e-6 for _, c in prof.reorder_curve)
+    assert prof.nchwc_block == nchwc_block() in (8, 16)  # MLAS on x86: AVX2 or AVX-512
     assert prof.meta["clock"] == "cpu" and prof.meta["power_source"] == "assumed"
     assert prof.run_overhead_ms > 0 and prof.node_overhead_ms >= 0
     speed = prof.meta["speed_checks"]  # reference kernels timed before and after the sweep at least

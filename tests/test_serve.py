@@ -267,6 +267,40 @@ def test_broken_model_is_unavailable_not_a_crash(build, tmp_path, client):
         srv.stop()
 
 
+def test_models_load_and_unload_on_demand(build, client):
+    """Triton's repository extension: a model left out of ``preload`` loads when asked (or on first
+    use) and unloads to free its memory; one loaded on a busy server does not feed the load report."""
+    from nscompile.serve import create_app
+
+    app = create_app(build / "cloud", preload=[])
+    srv = ServerThread(app)
+    entry = app.state.models[MODEL]
+    try:
+        assert entry.session is None
+        assert client.post(f"{srv.url}/v2/repository/models/{MODEL}/load").status_code == 200
+        assert entry.session is not None and entry.idle_ms is not None and entry.counts_for_load
+        assert client.post(f"{srv.url}/v2/repository/models/{MODEL}/unload").status_code == 200
+        assert entry.session is None and entry.idle_ms is None
+        r = infer(client, srv.url)  # loads again on first use
+        assert r.status_code == 200 and entry.session is not None
+        np.testing.assert_allclose(decode_response(r.content, r.headers[HEADER_LENGTH])[1]["prob"], expected_prob(build, good_inputs()), rtol=1e-5)
+        entry.unload()
+        app.state.load.in_flight += 1  # another client's request is running while the model loads
+        try:
+            assert client.post(f"{srv.url}/v2/repository/models/{MODEL}/load").status_code == 200
+        finally:
+            app.state.load.in_flight -= 1
+        assert not entry.counts_for_load
+        before = len(app.state.load._samples)
+        assert infer(client, srv.url).status_code == 200
+        assert len(app.state.load._samples) == before
+        assert client.post(f"{srv.url}/v2/repository/models/nosuch/load").status_code == 404
+    finally:
+        srv.stop()
+    with pytest.raises(NscompileError, match="--preload names 'nosuch'"):
+        create_app(build / "cloud", preload=["nosuch"])
+
+
 def test_repository_errors(tmp_path, build):
     from nscompile.serve.repository import read_repository
 

@@ -151,8 +151,35 @@ def test_pruning_drops_only_forced_cuts_far_slower_than_the_best():
             for row in ([1.0, 50.0], [10.0, 11.0, 12.0, 400.0], [20.0, 30.0], [25.0, 40.0])]
     # 25 > 2 x 11.5 (the best median; its one slow request changes nothing); 20 is not;
     # nscompile's own (None) never drops out.
-    assert _out_of_the_running(cuts, recs, 2.0) == {3}
-    assert _out_of_the_running(cuts, recs, 0.0) == set()
+    assert [i for i, _, _ in _out_of_the_running(cuts, recs, 2.0)] == [3]
+    assert _out_of_the_running(cuts, recs, 0.0) == []
+
+
+def test_bounds_come_from_measurements_of_nested_sets_and_the_fastest_goodput():
+    """A bigger device set runs at least a smaller set's prefix; a smaller one at least a bigger one's
+    suffix; an upload goes no faster than the fastest measured goodput. Encoded cuts bound nothing."""
+    from nscompile.testbed.device import COMPUTE_SLACK, GOODPUT_SLACK, Bounds
+
+    sets = {"cloud": "0", "a": "1", "b": "3", "b@int8": "3", "c": "7", "device": "f"}
+    lossless = {c: "@" not in c for c in sets}
+    up = {"cloud": 1 << 20, "a": 4 << 20, "b": 2 << 20, "b@int8": 1 << 19, "c": 1000, "device": 0}
+    bounds = Bounds(list(sets), sets, lossless, up)
+    assert all(bounds.lower_ms(c) == 0.0 for c in sets)  # nothing measured yet: nothing bounded
+    # all-cloud: 1 MiB in 1000 ms of transfer, 200 of them the RTT -> 10.49 Mbps
+    bounds.add("cloud", {"prefix_ms": 0.0, "server_ms": 40.0, "upload_bytes": 1 << 20, "transfer_ms": 1000.0, "rtt_ms": 200.0})
+    bounds.add("b@int8", {"prefix_ms": 3.0, "server_ms": 30.0, "upload_bytes": 1 << 19, "transfer_ms": 300.0, "rtt_ms": 200.0})
+    bounds.add("b", {"prefix_ms": 5.0, "server_ms": 20.0, "upload_bytes": 2 << 20, "transfer_ms": 2000.0, "rtt_ms": 200.0})
+    goodput = (1 << 20) * 8e-3 / 800.0  # the int8 upload's 4.19 Mbps (net of the RTT) is no help: the fastest counts
+    assert bounds.goodput_mbps == pytest.approx(max(goodput, (2 << 20) * 8e-3 / 1800.0, (1 << 19) * 8e-3 / 100.0))
+    g = bounds.goodput_mbps
+    # 'c' holds 'b' (prefix >= 5 ms) and is held by the full set (no server time measured):
+    assert bounds.lower_ms("c") == pytest.approx(COMPUTE_SLACK * 5.0 + 1000 * 8e-3 / (GOODPUT_SLACK * g))
+    # 'a' sits inside 'b' (suffix >= 20 ms) and holds all-cloud (prefix 0); the int8 cut's 30 ms says nothing:
+    assert bounds.lower_ms("a") == pytest.approx(COMPUTE_SLACK * 20.0 + (4 << 20) * 8e-3 / (GOODPUT_SLACK * g))
+    bounds.add("device", {"prefix_ms": 80.0, "upload_bytes": 0})
+    assert bounds.lower_ms("c") < COMPUTE_SLACK * 80.0  # the full set holds 'c', not the other way round
+    bounds.add("a", {"prefix_ms": 1.0, "server_ms": 1.0, "fell_back": True, "upload_bytes": 4 << 20, "transfer_ms": 1.0})
+    assert "a" not in bounds.prefix_ms  # a request that fell back measured nothing of its cut
 
 
 def test_forced_requests_neither_start_nor_end_nscompiles_backoff():
@@ -191,14 +218,14 @@ def test_userspace_testbed_pins_nothing_and_says_so(tmp_path):
 def lenet_build(tmp_path_factory):
     """A build of the small LeNet (device profile and this CPU's one-thread profile as the server's)."""
     from nscompile.testbed.experiments import (
-        SINGLE_CORE_CLOUD_PROFILE,
+        single_core_cloud_profile,
         _build,
         _prepare_model,
     )
 
     root = tmp_path_factory.mktemp("lenet")
     _build(_prepare_model("lenet", "small", root / "models"), root / "build", default_profile_path("device"),
-           SINGLE_CORE_CLOUD_PROFILE)
+           single_core_cloud_profile())
     return root / "build"
 
 
@@ -256,7 +283,7 @@ def test_rounds_measure_every_mode_side_by_side_in_random_order(tmp_path, lenet_
 
 @pytest.mark.slow
 def test_bench_quick_end_to_end(tmp_path):
-    """`nscompile bench --quick` writes the output contract (part of CI: kept to ~2 minutes)."""
+    """`nscompile bench --quick` writes the output contract (part of CI: kept under 3 minutes)."""
     out = tmp_path / "bench"
     r = subprocess.run([sys.executable, "-m", "nscompile", "bench", "--quick", "-o", str(out)],
                        capture_output=True, text=True, timeout=400, env={**os.environ, "COLUMNS": "200"})
@@ -267,6 +294,7 @@ def test_bench_quick_end_to_end(tmp_path):
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 2  # two models x two networks x idle/loaded (one device profile)
+    assert {r["model"] for r in rows} == {"lenet", "resnet18"} and {r["network"] for r in rows} == {"3G", "5G"}
     need = ["model", "network", "device_profile", "load", "chosen_cut", "chosen_ms", "oracle_cut", "oracle_ms",
             "all_device_ms", "all_cloud_ms", "chosen_mj", "all_device_mj", "all_cloud_mj"]
     for row in rows:
@@ -277,6 +305,22 @@ def test_bench_quick_end_to_end(tmp_path):
         assert int(row["n"]) >= 3  # nscompile's own requests: at least three rounds
         assert float(row["chosen_q1_ms"]) <= float(row["chosen_ms"]) <= float(row["chosen_q3_ms"])
         assert row["iqr_overlap"] in ("True", "False")
+        # The oracle is the best of every candidate: far more than the build's own cuts, timed or bounded out.
+        assert int(row["n_candidates"]) >= int(row["n_timed"]) >= 2 and int(row["n_candidates"]) > 20
+        assert row["oracle_is_split"] in ("True", "False")
+        if row["oracle_is_split"] == "False":  # the oracle is one of the extremes
+            assert row["oracle_ms"] in (row["all_device_ms"], row["all_cloud_ms"])
+        assert row["contested"] in ("True", "False")
+        if row["oracle_is_split"] == "True":
+            assert row["contested"] == "True"
+        elif row["contested"] == "True":
+            assert float(row["runner_up_ms"]) <= 1.25 * float(row["oracle_ms"])
+    assert any(r["contested"] == "True" for r in rows), "--quick must keep a contested case"
+    with open(out / "cuts.csv") as f:
+        cut_rows = list(csv.DictReader(f))
+    for r in cut_rows:  # every candidate either has requests or says which measured bound left it out
+        assert int(r["n"]) > 0 or r["pruned"] in ("bound", "fastest request"), r
+    assert {r["encoding"] for r in cut_rows} == {"fp32", "fp16", "int8"}
     loaded = [r for r in rows if r["load"] == "loaded"]
     assert all(float(r["server_load_k"]) > 1.0 for r in loaded)  # the load is measured, not assumed
     for name in ("report.html", "trace.csv", "load.csv", "trace.png", "load.png", "cuts.csv", "summary.json",
@@ -295,6 +339,7 @@ def test_bench_quick_end_to_end(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device_load"]["requests_loaded"] > 0
     assert summary["cases"] == 8 and 0.0 <= summary["within_10pct_or_iqr"] <= 1.0
+    assert summary["contested_cases"] == summary["contested"]["cases"] >= 1
     out_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if _has_ip() else ""
     assert not [n for n in out_ns.split() if n.startswith(f"{cleanup.PREFIX}-{r.args and ''}")
                 and cleanup._owner(n) is not None and not cleanup._alive(cleanup._owner(n))]

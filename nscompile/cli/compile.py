@@ -101,14 +101,35 @@ def _gate_summary(gate: dict | None) -> list[str]:
 @app.command()
 def inspect(
     build_dir: Path = typer.Argument(..., help="A directory written by `nscompile build`."),
-    as_json: bool = typer.Option(False, "--json", help="Print layers and the decision map as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print layers and the decision map as JSON (with --pareto: the front)."),
     objective: Optional[str] = typer.Option(None, help="Decision map to show (default: the plan's objective)."),
+    pareto: bool = typer.Option(False, "--pareto", help="Show the latency-energy front at --bandwidth/--load instead."),
+    bandwidth: Optional[float] = typer.Option(None, "--bandwidth", help="With --pareto: uplink Mbps (e.g. 5.85, LTE)."),
+    load: float = typer.Option(1.0, "--load", help="With --pareto: server slowdown factor K (1 = idle)."),
+    device_load: float = typer.Option(1.0, "--device-load", help="With --pareto: device slowdown factor Kd (1 = as profiled)."),
+    rtt: Optional[float] = typer.Option(None, "--rtt", help="With --pareto: round-trip time in ms (default: the plan's)."),
 ):
-    """Per-layer predicted device/cloud ms and output size (the paper's figure) and the decision map."""
+    """Per-layer predicted device/cloud ms and output size (the paper's figure) and the decision map;
+    with --pareto, the latency-energy front at one condition."""
     from nscompile.errors import NscompileError
-    from nscompile.report import load_build, worst_rel_l2
+    from nscompile.report import load_build, pareto_points, worst_rel_l2
 
     plan_doc, layers = load_build(build_dir)
+    if pareto:
+        points = pareto_points(build_dir, bandwidth, load, device_load, rtt)
+        if as_json:
+            print(json.dumps(points))
+            return
+        radio = (plan_doc.get("energy_model") or {}).get("radio", {}).get("name", "?")
+        front = Table(title=f"latency-energy front at {bandwidth:g} Mbps, K={load:g}, Kd={device_load:g} "
+                            f"(RTT {plan_doc['grid']['rtt_ms'] if rtt is None else rtt:g} ms, {radio} radio), fastest first")
+        for column in ("cut", "encoding", "latency ms", "device energy mJ"):
+            front.add_column(column, justify="left" if column in ("cut", "encoding") else "right")
+        encodings = {c["id"]: c.get("encoding", "fp32") for c in plan_doc["cuts"]}
+        for p in points:
+            front.add_row(p["cut"], encodings.get(p["cut"], "fp32"), f"{p['latency_ms']:.2f}", f"{p['energy_mj']:.2f}")
+        console.print(front)
+        return
     objective = objective or plan_doc["grid"]["objective"]
     tables = plan_doc.get("tables", {plan_doc["grid"]["objective"]: plan_doc["table"]})
     if objective not in tables:

@@ -27,6 +27,10 @@ def serve(
     cors_origin: list[str] = typer.Option(
         [], "--cors-origin", help="Let pages on this origin call the server, e.g. http://localhost:8080 (repeatable; default: none)."
     ),
+    preload: Optional[str] = typer.Option(
+        None, "--preload", help="Models to load at start-up, comma separated ('' for none; default: all). The others load on "
+                                "their first request or POST /v2/repository/models/NAME/load, and unload on .../unload."
+    ),
 ) -> None:
     """Serve a build's suffix models over the KServe v2 protocol (Triton-compatible)."""
     from nscompile.serve import serve as run_server
@@ -46,6 +50,7 @@ def serve(
         threads=threads,
         drain_s=drain_seconds,
         cors_origins=check_origins(cors_origin),
+        preload=None if preload is None else [m.strip() for m in preload.split(",") if m.strip()],
     )
 
 
@@ -66,7 +71,8 @@ def run(
     device_dir: Path = typer.Argument(..., help="The device/ directory of a build."),
     server: str = typer.Option(..., help="Server base URL, e.g. http://10.0.0.2:8000."),
     input: list[str] = typer.Option(..., "--input", help="NAME=FILE.npy, once per model input."),
-    objective: str = typer.Option("latency", help="latency or energy."),
+    objective: Optional[str] = typer.Option(None, help="latency or energy (default latency; or pass --policy)."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="latency, energy, slo(latency_ms=X), budget(energy_mj=Y) or weighted(LAM)."),
     output_dir: Optional[Path] = typer.Option(None, help="Write each output as NAME.npy here."),
     cut: Optional[str] = typer.Option(None, help="Force this cut instead of looking it up."),
     bandwidth_mbps: Optional[float] = typer.Option(None, help="Use this uplink bandwidth instead of measuring it."),
@@ -79,7 +85,7 @@ def run(
 
     inputs = dict(_parse_input(s) for s in input)
     with SplitRunner(
-        device_dir, server, objective, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
+        device_dir, server, objective, policy=policy, deadline_ms=deadline_ms, force_cut=cut, bandwidth_mbps=bandwidth_mbps,
         device_load=device_load,
     ) as runner:
         outputs, record = runner.run(inputs, with_record=True)

@@ -15,7 +15,7 @@ import time
 from dataclasses import astuple, dataclass, replace
 from typing import Callable
 
-from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression
+from nscompile.cost_model import DEFAULT_FALLBACK, RADIO_PRESETS, RADIO_SOURCE, Profile, RadioModel, Regression, copy_ms
 from nscompile.errors import NscompileError
 from nscompile.profiler.stability import SpeedCheck, speed_kind
 
@@ -164,15 +164,19 @@ def _quota_slowdown(threads: int, provider: str) -> float:
     """Wall time over CPU time of onnxruntime runs under the current CPU quota (>= 1).
 
     Convolutions and fully connected layers of about 1 to 20 ms of work, run back to back
-    in batches of at least 0.2 s (50 periods of the 4 ms quota period); the median ratio.
+    in batches of at least 0.2 s and 50 CFS periods (a 12.5% quota has an 8 ms period);
+    the median ratio.
     """
     import statistics
+
+    from nscompile.profiler.quota import quota_period_s
 
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
     from nscompile.profiler.timing import make_session
 
+    batch_s = max(0.2, 50 * (quota_period_s() or 0.0))
     rng = np.random.default_rng(11)
     ratios = []
     for cin, cout, hw, k in ((64, 64, 56, 3), (256, 128, 28, 1), (128, 128, 28, 3), (512, 512, 7, 3), (3, 32, 112, 3)):
@@ -188,29 +192,68 @@ def _quota_slowdown(threads: int, provider: str) -> float:
         sess.run(None, feeds)
         for _ in range(3):
             w0, c0, n = time.perf_counter(), time.thread_time(), 0
-            while time.perf_counter() - w0 < 0.2 or n < 3:
+            while time.perf_counter() - w0 < batch_s or n < 3:
                 sess.run(None, feeds)
                 n += 1
             ratios.append((time.perf_counter() - w0) / max(time.thread_time() - c0, 1e-9))
     return max(statistics.median(ratios), 1.0)
 
 
-def _reorder_ms_per_byte(timer: Callable[..., float], fixed_ms: float) -> float:
-    """Cost per byte of onnxruntime's NCHWc layout copies (0 if it does not use them).
+def nchwc_block() -> int | None:
+    """Channels per block of onnxruntime's NCHWc convolutions on this CPU (None: it has none).
+
+    MLAS picks the block by instruction set (8 with AVX2, 16 with AVX-512), so a profile
+    made on one machine mis-counts every conv's padded MACs on the other: read, not timed,
+    from the weights of a one-filter conv that onnxruntime's optimiser re-laid out, whose
+    filter count it pads to one block.
+    """
+    import tempfile
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((1, 16, 3, 3), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1] * 4)], "block",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1, 8, 8])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    with tempfile.TemporaryDirectory(prefix="nscompile-nchwc-") as tmp:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.optimized_model_filepath = f"{tmp}/optimized.onnx"
+        so.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(f"{tmp}/optimized.onnx")
+    blocked = [n for n in optimized.graph.node if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+    if not blocked:
+        return None
+    weights = {i.name: i for i in optimized.graph.initializer}
+    w_name = blocked[0].input[1]
+    return int(weights[w_name].dims[0]) if w_name in weights else None
+
+
+def _reorder_curve(timer: Callable[..., float], fixed_ms: float) -> list[tuple[float, float]]:
+    """Cost per byte of onnxruntime's NCHWc layout copies by tensor size: ``(bytes per copy,
+    ms per byte)``, ascending (empty if it does not use them).
 
     Times the copies themselves: a model of onnxruntime's own ReorderInput and
     ReorderOutput kernels (domain com.microsoft.nchwc), two copies of B bytes, less
     ``fixed_ms`` (the run's and the two kernels' dispatch). Inferring the cost from a lone
     conv against a chain of convs instead mixes in how convs run in a chain, which
-    overstated it 1.6x here and so understated every conv fitted net of its copies.
+    overstated it 1.6x here and so understated every conv fitted net of its copies. One
+    price for all sizes fails both ways: a 3 MB feature map (DenseNet's) leaves the L2
+    cache and costs about twice per byte what a 200 kB one does, and a price fitted on
+    big copies, taken off a small conv's benchmark, leaves too little of the conv.
     """
-    import statistics
-
     import numpy as np
     from onnx import TensorProto, helper
 
-    estimates = []
-    for c, hw in ((16, 112), (32, 56), (64, 56), (64, 28), (128, 28), (96, 56)):
+    curve = []
+    # 12 kB to 6 MB per copy: in the L1, L2 and last-level caches.
+    for c, hw in ((16, 14), (16, 28), (32, 56), (64, 56), (128, 56), (256, 56), (512, 56)):
         nodes = [helper.make_node("ReorderInput", ["x"], ["blocked"], domain="com.microsoft.nchwc"),
                  helper.make_node("ReorderOutput", ["blocked"], ["y"], domain="com.microsoft.nchwc", channels=c)]
         vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, hw, hw]) for n in ("x", "y")]
@@ -221,9 +264,10 @@ def _reorder_ms_per_byte(timer: Callable[..., float], fixed_ms: float) -> float:
         try:
             t = timer(m, feeds, budget_s=0.1)
         except Exception:  # an onnxruntime build without the NCHWc kernels: no copies either
-            return 0.0
-        estimates.append((t - fixed_ms) / (2 * c * hw * hw * 4))
-    return max(statistics.median(estimates), 0.0)
+            return []
+        nbytes = c * hw * hw * 4
+        curve.append((float(nbytes), max((t - fixed_ms) / (2 * nbytes), 0.0)))
+    return curve
 
 
 def run_profile(
@@ -270,9 +314,10 @@ def run_profile(
     Raises:
         NscompileError: bad kind or thread count, or the provider is unavailable.
     """
+    import numpy as np
     import onnxruntime as ort
 
-    from nscompile.features import graph_features, static_shapes
+    from nscompile.features import NCHWC_BLOCK, graph_features, static_shapes
     from nscompile.profiler.fit import Sample, fit_all, fit_fused, fit_key, fit_linear_law
     from nscompile.profiler.microbench import count_cases, generate_cases
     from nscompile.profiler.timing import pick_clock, time_model
@@ -300,11 +345,12 @@ def run_profile(
     fixed_at = time.monotonic()
     fixed_costs = _fixed_costs(timer, io_copies)
     # NCHWc layout copies exist only on the CPU provider.
-    reorder = (_reorder_ms_per_byte(timer, fixed_costs.of_benchmark(2, 1, 1))
-               if provider == "cpu" else 0.0)
+    reorder_curve = _reorder_curve(timer, fixed_costs.of_benchmark(2, 1, 1)) if provider == "cpu" else []
+    # The features of every benchmark depend on it (padded MACs, layout copies).
+    block = (nchwc_block() if provider == "cpu" and not custom_timer else None) or NCHWC_BLOCK
 
     def features_of(model):
-        return graph_features(model.graph, static_shapes(model), {t.name for t in model.graph.initializer})
+        return graph_features(model.graph, static_shapes(model), {t.name for t in model.graph.initializer}, block)
 
     def timed(model, feeds):
         return timer(model, feeds, budget_s=budget)
@@ -331,7 +377,9 @@ def run_profile(
     # Copies stream memory: they follow the memory reference, the rest the dispatch one.
     fixed_costs = replace(fixed_costs.scaled(speed.factor("dispatch", fixed_at)),
                           byte=fixed_costs.byte / speed.factor("memory", fixed_at))
-    reorder /= speed.factor("memory", fixed_at)
+    memory = speed.factor("memory", fixed_at)
+    reorder_curve = [(b, c / memory) for b, c in reorder_curve]
+    reorder = float(np.median([c for _, c in reorder_curve])) if reorder_curve else 0.0
     singles: list[Sample] = []
     fused_samples, per_key = [], []  # what fused nodes cost: all pooled, and per fused key
     for group, feats, io, ms, when, base_ms in measured:
@@ -354,7 +402,7 @@ def run_profile(
         # lone op pays (all costed separately: the profile's fixed costs, reorder_bytes).
         n_copies = sum(f.values.get("reorder_copies", 0.0) for f in feats)
         fixed = fixed_costs.of_benchmark(len(kernels) + int(n_copies), *io)
-        copies = reorder * sum(f.values.get("reorder_bytes", 0.0) for f in feats)
+        copies = copy_ms(sum(f.values.get("reorder_bytes", 0.0) for f in feats), n_copies, reorder, reorder_curve)
         ms = max(ms - fixed - copies, 0.1 * ms, 1e-4)
         if group == "stack" and kernels and len({f.key for f in kernels}) == 1:
             # Identical layers in a row: one sample of the per-layer time.
@@ -412,6 +460,8 @@ def run_profile(
         radio_models=radios,
         meta=meta,
         reorder_ms_per_byte=reorder,
+        reorder_curve=tuple(reorder_curve),
+        nchwc_block=block,
         run_overhead_ms=fixed_costs.run,
         node_overhead_ms=fixed_costs.node,
         input_overhead_ms=fixed_costs.input,

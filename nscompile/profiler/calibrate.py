@@ -53,11 +53,12 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
     Raises:
         NscompileError: the model cannot be loaded, or the provider is unavailable.
     """
+    from nscompile.profiler.quota import quota_period_s
     from nscompile.profiler.timing import make_session, time_session
     from nscompile.verify import random_inputs
 
     model = load_model(model_path, input_shapes)
-    features = graph_features(model.model.graph, model.shapes(), model.constants)
+    features = graph_features(model.model.graph, model.shapes(), model.constants, profile.nchwc_block)
     predicted = np.array([profile.predict_ms(f) for f in features])
     feeds = random_inputs(model)
     with tempfile.TemporaryDirectory(prefix="nscompile-calib-") as tmp:
@@ -69,7 +70,8 @@ def calibrate(model_path, profile: Profile, input_shapes=None, runs: int = 20) -
         # time; under a CPU quota the median of batches long enough to average the throttling.
         quota = bool(profile.meta.get("cpu_quota_cores"))
         clock = "wall" if quota or profile.meta.get("clock") != "cpu" else "cpu"
-        timing = {"stat": "median", "min_batch_s": 0.05} if quota else {}
+        # At least 0.05 s and 12 CFS periods (a 12.5% quota's period is 8 ms).
+        timing = {"stat": "median", "min_batch_s": max(0.05, 12 * (quota_period_s() or 0.0))} if quota else {}
         measured_ms = time_session(session, feeds, budget_s=1.0, device=device, clock=clock, **timing)
     target = max(measured_ms - profile.fixed_ms(len(model.inputs), len(model.outputs)), 0.0)
     # The profiler costs about the same few microseconds per kernel, whatever the kernel:

@@ -121,6 +121,10 @@ class _Builder:
         return m
 
 
+#: Elements of the largest conv input or output the sweep draws.
+MAX_FEATURE_MAP = 3_300_000
+
+
 def _conv_out(h, k, s, p):
     return (h + 2 * p - k) // s + 1
 
@@ -167,6 +171,11 @@ def _sample_conv(rng, cap):
         return None
     macs = c_out * ho * ho * (c_in // group) * k * k
     if macs > cap or macs < 1e4:
+        return None
+    # No feature map beyond a real CNN's (VGG's largest: 64 x 224 x 224, 3.2 M elements): a
+    # 768-filter 1x1 conv at 224 px spends its time on 150 MB of layout copies, and the
+    # conv's own cost left after taking them off fits no model's convs.
+    if max(c_in * spatial * spatial, c_out * ho * ho) > MAX_FEATURE_MAP:
         return None
     return dict(spatial=spatial, c_in=c_in, c_out=c_out, k=k, stride=stride, pad=pad, group=group)
 
@@ -278,7 +287,9 @@ def _gemm_cases(rng, n, cap) -> Iterator[Case]:
         m = int(rng.choice([1, 1, 1, 4, 16]))
         k = int(rng.choice([512, 1024, 1536, 2048, 3072]))
         # 16 and 24 MB: partly cold (see nscompile.features.COLD_FROM_BYTES); the rest all cold.
-        layers = int(np.ceil(float(rng.choice([16, 24, 48, 80, 128])) * 2**20 / (k * k * 4)))
+        # Up to AlexNet's and VGG's 240-550 MB of fully connected weights: a last-level
+        # cache of hundreds of MB (a Xeon's 480) keeps a 128 MB stack partly warm.
+        layers = int(np.ceil(float(rng.choice([16, 24, 48, 80, 128, 256, 384])) * 2**20 / (k * k * 4)))
         b = _Builder(rng)
         y = b.input((m, k))
         act = rng.random() < 0.5
@@ -423,6 +434,21 @@ def _shape_cases(rng, n_each, max_elems) -> Iterator[Case]:
         ins = [b.input((1, max(shape[1] // k, 1), shape[2], shape[3])) for _ in range(k)]
         y = b.node("Concat", ins, axis=1)[0]
         yield Case(f"Concat {k}x{shape} #{i}", "Concat", b.model([y]), b.feeds)
+    # DenseNet-sized concats: a grown feature map (as wide as CNNs make them at its size)
+    # and the few new channels of the last layer, 50 k to 1.5 M elements. The draws above
+    # rarely reach past 100 k elements, and a copy that leaves the L2 cache costs 2-3x
+    # more per element than one that stays in it.
+    widths = {56: [64, 128, 256], 28: [128, 256, 512], 14: [256, 512, 1024], 7: [512, 1024]}
+    for i in range(n_each):
+        b = _Builder(rng)
+        h = int(rng.choice(list(widths)))
+        c_old = int(rng.choice(widths[h]))
+        c_new = int(rng.choice([32, 48, 64, 128]))
+        if (c_old + c_new) * h * h > max_elems:
+            c_old = max(max_elems // (h * h) - c_new, 16)
+        ins = [b.input((1, c_old, h, h)), b.input((1, c_new, h, h))]
+        y = b.node("Concat", ins, axis=1)[0]
+        yield Case(f"Concat {c_old}+{c_new}x{h}px #{i}", "Concat", b.model([y]), b.feeds)
     for i in range(n_each):
         b = _Builder(rng)
         shape = _act_shape(rng, max_elems)

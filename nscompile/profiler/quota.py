@@ -17,7 +17,7 @@ from pathlib import Path
 from nscompile.cgroups import CGROUP_CPU, CpuQuotaGroup, cpu_controller_problem
 from nscompile.errors import NscompileError
 
-__all__ = ["cpu_quota", "CGROUP_CPU"]
+__all__ = ["cpu_quota", "quota_period_s", "CGROUP_CPU"]
 
 
 def _current_cgroup() -> Path:
@@ -26,6 +26,22 @@ def _current_cgroup() -> Path:
         if "cpu" in controllers.split(","):
             return CGROUP_CPU / path.lstrip("/")
     return CGROUP_CPU
+
+
+def quota_period_s() -> float | None:
+    """The CFS period of this process's CPU quota in seconds (None: no quota, or none readable).
+
+    A timed batch must span many periods for the throttling to average out inside it:
+    :class:`~nscompile.cgroups.CpuQuotaGroup` lengthens the period for shares under 25%
+    (12.5% of a core: 8 ms), so fixed batch lengths would span fewer of them.
+    """
+    group = _current_cgroup()
+    try:
+        if int((group / "cpu.cfs_quota_us").read_text()) < 0:
+            return None
+        return int((group / "cpu.cfs_period_us").read_text()) / 1e6
+    except (OSError, ValueError):
+        return None
 
 
 def _exit_on_signal(signum, frame):  # noqa: ARG001

@@ -6,6 +6,7 @@ typer), so a device can install just those and copy this package.
     from nscompile.runtime import SplitRunner
     runner = SplitRunner("build/alexnet/device", "http://server:8000")
     outputs, record = runner.run({"data": x}, with_record=True)
+    runner.policy = slo(latency_ms=120)   # least energy within 120 ms (predicted)
 
 The names below are imported on first use: the compiler and the server import
 ``nscompile.runtime.contract`` and ``nscompile.runtime.protocol`` without paying for
@@ -22,6 +23,12 @@ _EXPORTS = {
     "TensorSpec": "plan",
     "load_plan": "plan",
     "RunRecord": "policy",
+    "ParetoPoint": "plan",
+    "Policy": "policies",
+    "as_policy": "policies",
+    "budget": "policies",
+    "slo": "policies",
+    "weighted": "policies",
     "SplitRunner": "runner",
     "make_client": "transport",
 }

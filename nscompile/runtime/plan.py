@@ -1,7 +1,9 @@
 """Read ``plan.json`` on a device and look the cut up for the measured conditions.
 
 Needs only the standard library. The look-up is the hot path of every request, so the
-plan's exact breakpoints are turned into sorted lists once and searched with bisect.
+plan's exact breakpoints are turned into sorted lists once and searched with bisect; the
+latency-energy front of a condition is a bisect to its bucket, then a handful of cuts
+evaluated at the measured conditions (:meth:`Plan.pareto_front`).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_right
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from nscompile.errors import NscompileError
@@ -30,6 +32,51 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class EnergyModel:
+    """The device's power figures and its radio model (``plan.json``'s ``energy_model``).
+
+    Radio power is Huang et al.'s ``alpha * Mbps + beta`` (MobiSys 2012) while sending and
+    receiving; the device idles at ``idle_power_w`` while the server works and during the RTT.
+    """
+
+    compute_power_w: float
+    idle_power_w: float
+    radio: str
+    up_alpha_w_per_mbps: float
+    up_beta_w: float
+    down_alpha_w_per_mbps: float
+    down_beta_w: float
+
+    @classmethod
+    def from_doc(cls, doc: dict, where: str = "plan.json") -> EnergyModel:
+        """The model from ``plan.json``'s ``energy_model``.
+
+        Raises:
+            NscompileError: a figure is missing, negative or not a number.
+        """
+        try:
+            radio = doc["radio"]
+            values = {k: float(doc[k]) for k in ("compute_power_w", "idle_power_w")}
+            values.update({k: float(radio[k]) for k in ("up_alpha_w_per_mbps", "up_beta_w",
+                                                        "down_alpha_w_per_mbps", "down_beta_w")})
+        except (KeyError, TypeError, ValueError):
+            raise NscompileError(f"{where}: energy_model lacks power or radio figures; rebuild the plan") from None
+        bad = [k for k, v in values.items() if not (math.isfinite(v) and v >= 0)]
+        if bad:
+            raise NscompileError(f"{where}: energy_model.{bad[0]} must be a non-negative number; rebuild the plan")
+        return cls(radio=str(radio.get("name", "")), **values)
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One cut of a latency-energy front, with its predicted latency and device energy."""
+
+    cut: str
+    latency_ms: float
+    energy_mj: float
+
+
+@dataclass(frozen=True)
 class Cut:
     """One emitted cut: what the device runs, what it uploads, which server model finishes it."""
 
@@ -40,6 +87,7 @@ class Cut:
     cloud_model: str | None
     predicted: dict = field(default_factory=dict)
     encoding: str = "fp32"  # how the tensors travel: fp32, fp16 or int8 (the prefix encodes them itself)
+    energy: EnergyModel | None = None  # the plan's energy model; None: the plan has none
 
     @property
     def all_device(self) -> bool:
@@ -47,13 +95,15 @@ class Cut:
         return self.cloud_model is None
 
     @classmethod
-    def from_doc(cls, doc: dict, device_dir: Path = Path("."), where: str = "plan.json") -> Cut:
+    def from_doc(cls, doc: dict, device_dir: Path = Path("."), where: str = "plan.json",
+                 energy: EnergyModel | None = None) -> Cut:
         """A cut from its entry in ``plan.json``'s ``cuts``.
 
         Args:
             doc: the entry.
             device_dir: the directory the prefix file is looked for in.
             where: the plan's path, for error messages.
+            energy: the plan's energy model (for :meth:`energy_mj`).
 
         Raises:
             NscompileError: a tensor entry lacks name, shape or dtype.
@@ -74,6 +124,7 @@ class Cut:
             cloud_model=cloud,
             predicted=dict(doc.get("predicted") or {}),
             encoding=str(doc.get("encoding") or "fp32"),
+            energy=energy,
         )
 
     def latency_ms(self, uplink_mbps: float, load: float = 1.0, rtt_ms: float = 0.0,
@@ -105,6 +156,47 @@ class Cut:
               + p.get("upload_bytes", 0) * MS_PER_BYTE_AT_1MBPS / uplink_mbps)
         ms += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS / (downlink_mbps or uplink_mbps)
         return ms + rtt_ms
+
+    def energy_mj(self, uplink_mbps: float, load: float = 1.0, rtt_ms: float = 0.0,
+                  downlink_mbps: float | None = None, device_load: float = 1.0) -> float:
+        """The plan's predicted device energy of one request through this cut (DESIGN.md's Energy(S)).
+
+        Kd x the prefix's compute energy (``predicted.device_compute_mj``: the nodes and the
+        encoding at the profile's compute power), idle power while the server works (K x
+        cloud ms) and during the RTT, and the radio's ``alpha * Mbps + beta`` while sending
+        ``upload_bytes`` and receiving ``download_bytes``; the all-device cut costs its
+        compute alone. The planner's solver minimises the same sum (less the few
+        microseconds of fixed per-run cost that no cut changes) over every device set.
+
+        Args:
+            uplink_mbps: uplink bandwidth in Mbit/s.
+            load: server slowdown factor K >= 1.
+            rtt_ms: round-trip time in ms.
+            downlink_mbps: downlink bandwidth in Mbit/s; None: equal to the uplink;
+                ``math.inf``: receiving takes no time (the radio's per-bit energy remains).
+            device_load: device slowdown factor Kd against its profile.
+
+        Returns:
+            Millijoules.
+
+        Raises:
+            NscompileError: the plan carries no energy model (built before it had one).
+            KeyError: the plan predicts no ``device_compute_mj`` or (a split) ``cloud_ms``.
+        """
+        e = self.energy
+        if e is None:
+            raise NscompileError("this plan has no energy_model to predict energy with; rebuild it with this nscompile")
+        p = self.predicted
+        mj = device_load * p["device_compute_mj"]
+        if self.all_device:
+            return mj
+        mj += e.idle_power_w * (load * p["cloud_ms"] + rtt_ms)
+        # Transfer time (bytes * 8e-3 / Mbps ms) times alpha * Mbps + beta watts: written so
+        # that an infinite rate leaves the per-bit term and drops the time-based one.
+        mj += p.get("upload_bytes", 0) * MS_PER_BYTE_AT_1MBPS * (e.up_alpha_w_per_mbps + e.up_beta_w / uplink_mbps)
+        down = downlink_mbps or uplink_mbps
+        mj += p.get("download_bytes", 0) * MS_PER_BYTE_AT_1MBPS * (e.down_alpha_w_per_mbps + e.down_beta_w / down)
+        return mj
 
 
 def _spec(raw: dict, where: str) -> TensorSpec:
@@ -154,9 +246,10 @@ class Plan:
             raise NscompileError(f"{where} lacks model/cuts/grid; rebuild the plan") from None
         self.rtt_ms = float(grid.get("rtt_ms") or 0.0)
         self.downlink_mbps = grid.get("downlink_mbps")
+        self.energy_model = EnergyModel.from_doc(raw["energy_model"], where) if raw.get("energy_model") else None
         self.cuts: dict[str, Cut] = {}
         for c in cuts_raw:
-            cut = Cut.from_doc(c, device_dir, where)
+            cut = Cut.from_doc(c, device_dir, where, self.energy_model)
             self.cuts[cut.id] = cut
         self.fallback = str(raw.get("fallback") or "")
         if self.fallback not in self.cuts:
@@ -178,6 +271,8 @@ class Plan:
         # objective -> [device level] -> [server level] -> (bandwidth starts, cut ids)
         self._tables: dict[str, list[list[tuple[list[float], list[str]]]]] = {}
         self._build_lookup(grid, where)
+        self._bandwidths = [float(b) for b in grid.get("bandwidth_mbps", [])]
+        self._fronts, self._front_index = self._read_pareto(raw.get("pareto"), where)
 
     def _build_lookup(self, grid: dict, where: str) -> None:
         # Every source as [device level][server level]. `breakpoints` / `tables` (and
@@ -225,14 +320,108 @@ class Plan:
                     raise NscompileError(f"{where}: the table names cut {cid!r} which is not emitted")
         return out
 
+    def _read_pareto(self, doc, where: str) -> tuple[list[tuple[str, ...]], list[list[list[int]]]]:
+        """``pareto``'s fronts and index, checked against the grid and the cuts; empty when absent."""
+        if not doc:
+            return [], []
+        try:
+            fronts = [tuple(str(c) for c in front) for front in doc["fronts"]]
+            index = [[[int(i) for i in row] for row in rows] for rows in doc["index"]]
+        except (KeyError, TypeError, ValueError):
+            raise NscompileError(f"{where}: pareto lacks fronts or index; rebuild the plan") from None
+        shape_ok = (len(index) == len(self.device_loads) and all(len(rows) == len(self.loads) for rows in index)
+                    and all(len(row) == len(self._bandwidths) for rows in index for row in rows))
+        if not shape_ok:
+            raise NscompileError(f"{where}: pareto.index is not [device level][load][bucket] of the grid; rebuild the plan")
+        if any(not 0 <= i < len(fronts) for rows in index for row in rows for i in row):
+            raise NscompileError(f"{where}: pareto.index names a front that pareto.fronts does not have; rebuild the plan")
+        for front in fronts:
+            for cid in front:
+                if cid not in self.cuts:
+                    raise NscompileError(f"{where}: a pareto front names cut {cid!r} which is not emitted")
+            if not front:
+                raise NscompileError(f"{where}: pareto.fronts holds an empty front; rebuild the plan")
+        return fronts, index
+
+    @property
+    def has_pareto(self) -> bool:
+        """Whether the plan stores latency-energy fronts (``pareto``) and an energy model to read them with."""
+        return bool(self._fronts) and self.energy_model is not None
+
+    def front_cuts(self, bandwidth_mbps: float, load: float = 1.0, device_load: float = 1.0) -> tuple[str, ...]:
+        """The stored front of the condition's bucket: cut ids, fastest first at the bucket's centre.
+
+        Returns:
+            The ids; empty for a plan without ``pareto``.
+        """
+        if not self._fronts:
+            return ()
+        rows = self._front_index[self.device_load_row(device_load)]
+        row = rows[self.load_row(load)]
+        i = bisect_right(self._bandwidths, bandwidth_mbps) - 1
+        return self._fronts[row[i if i >= 0 else 0]]
+
+    def pareto_front(self, bandwidth_mbps: float, load: float = 1.0, rtt_ms: float | None = None,
+                     downlink_mbps: float | None = None, device_load: float = 1.0,
+                     energy: EnergyModel | None = None) -> list[ParetoPoint]:
+        """The latency-energy front at the given conditions, fastest first.
+
+        The candidates are the stored front of the condition's bucket (:meth:`front_cuts`),
+        the exact latency and energy optima at this bandwidth (:meth:`lookup`) and the
+        all-device cut (a long RTT can make it best); each is evaluated with
+        :meth:`Cut.latency_ms` and :meth:`Cut.energy_mj` at these conditions, and the
+        points another beats (or equals) in both are dropped. So the list is fastest first
+        with energy falling, its ends are the fastest and the least-energy candidate.
+
+        Args:
+            bandwidth_mbps: uplink Mbit/s.
+            load: server slowdown factor K.
+            rtt_ms: round-trip time; None: the RTT the plan assumed.
+            downlink_mbps: downlink Mbit/s; None: the plan's (None there: the uplink's).
+            device_load: device slowdown Kd (the front is that of the nearest level).
+            energy: evaluate the energy with this model instead of the plan's (e.g. the
+                radio of another network; the stored fronts were solved with the plan's).
+
+        Returns:
+            The points.
+
+        Raises:
+            NscompileError: the plan has no energy model (built before it had one).
+        """
+        if self.energy_model is None and energy is None:
+            raise NscompileError("this plan has no energy_model, so no latency-energy front; rebuild it with this nscompile")
+        cuts = self.cuts if energy is None else {c: replace(cut, energy=energy) for c, cut in self.cuts.items()}
+        ids = dict.fromkeys(self.front_cuts(bandwidth_mbps, load, device_load))
+        for objective in ("latency", "energy"):
+            if objective in self._tables:
+                ids[self.lookup(bandwidth_mbps, load, objective, device_load)] = None
+        ids[self.fallback] = None
+        rtt = self.rtt_ms if rtt_ms is None else rtt_ms
+        down = downlink_mbps if downlink_mbps is not None else (float(self.downlink_mbps) if self.downlink_mbps else None)
+        conditions = (bandwidth_mbps, load, rtt, down, device_load)
+        points = sorted((ParetoPoint(c, cuts[c].latency_ms(*conditions), cuts[c].energy_mj(*conditions))
+                         for c in ids), key=lambda p: (p.latency_ms, p.energy_mj))
+        front: list[ParetoPoint] = []
+        for p in points:
+            if not front or p.energy_mj < front[-1].energy_mj:
+                front.append(p)
+        return front
+
     @property
     def objectives(self) -> list[str]:
         """The objectives this plan has tables for."""
         return sorted(self._tables)
 
     def only_cut(self, objective: str = "latency") -> str | None:
-        """The cut every condition of ``objective``'s tables selects, if there is one such cut."""
-        ids = {cid for level in self._tables.get(objective, []) for _, row in level for cid in row}
+        """The cut every condition of ``objective``'s tables selects, if there is one such cut.
+
+        ``objective`` "pareto": the cut every table and every front of the plan names.
+        """
+        if objective == "pareto":
+            ids = {cid for levels in self._tables.values() for level in levels for _, row in level for cid in row}
+            ids.update(cid for front in self._fronts for cid in front)
+        else:
+            ids = {cid for level in self._tables.get(objective, []) for _, row in level for cid in row}
         return ids.pop() if len(ids) == 1 else None
 
     def load_row(self, load: float) -> int:

@@ -3,8 +3,11 @@
 :class:`CutPolicy` keeps the estimates of uplink bandwidth, RTT and server load
 (:class:`~nscompile.runtime.netstate.NetState`), refreshes them through a
 :class:`~nscompile.runtime.transport.V2Transport` (an active probe when they are missing
-or stale, the timings of every completed transfer otherwise) and turns them into a cut:
-the plan's look-up, overruled by all-device when the measured RTT makes that faster.
+or stale, the timings of every completed transfer otherwise) and turns them into a cut
+as its :mod:`~nscompile.runtime.policies` policy says: for "latency" and "energy" the
+plan's look-up, overruled by all-device when the measured RTT makes that faster; for an
+SLO, an energy budget or a weighted sum, a point of the plan's latency-energy front
+evaluated at the estimates.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass
 from nscompile.errors import NscompileError
 from nscompile.runtime.netstate import DeviceLoad, NetState
 from nscompile.runtime.plan import MS_PER_BYTE_AT_1MBPS, Cut, Plan
+from nscompile.runtime.policies import Policy, as_policy
 from nscompile.runtime.transport import SERVER_ERRORS, Answer, V2Transport
 from nscompile.runtime.triton_load import TritonLoad
 
@@ -23,10 +27,18 @@ from nscompile.runtime.triton_load import TritonLoad
 class RunRecord:
     """What one :meth:`SplitRunner.run` call did, with each phase's time.
 
-    ``reason`` says why the cut was chosen: "table" (looked up), "forced", "plan" (the
-    plan runs everything on the device whatever the conditions), "rtt" (the measured
-    RTT made all-device faster than the table's cut), "backoff" (server failed recently)
-    or "fallback" (the server failed during this call; ``error`` says how).
+    ``reason`` says why the cut was chosen: "table" (looked up), "pareto" (the policy's
+    point of the latency-energy front), "unmet" (the policy's SLO or budget is met by no
+    cut: its fallback, the fastest or the least energy), "forced", "plan" (the plan runs
+    everything on the device whatever the conditions), "rtt" (the measured RTT made
+    all-device faster than the table's cut), "backoff" (server failed recently) or
+    "fallback" (the server failed during this call; ``error`` says how).
+
+    ``objective`` is "latency" or "energy" for those policies and "pareto" for the others;
+    ``policy`` is the policy's text form (``slo(latency_ms=120)``). ``predicted_latency_ms``
+    and ``predicted_energy_mj`` are the plan's prediction for the chosen cut at the
+    estimates the choice was made on (the all-device cut's needs none; None for a forced
+    split, and the energy for a plan without an energy model).
     """
 
     cut: str
@@ -50,6 +62,9 @@ class RunRecord:
     fell_back: bool = False
     error: str | None = None
     encoding: str = "fp32"  # the chosen cut's cut-tensor encoding (fp32, fp16, int8)
+    policy: str = "latency"
+    predicted_latency_ms: float | None = None
+    predicted_energy_mj: float | None = None
 
     def as_dict(self) -> dict:
         """The record as a JSON-ready dict."""
@@ -61,7 +76,9 @@ class CutPolicy:
 
     Args:
         plan: the device's plan.
-        objective: "latency" or "energy": which of the plan's tables to use.
+        policy: what to optimise: "latency" or "energy" (the plan's tables), or a policy of
+            :mod:`~nscompile.runtime.policies` (``slo(latency_ms=X)``, ``budget(energy_mj=Y)``,
+            ``weighted(lam)``) or its text form; :attr:`policy` may be set between requests.
         force_cut: always use this cut; None to look it up.
         bandwidth_mbps: pin the uplink bandwidth instead of measuring it.
         load: pin the server load instead of reading what the server reports.
@@ -72,19 +89,18 @@ class CutPolicy:
         backoff_s: (first, max) seconds to leave a failed server alone.
 
     Raises:
-        NscompileError: an objective or cut the plan does not have.
+        NscompileError: an unknown policy, an objective or cut the plan does not have, or
+            a front policy for a plan without fronts.
     """
 
-    def __init__(self, plan: Plan, objective: str = "latency", *, force_cut: str | None = None,
+    def __init__(self, plan: Plan, policy: str | Policy = "latency", *, force_cut: str | None = None,
                  bandwidth_mbps: float | None = None, load: float | None = None, device_load: float | None = None,
                  initial_bandwidth_mbps: float = 10.0,
                  stale_s: float = 10.0, backoff_s: tuple[float, float] = (0.5, 30.0)):
-        if objective not in plan.objectives:
-            raise NscompileError(f"objective {objective!r} is not in the plan; use one of {plan.objectives}")
         if force_cut is not None and force_cut not in plan.cuts:
             raise NscompileError(f"cut {force_cut!r} is not in the plan; use one of {sorted(plan.cuts)}")
         self.plan = plan
-        self.objective = objective
+        self.policy = policy
         self.force_cut = force_cut
         self.fixed_bandwidth = bandwidth_mbps
         self.fixed_load = load
@@ -95,15 +111,50 @@ class CutPolicy:
         self.device = DeviceLoad()
         #: Set when a decision was made on stale estimates: refresh them once the request is answered.
         self.probe_due = False
-        # Objectives whose every table entry is all-device: no condition can change that
-        # (RTT only ever favours the device), so such a runner never probes or calls out.
-        self._device_only = {o: plan.only_cut(o) == plan.fallback for o in plan.objectives}
-        # The last decision and the (objective, bandwidth, load, RTT, device level) it was
-        # made for. A device running its prefix alone learns nothing new of the network, so
-        # most requests repeat the previous decision; reusing it keeps the look-up (~5 us of
-        # Python) off a model that may itself take only tens of microseconds. The device
-        # load enters as its plan level, since every run moves the estimate a little.
-        self._decision: tuple[tuple, str, str] = ((), "", "")
+        # Objectives whose every table entry is all-device ("pareto": every table and front):
+        # no condition can change that (RTT only ever favours the device), so such a runner
+        # never probes or calls out.
+        self._device_only = {o: plan.only_cut(o) == plan.fallback for o in [*plan.objectives, "pareto"]}
+        # The last decision and the (policy, bandwidth, load, RTT, device level) it was made
+        # for, with the predicted point. A device running its prefix alone learns nothing new
+        # of the network, so most requests repeat the previous decision; reusing it keeps
+        # the look-up (~5 us of Python; ~9 us for an AlexNet front) off a model that may itself take
+        # only tens of microseconds. The device load enters as its plan level, since every
+        # run moves the estimate a little; predictions use that level's Kd for the same reason.
+        self._decision: tuple[tuple, str, str, tuple] = ((), "", "", (None, None))
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the next decision follows; assign a policy or its text form to change it."""
+        return self._policy
+
+    @policy.setter
+    def policy(self, value: str | Policy) -> None:
+        policy = as_policy(value)
+        if policy.uses_tables and policy.objective not in self.plan.objectives:
+            raise NscompileError(f"objective {policy.objective!r} is not in the plan; use one of {self.plan.objectives}")
+        if not policy.uses_tables and not self.plan.has_pareto:
+            raise NscompileError(f"policy {str(policy)!r} needs the plan's latency-energy fronts (plan.json 'pareto' and "
+                                 "'energy_model'); rebuild it with this nscompile, or use latency or energy")
+        self._policy = policy  # one assignment: a thread deciding meanwhile sees the old policy or the new
+
+    @property
+    def objective(self) -> str:
+        """"latency" or "energy" for those policies, "pareto" for the others; assigning sets the policy."""
+        return self._policy.objective
+
+    @objective.setter
+    def objective(self, value: str) -> None:
+        self.policy = value
+
+    def _record(self, cut: str, reason: str, **fields) -> RunRecord:
+        """A record made without the network estimates; an all-device cut's prediction needs none."""
+        policy = self._policy
+        rec = RunRecord(cut, reason, policy.objective, policy=str(policy), **fields)
+        if cut == self.plan.fallback:
+            rec.predicted_latency_ms, rec.predicted_energy_mj = self._predict(
+                self.plan.cuts[cut], 1.0, 1.0, None, self.plan.device_loads[self.plan.device_load_row(rec.device_load)])
+        return rec
 
     def reset_estimates(self, stale_s: float | None = None, backoff_s: tuple[float, float] | None = None) -> None:
         """Forget bandwidth, RTT, load and back-off (see :meth:`SplitRunner.reset_estimates`)."""
@@ -118,15 +169,13 @@ class CutPolicy:
         Probes through `transport` first when there are no estimates yet; stale ones only
         set :attr:`probe_due`.
         """
-        plan, net = self.plan, self.net
+        plan, net, policy = self.plan, self.net, self._policy
         if self.force_cut is not None:
-            rec = RunRecord(self.force_cut, "forced", self.objective, device_load=self.device_load)
-            return plan.cuts[self.force_cut], rec
-        if self._device_only.get(self.objective):
-            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "plan", self.objective, device_load=self.device_load)
+            return plan.cuts[self.force_cut], self._record(self.force_cut, "forced", device_load=self.device_load)
+        if self._device_only.get(policy.objective):
+            return plan.cuts[plan.fallback], self._record(plan.fallback, "plan", device_load=self.device_load)
         if net.in_backoff(now):
-            return plan.cuts[plan.fallback], RunRecord(plan.fallback, "backoff", self.objective,
-                                                       device_load=self.device_load)
+            return plan.cuts[plan.fallback], self._record(plan.fallback, "backoff", device_load=self.device_load)
         probe_ms = 0.0
         if not net.needs_probe(now, self.fixed_bandwidth is None, self.fixed_load is None):
             pass
@@ -140,7 +189,7 @@ class CutPolicy:
             probe_ms = (time.perf_counter() - t) * 1e3
             if not ok:
                 net.failed(time.monotonic())
-                rec = RunRecord(plan.fallback, "backoff", self.objective, probe_ms=probe_ms, device_load=self.device_load)
+                rec = self._record(plan.fallback, "backoff", probe_ms=probe_ms, device_load=self.device_load)
                 rec.error = "server unreachable during probe"
                 return plan.cuts[plan.fallback], rec
         bw = self.fixed_bandwidth if self.fixed_bandwidth is not None else (net.bandwidth.value or self.initial_bandwidth)
@@ -149,16 +198,42 @@ class CutPolicy:
         device_load = self.device_load
         t = time.perf_counter()
         level = plan.device_load_row(device_load)
-        key = (self.objective, bw, load, rtt, level)
+        key = (policy, bw, load, rtt, level)
         if key != self._decision[0]:
-            cut_id, reason = plan.lookup(bw, load, self.objective, device_load), "table"
-            if self._rtt_says_device(plan.cuts[cut_id], bw, load, plan.device_loads[level]):
-                cut_id, reason = plan.fallback, "rtt"
-            self._decision = (key, cut_id, reason)
-        _, cut_id, reason = self._decision
+            self._decision = (key, *self._decide(policy, bw, load, rtt, plan.device_loads[level]))
+        _, cut_id, reason, (latency_ms, energy_mj) = self._decision
         lookup_us = (time.perf_counter() - t) * 1e6
-        return plan.cuts[cut_id], RunRecord(cut_id, reason, self.objective, bw, load, rtt, device_load, lookup_us,
-                                            probe_ms)
+        return plan.cuts[cut_id], RunRecord(cut_id, reason, policy.objective, bw, load, rtt, device_load, lookup_us,
+                                            probe_ms, policy=str(policy), predicted_latency_ms=latency_ms,
+                                            predicted_energy_mj=energy_mj)
+
+    def _decide(self, policy: Policy, bw: float, load: float, rtt: float | None,
+                device_load: float) -> tuple[str, str, tuple[float | None, float | None]]:
+        """(cut id, reason, (predicted latency ms, energy mJ)) for these estimates."""
+        plan = self.plan
+        if policy.uses_tables:
+            cut_id, reason = plan.lookup(bw, load, policy.objective, device_load), "table"
+            if self._rtt_says_device(plan.cuts[cut_id], bw, load, device_load, policy.objective):
+                cut_id, reason = plan.fallback, "rtt"
+            return cut_id, reason, self._predict(plan.cuts[cut_id], bw, load, rtt, device_load)
+        front = plan.pareto_front(bw, load, rtt, None, device_load)
+        point, met = policy.pick(front)
+        return point.cut, "pareto" if met else "unmet", (point.latency_ms, point.energy_mj)
+
+    def _predict(self, cut: Cut, bw: float, load: float, rtt: float | None,
+                 device_load: float) -> tuple[float | None, float | None]:
+        """The plan's latency and energy of ``cut`` (None where the plan cannot say)."""
+        down = self.plan.downlink_mbps
+        conditions = (bw, load, self.plan.rtt_ms if rtt is None else rtt, float(down) if down else None, device_load)
+        try:
+            latency = cut.latency_ms(*conditions)
+        except KeyError:
+            return None, None
+        try:
+            energy = cut.energy_mj(*conditions) if cut.energy is not None else None
+        except KeyError:
+            energy = None
+        return latency, energy
 
     @property
     def device_load(self) -> float:
@@ -179,14 +254,17 @@ class CutPolicy:
         """Note that the device ran ``cut``'s prefix (the whole model for all-device) in ``measured_ms``."""
         self.device.add(measured_ms, float(cut.predicted.get("device_ms") or 0.0))
 
-    def _rtt_says_device(self, cut: Cut, bw: float, load: float, device_load: float) -> bool:
+    def _rtt_says_device(self, cut: Cut, bw: float, load: float, device_load: float,
+                         objective: str | None = None) -> bool:
         """True when the measured RTT, above what the plan assumed, makes all-device faster.
 
         RTT adds the same time to every cut but all-device, so the table's choice stays
         the best of the split cuts; only the comparison with all-device can flip.
+        ``objective``: the table the cut came from (default: the policy's).
         """
         rtt = self.net.rtt.value
-        if self.objective != "latency" or cut.all_device or rtt is None or rtt <= self.plan.rtt_ms:
+        objective = objective or self._policy.objective
+        if objective != "latency" or cut.all_device or rtt is None or rtt <= self.plan.rtt_ms:
             return False
         fallback = self.plan.cuts[self.plan.fallback]
         if "device_ms" not in fallback.predicted or "cloud_ms" not in cut.predicted:

@@ -8,7 +8,8 @@ server (unreachable, over the deadline, an error answer) is absorbed: the reques
 finished with the all-device model and the server is left alone for a back-off period.
 
 The runner composes three parts: :class:`~nscompile.runtime.policy.CutPolicy` (the
-estimates and the choice of cut), :class:`~nscompile.runtime.transport.V2Transport` (the
+estimates and the choice of cut, as the runner's :mod:`~nscompile.runtime.policies`
+policy says), :class:`~nscompile.runtime.transport.V2Transport` (the
 KServe v2 client) and :class:`~nscompile.runtime.sessions.PrefixSessions` (the cached
 onnxruntime sessions).
 
@@ -28,6 +29,7 @@ import onnxruntime as ort
 
 from nscompile.errors import NscompileError
 from nscompile.runtime.plan import Cut, Plan, load_plan
+from nscompile.runtime.policies import Policy
 from nscompile.runtime.policy import CutPolicy, RunRecord
 from nscompile.runtime.sessions import PrefixSessions
 from nscompile.runtime.transport import SERVER_ERRORS, V2Transport, make_client
@@ -65,7 +67,14 @@ class SplitRunner:
         device_dir: the ``device/`` directory of a build: plan.json and prefix models.
         server_url: base URL of a KServe v2 server serving the build's ``cloud/``
             (``nscompile serve`` or Triton), e.g. "http://10.0.0.2:8000".
-        objective: "latency" or "energy": which of the plan's tables to use.
+        objective: "latency" or "energy": which of the plan's tables to use (the policies
+            of those names; the default, with no ``policy``, is "latency").
+        policy: what to optimise: "latency", "energy", or a policy from
+            :mod:`nscompile.runtime.policies`: ``slo(latency_ms=X)`` (the least device energy
+            whose predicted latency is within X ms; the fastest if no cut is),
+            ``budget(energy_mj=Y)`` (the fastest within Y mJ; the least energy if none is),
+            ``weighted(lam)`` (the least latency + lam x energy), or its text form
+            ("slo(latency_ms=120)"). Pass this or ``objective``, not both.
         deadline_ms: a server call slower than this is abandoned and the request finished
             on the device.
         force_cut: always use this cut (benchmarks, tests); None to look it up.
@@ -86,7 +95,9 @@ class SplitRunner:
 
     Attributes:
         plan: the device's :class:`~nscompile.runtime.plan.Plan`.
-        policy, transport, sessions: the parts (see the module docstring).
+        cut_policy, transport, sessions: the parts (see the module docstring).
+        policy: the :class:`~nscompile.runtime.policies.Policy` in force; assign a policy or
+            its text form between calls (e.g. ``runner.policy = "energy"`` on low battery).
         objective, force_cut, fixed_bandwidth, fixed_load, fixed_device_load, initial_bandwidth:
             the policy's settings; assigning one takes effect on the next request.
         net: the policy's :class:`~nscompile.runtime.netstate.NetState` estimates.
@@ -94,16 +105,18 @@ class SplitRunner:
         last_record: the :class:`RunRecord` of the last :meth:`run`.
 
     Raises:
-        NscompileError: a missing or inconsistent plan, an unknown objective or cut.
+        NscompileError: a missing or inconsistent plan, an unknown objective, policy or
+            cut, or both ``objective`` and ``policy``.
     """
 
-    objective = _Delegated("policy")
-    force_cut = _Delegated("policy")
-    fixed_bandwidth = _Delegated("policy")
-    fixed_load = _Delegated("policy")
-    fixed_device_load = _Delegated("policy")
-    initial_bandwidth = _Delegated("policy")
-    net = _Delegated("policy")
+    policy = _Delegated("cut_policy")
+    objective = _Delegated("cut_policy")
+    force_cut = _Delegated("cut_policy")
+    fixed_bandwidth = _Delegated("cut_policy")
+    fixed_load = _Delegated("cut_policy")
+    fixed_device_load = _Delegated("cut_policy")
+    initial_bandwidth = _Delegated("cut_policy")
+    net = _Delegated("cut_policy")
     server_url = _Delegated("transport")
     deadline_s = _Delegated("transport")
     probe_bytes = _Delegated("transport")
@@ -112,8 +125,9 @@ class SplitRunner:
         self,
         device_dir: str | Path,
         server_url: str,
-        objective: str = "latency",
+        objective: str | None = None,
         *,
+        policy: str | Policy | None = None,
         deadline_ms: float = 5000.0,
         force_cut: str | None = None,
         bandwidth_mbps: float | None = None,
@@ -127,8 +141,10 @@ class SplitRunner:
         session_options: ort.SessionOptions | None = None,
         client: httpx.Client | None = None,
     ):
+        if objective is not None and policy is not None:
+            raise NscompileError(f"pass policy= or objective=, not both (got objective={objective!r}, policy={str(policy)!r})")
         self.plan: Plan = load_plan(device_dir)
-        self.policy = CutPolicy(self.plan, objective, force_cut=force_cut, bandwidth_mbps=bandwidth_mbps, load=load,
+        self.cut_policy = CutPolicy(self.plan, policy if policy is not None else objective or "latency", force_cut=force_cut, bandwidth_mbps=bandwidth_mbps, load=load,
                                 device_load=device_load,
                                 initial_bandwidth_mbps=initial_bandwidth_mbps, stale_s=stale_s, backoff_s=backoff_s)
         self.transport = V2Transport(server_url, self.plan.model_sha256, deadline_ms / 1000.0, client, probe_bytes,
@@ -163,7 +179,7 @@ class SplitRunner:
         """
         t0 = time.perf_counter()
         feeds = self._check_inputs(inputs)
-        policy = self.policy
+        policy = self.cut_policy
         cut, rec = policy.choose(time.monotonic(), self.transport)
         rec.encoding = cut.encoding
         outputs = None
@@ -196,7 +212,7 @@ class SplitRunner:
             stale_s: New staleness limit of the estimates (default: keep).
             backoff_s: New (first, max) back-off after failures (default: keep).
         """
-        self.policy.reset_estimates(stale_s, backoff_s)
+        self.cut_policy.reset_estimates(stale_s, backoff_s)
 
     def wait_for_probe(self, timeout_s: float | None = None) -> None:
         """Wait until a background probe in progress (if any) has finished."""
@@ -252,7 +268,7 @@ class SplitRunner:
             t = time.perf_counter()
             produced = self.sessions.run(cut, feeds)
             rec.prefix_ms = (time.perf_counter() - t) * 1e3
-            self.policy.learn_device(cut, rec.prefix_ms)
+            self.cut_policy.learn_device(cut, rec.prefix_ms)
         upload = {t.name: (produced[t.name] if t.name in produced else feeds[t.name]) for t in cut.tensors}
         rec.upload_bytes = sum(a.nbytes for a in upload.values())
         try:
@@ -267,7 +283,7 @@ class SplitRunner:
         rec.server_ms = answer.server_ms or 0.0
         rec.transfer_ms = answer.post_ms - rec.server_ms
         rec.download_bytes = answer.download_bytes
-        self.policy.learn(cut, rec.upload_bytes, answer)
+        self.cut_policy.learn(cut, rec.upload_bytes, answer)
         out = {name: produced[name] for name in cut.device_outputs}
         out.update(answer.outputs)
         missing = [n for n in self._output_names if n not in out]
@@ -287,5 +303,5 @@ class SplitRunner:
             self._probe_thread.start()
 
     def _background_probe(self) -> None:
-        if not self.policy.probe(self.transport):
+        if not self.cut_policy.probe(self.transport):
             self.net.failed(time.monotonic())

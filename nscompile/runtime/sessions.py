@@ -45,6 +45,11 @@ class PrefixSessions:
             self._sessions[cut.id] = sess
         return sess
 
+    def drop(self, cut_id: str) -> None:
+        """Forget the session of a prefix (its memory goes once no run holds it); the next use makes it again."""
+        self._sessions.pop(cut_id, None)
+        self._io.pop(cut_id, None)
+
     def run(self, cut: Cut, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run `cut`'s prefix on the graph inputs it reads from `feeds`; output name -> array."""
         sess = self.get(cut)

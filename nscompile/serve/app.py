@@ -8,7 +8,8 @@ Endpoints (Triton's spelling, so tritonclient and KServe clients work unchanged)
   extension: the JSON form of config.pbtxt, with the ``nscompile_model_sha256`` parameter
   devices check), ``.../stats`` and ``/v2/models/stats`` (statistics extension subset)
 - ``POST /v2/models/{m}[/versions/{v}]/infer`` with the binary tensor data extension
-- ``POST /v2/repository/index``
+- ``POST /v2/repository/index``, ``POST /v2/repository/models/{m}/load`` and ``.../unload``
+  (Triton's model repository extension: create the session now, or drop it to free its memory)
 - ``GET /v2/nscompile/load``: ``{"load", "slowdown", "in_flight", "queue_depth", "concurrency"}``;
   ``POST /v2/nscompile/probe``: swallows the body (uplink bandwidth probe) and answers the same.
 
@@ -24,7 +25,11 @@ runs on a bounded thread pool; admission beyond ``max_queue`` in-flight requests
 
 Sessions are created when the server starts (a model that fails to load answers 503 to
 ``ready`` and to infer, and the others serve as usual), or on first use where the ASGI
-lifespan does not run (in-thread test servers).
+lifespan does not run (in-thread test servers) and for the models ``preload`` leaves out
+(a repository larger than memory, such as the testbed's oracle candidates: they are
+loaded and unloaded through the repository endpoints). A model loaded while other
+requests were in flight profiled its idle time on a busy server, so its requests do not
+feed the load report.
 """
 
 from __future__ import annotations
@@ -140,6 +145,7 @@ def create_app(
     slowdown_floor_ms: float = 1.0,
     drain_s: float = 0.0,
     cors_origins: list[str] | tuple[str, ...] = (),
+    preload: list[str] | tuple[str, ...] | None = None,
 ) -> FastAPI:
     """Build the server application for a model repository.
 
@@ -156,6 +162,8 @@ def create_app(
             (see nscompile.serve.drain); 0 stops at once.
         cors_origins: origins whose pages may call the server (see nscompile.serve.cors);
             empty: no CORS headers.
+        preload: the models to load at start-up (None: all); the others load on first use
+            or ``POST /v2/repository/models/NAME/load``.
 
     Returns:
         The FastAPI application (``app.state.models``, ``app.state.load``, ``app.state.drain``
@@ -165,6 +173,9 @@ def create_app(
         NscompileError: the repository is missing or broken.
     """
     models = read_repository(repository)
+    unknown = sorted(set(preload or ()) - set(models))
+    if unknown:
+        raise NscompileError(f"--preload names {unknown[0]!r}, which {repository} does not hold; use one of {sorted(models)}")
     concurrency = concurrency or min(4, os.cpu_count() or 1)
     providers = providers or ["CPUExecutionProvider"]
     load = LoadTracker(concurrency, floor_ms=slowdown_floor_ms)
@@ -174,6 +185,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         for entry in models.values():
+            if preload is not None and entry.name not in preload:
+                continue
             try:
                 await anyio.to_thread.run_sync(entry.ensure_loaded, providers, threads)
             except NscompileError as exc:  # kept in entry.load_error: this model is unavailable, the rest serve
@@ -232,6 +245,28 @@ def create_app(
     async def probe(request: Request):
         body = await _read_body(request, max_body_bytes)
         return {**load.snapshot(), "received_bytes": len(body)}
+
+    async def load_now(entry: ModelEntry, own: int) -> None:
+        """Create ``entry``'s session off the event loop; ``own``: requests in flight that are this one."""
+        busy = load.in_flight > own
+        await anyio.to_thread.run_sync(entry.ensure_loaded, providers, threads)
+        entry.counts_for_load = not (busy or load.in_flight > own)
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def repository_load(name: str):
+        entry = model(name)
+        if entry.session is None:
+            entry.load_error = None  # asked again: try again
+            try:
+                await load_now(entry, 0)
+            except NscompileError as exc:
+                return _error(str(exc), 400)
+        return Response(status_code=200)
+
+    @app.post("/v2/repository/models/{name}/unload")
+    async def repository_unload(name: str):
+        model(name).unload()
+        return Response(status_code=200)
 
     @app.post("/v2/repository/index")
     async def index():
@@ -312,7 +347,7 @@ def create_app(
             header, tensors, wanted = decode()
         if entry.session is None:
             try:
-                await anyio.to_thread.run_sync(entry.ensure_loaded, providers, threads)
+                await load_now(entry, 1)
             except NscompileError as exc:
                 return _error(str(exc), 503)
         session = entry.session
@@ -339,7 +374,9 @@ def create_app(
         s.queue_ns += int(queue_ms * 1e6)
         s.compute_ns += int(compute_ms * 1e6)
         s.last_inference_ms = int(time.time() * 1000)
-        load.record(entry.idle_reference(queue_ms + compute_ms), queue_ms + compute_ms)
+        reference = entry.idle_reference(queue_ms + compute_ms)
+        if entry.counts_for_load:
+            load.record(reference, queue_ms + compute_ms)
         request_id = header.get("id") if isinstance(header.get("id"), str) else None
         out_body, head_len = encode_response(entry.name, entry.version, dict(zip(wanted, results)), wanted, request_id)
         headers = {

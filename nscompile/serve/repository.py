@@ -72,6 +72,10 @@ class ModelEntry:
     idle_ms: float | None = None  # session.run alone, profiled at load
     best_ms: float | None = None  # fastest queue + compute seen through the serving path
     load_error: str | None = None
+    #: Whether this model's requests feed the server's load report: not when its idle time
+    #: was profiled while other requests ran (loaded on demand on a busy server), which
+    #: would make the server look idler than it is.
+    counts_for_load: bool = True
     stats: Stats = field(default_factory=Stats)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -134,6 +138,11 @@ class ModelEntry:
                     self.load_error = str(exc)
                     raise
         return self.session
+
+    def unload(self) -> None:
+        """Drop the session (requests running on it finish); the next use loads it again."""
+        with self._lock:
+            self.session, self.idle_ms, self.best_ms, self.load_error = None, None, None, None
 
     def _load(self, providers: list, threads: int | None) -> None:
         import onnxruntime as ort

@@ -2,18 +2,27 @@
 
 :func:`run_bench` is what ``nscompile bench`` calls. For every zoo model and device
 profile it builds the model once (a bandwidth grid spanning every preset, RTT 0: the
-runtime adds the measured RTT exactly, see SplitRunner's "rtt" rule), starts a testbed
-session, and for every server load and network preset measures
+runtime adds the measured RTT exactly, see SplitRunner's "rtt" rule; cut tensors in
+every encoding of ``BUILD_ENCODINGS``), adds the oracle's candidates to the build
+(:mod:`nscompile.testbed.candidates`: every layer boundary of a chain, thinned
+topological prefixes of a DAG, each under every encoding, chosen from the graph alone),
+starts a testbed session, and for every server load and network preset measures
 
 - nscompile: the device's SplitRunner chooses the cut itself, from the bandwidth, RTT
   and server load it measures (after forgetting the previous network);
-- every emitted cut forced, all-device and all-cloud among them: the oracle is the
-  fastest of these medians.
+- every candidate forced, the build's own cuts (all-device and all-cloud among them)
+  included: the oracle is the fastest of these medians.
 
 Both are measured side by side, in rounds of one request per mode in random order
 (the device's ``rounds`` op), so that a slow minute of the shared machine falls on
-every mode alike instead of on whichever was measured then. A forced cut far slower
-than the best one after the first round sits the later rounds out (see ``PRUNE``).
+every mode alike instead of on whichever was measured then. A candidate leaves the
+rounds only by measurement, never by prediction: once a lower bound on its latency made
+of the case's own measurements (its fastest request; before it has one, the prefix
+times of smaller device sets, the server times of bigger ones and the fastest goodput
+seen, see :class:`nscompile.testbed.device.Bounds`) is over ``PRUNE`` times the best
+median measured. All-device and all-cloud are measured first. A case is *contested*
+when its oracle is a split or its two best measured candidates are within
+``CONTESTED_WITHIN`` of each other: there, choosing matters.
 
 Then it varies the network over time and the server load, and writes CSVs, PNGs and a
 report (:mod:`nscompile.testbed.report`).
@@ -31,10 +40,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile
+from nscompile.cost_model import COST_MODELS_DIR, Profile, default_profile_path, load_profile, shipped_for_this_cpu
 from nscompile.errors import NscompileError
 from nscompile.planner import NETWORK_PRESETS, GridSpec
+from nscompile.backend import write_plan
 from nscompile.runtime.plan import Cut
+from nscompile.testbed.candidates import ORACLE_KEY, ORACLE_VERSION, add_oracle_candidates
 from nscompile.testbed.energy import RADIO_OF_PRESET, request_energy_mj
 from nscompile.testbed.link import Rates
 from nscompile.testbed.report import summary, write_report
@@ -44,15 +55,33 @@ from nscompile.testbed.testbed import Session, Testbed
 #: emitted whenever a fast link makes it the best choice; the runtime bisects breakpoints.
 BUILD_BANDWIDTH = "0.1:100000:40"
 BUILD_LOAD = "1,2,4,8"
+#: Cut-tensor encodings of the bench builds (and so of the oracle's candidates).
+BUILD_ENCODINGS = ("fp32", "fp16", "int8")
 WITHIN = 1.10  # "within 10% of the oracle"
+#: Two best measured candidates within this ratio make a case contested.
+CONTESTED_WITHIN = 1.25
 #: Below this difference two medians are timer and scheduling jitter on a shared machine, not a choice.
 NOISE_FLOOR_MS = 1.0
-#: A forced cut whose fastest request takes over this many times the best forced cut's
-#: median sits the later rounds out: it cannot be the oracle, and a cut meant for gigabit
-#: links would spend minutes per round uploading megabytes over 3G.
+#: A forced cut whose latency is bounded below, by the case's measurements, by over this
+#: many times the best forced cut's median sits the later rounds out: it cannot be the
+#: oracle, and a cut meant for gigabit links would spend minutes per round uploading
+#: megabytes over 3G.
 PRUNE = 2.0
-#: The server profile when the testbed pins the server to one CPU: this machine's CPU, one thread.
-SINGLE_CORE_CLOUD_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"
+
+
+#: The phone-class device where this CPU has no shipped one: the AMD EPYC profile at 25% of a core.
+PHONE_PROFILE = COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json"
+
+
+def single_core_cloud_profile() -> Path:
+    """The server profile when the testbed pins the server to one CPU: this machine's CPU,
+    one thread, no quota (the shipped AMD EPYC one where this CPU has none)."""
+    for p in shipped_for_this_cpu("device"):
+        d = json.loads(p.read_text())
+        if d.get("threads") == 1 and not d.get("cpu_quota_cores"):
+            return p
+    return COST_MODELS_DIR / "epyc-ort-cpu-1thread.json"
+
 
 RESULT_COLUMNS = [
     "model", "network", "device_profile", "load", "clients", "server_load_k",
@@ -62,6 +91,7 @@ RESULT_COLUMNS = [
     "predicted_cut", "predicted_chosen_ms", "predicted_oracle_ms", "forced_chosen_ms",
     "measured_uplink_mbps", "uplink_mbps", "rtt_ms", "cuts", "n",
     "chosen_q1_ms", "chosen_q3_ms", "oracle_q1_ms", "oracle_q3_ms", "iqr_overlap", "miss_reason", "testbed",
+    "n_candidates", "n_timed", "oracle_is_split", "runner_up_cut", "runner_up_ms", "contested",
 ]
 
 
@@ -71,7 +101,9 @@ class BenchConfig:
 
     models: list[str]
     size: str = "full"
-    networks: list[str] = field(default_factory=lambda: ["3G", "LTE", "WIFI"])
+    #: Models among ``models`` built at full size whatever ``size`` says.
+    full_size: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=lambda: ["3G", "LTE", "WIFI", "5G"])
     device_profiles: list[Path] = field(default_factory=list)
     cloud_profile: Path | None = None
     loads: dict[str, int] = field(default_factory=lambda: {"idle": 0, "loaded": 4})
@@ -99,12 +131,13 @@ class BenchConfig:
 
     @staticmethod
     def quick(**kw) -> BenchConfig:
-        """Small zoo models, two networks, idle and loaded, short trace and load sweep (< 5 min)."""
-        base = dict(models=["lenet", "alexnet"], size="small", networks=["3G", "WIFI"], loads={"idle": 0, "loaded": 3},
-                    repeats=5, max_s=3.0, min_s=0.5, trace_model="alexnet", trace_phase_s=4.0, load_model="alexnet",
-                    load_levels=[0, 3], load_window_s=3.0, load_network="WIFI",
-                    device_load_model="alexnet", device_load_phase_s=3.0,
-                    device_profiles=[default_profile_path("device")])
+        """LeNet (small) and ResNet-18 (full size: a DAG where splitting is contested on 5G), 3G and 5G,
+        idle and loaded, the phone-class device; short trace, load sweep and device-load phases (< 3 min)."""
+        base = dict(models=["lenet", "resnet18"], size="small", full_size=["resnet18"], networks=["3G", "5G"],
+                    loads={"idle": 0, "loaded": 3}, repeats=5, max_s=2.0, min_s=0.5, trace_model="resnet18",
+                    trace_phase_s=2.0, load_model="resnet18", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
+                    device_load_model="resnet18", device_load_phase_s=2.5,
+                    device_profiles=[quota_profile(0.25) or PHONE_PROFILE])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
 
@@ -118,9 +151,27 @@ class BenchConfig:
         return BenchConfig(**base)
 
 
+def quota_profile(most_cores: float) -> Path | None:
+    """The shipped device profile of this machine's kind of CPU measured under the largest CPU
+    quota of at most ``most_cores`` (None: there is none).
+
+    The device classes of the testbed: 25% of a core is the phone-class device, 12.5% (8x
+    slower than the server core) the paper-like gap of a Tegra K1 CPU against a K40 GPU.
+    """
+    best = None
+    for p in shipped_for_this_cpu("device"):
+        cores = json.loads(p.read_text()).get("cpu_quota_cores")
+        if cores and cores <= most_cores + 1e-9 and (best is None or cores > best[0]):
+            best = (cores, p)
+    return best[1] if best else None
+
+
 def device_profiles_default() -> list[Path]:
-    """Every shipped profile of kind "device" (the default device profile first)."""
-    paths = []
+    """The shipped device profiles made on this machine's kind of CPU (the testbed measures
+    on it), the default first; where none was, every shipped device profile."""
+    paths = shipped_for_this_cpu("device")
+    if paths:
+        return paths
     default = default_profile_path("device")
     if default.is_file():
         paths.append(default)
@@ -144,7 +195,7 @@ def cloud_profile_default(testbed: Testbed) -> Path:
     otherwise the shipped server profile.
     """
     if testbed.server_cpus and len(testbed.server_cpus) == 1:
-        return SINGLE_CORE_CLOUD_PROFILE
+        return single_core_cloud_profile()
     return default_profile_path("server")
 
 
@@ -183,8 +234,8 @@ def _prepare_model(name: str, size: str, models_dir: Path) -> Path:
     return path
 
 
-def _build(model_path: Path, build_dir: Path, device: Path, cloud: Path) -> dict:
-    """Build once; a build with the same model and profiles is reused.
+def _build(model_path: Path, build_dir: Path, device: Path, cloud: Path, encodings: tuple[str, ...] = BUILD_ENCODINGS) -> dict:
+    """Build once and add the oracle's candidates; a build with the same model, profiles and encodings is reused.
 
     The all-cloud cut is always emitted (the oracle must time "everything on the server"),
     though only tables that select it make the runtime use it unforced.
@@ -196,11 +247,22 @@ def _build(model_path: Path, build_dir: Path, device: Path, cloud: Path) -> dict
         plan = json.loads(plan_path.read_text())
         want = {"device": load_profile(device).sha256, "cloud": load_profile(cloud).sha256}
         has_all_cloud = any(c.get("cloud_model") and not c.get("prefix") for c in plan["cuts"])
-        if has_all_cloud and all(plan["profiles"][k]["sha256"] == v for k, v in want.items()) and plan["grid"]["rtt_ms"] == 0:
+        oracle = plan.get(ORACLE_KEY) or {}
+        if (has_all_cloud and all(plan["profiles"][k]["sha256"] == v for k, v in want.items()) and plan["grid"]["rtt_ms"] == 0
+                and oracle.get("version") == ORACLE_VERSION and oracle.get("requested") == list(encodings)):
             return plan
     grid = GridSpec.parse(BUILD_BANDWIDTH, BUILD_LOAD)
-    return build(model_path, build_dir, device_profile=device, cloud_profile=cloud, grid=grid, report=False,
-                 include_all_cloud=True).plan
+    plan = build(model_path, build_dir, device_profile=device, cloud_profile=cloud, grid=grid, report=False,
+                 include_all_cloud=True, encodings=encodings).plan
+    plan = add_oracle_candidates(model_path, build_dir, plan, device, cloud, encodings)
+    plan[ORACLE_KEY]["requested"] = list(encodings)
+    write_plan(build_dir, plan)
+    return plan
+
+
+def _candidate_ids(plan: dict) -> set[str]:
+    """The cuts the testbed added for the oracle (no table of the build names them)."""
+    return {c["id"] for c in plan["cuts"] if c.get("oracle_candidate")}
 
 
 def _quartiles(xs: list[float]) -> tuple[float, float]:
@@ -238,20 +300,26 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
     """
     rates = rates_of(network)
     radio = RADIO_OF_PRESET[network]
+    special = _special_cuts(plan)
+    oracle_info = plan.get(ORACLE_KEY) or {}
     before = session.load_stats()
     modes = session.rounds([None, *session.cuts], cfg.repeats, warmup=1, max_s=cfg.max_s, min_s=cfg.min_s,
-                           fresh=True, prune=PRUNE)
+                           fresh=True, prune=PRUNE, sets=oracle_info.get("sets"),
+                           first=[c for c in (special["all_device"], special["all_cloud"]) if c],
+                           managed=sorted(_candidate_ids(plan)), weights=oracle_info.get("weights"))
+    pruned = session.last_pruned
     after = session.load_stats()
     auto = _summarise(modes[None], profile, rates, radio)
-    forced = {c: _summarise(modes[c], profile, rates, radio) for c in session.cuts}
+    forced = {c: _summarise(modes[c], profile, rates, radio) for c in session.cuts if modes[c]}
     ks = [s.get("server", {}).get("load") for s in (before, after)] + [auto["load"]]
     k = _median(ks) if clients else 1.0
     cuts_by_id = {c["id"]: c for c in plan["cuts"]}
-    all_device = next(c["id"] for c in plan["cuts"] if not c.get("cloud_model"))
-    all_cloud = next((c["id"] for c in plan["cuts"] if c.get("cloud_model") and not c.get("prefix")), None)
-    oracle = min(forced, key=lambda c: forced[c]["ms"])
-    pred = {c: predicted_ms(cuts_by_id[c], rates, max(k, 1.0)) for c in forced}
-    predicted_cut = min(pred, key=pred.get)
+    all_device, all_cloud = special["all_device"], special["all_cloud"]
+    ranked = sorted(forced, key=lambda c: forced[c]["ms"])
+    oracle = ranked[0]
+    runner_up = ranked[1] if len(ranked) > 1 else None
+    pred = {c: predicted_ms(cuts_by_id[c], rates, max(k, 1.0)) for c in session.cuts}
+    predicted_cut = min((c for c in pred if c not in _candidate_ids(plan)), key=pred.get)
     chosen = auto["cut"]
     row = {
         "model": model, "network": network, "device_profile": profile_name, "load": load_name, "clients": clients,
@@ -263,12 +331,18 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
         "predicted_cut": predicted_cut, "predicted_chosen_ms": pred.get(chosen, math.nan),
         "predicted_oracle_ms": pred[oracle], "forced_chosen_ms": forced.get(chosen, {}).get("ms", math.nan),
         "measured_uplink_mbps": auto["bw"], "uplink_mbps": rates.up_mbps, "rtt_ms": rates.rtt_ms,
-        "cuts": ";".join(f"{c}={forced[c]['ms']:.1f}" for c in forced), "n": auto["n"], "testbed": mode,
+        "cuts": ";".join(f"{c}={forced[c]['ms']:.1f}" for c in ranked), "n": auto["n"], "testbed": mode,
         "chosen_q1_ms": auto["q1"], "chosen_q3_ms": auto["q3"],
         "oracle_q1_ms": forced[oracle]["q1"], "oracle_q3_ms": forced[oracle]["q3"],
         # Interquartile boxes that overlap: the two medians differ by less than the requests' own spread.
         "iqr_overlap": bool(auto["q1"] <= forced[oracle]["q3"] and forced[oracle]["q1"] <= auto["q3"]),
+        # Every candidate of the case: timed, or left out by a bound made of the case's measurements.
+        "n_candidates": len(session.cuts), "n_timed": len(forced),
+        "oracle_is_split": oracle not in (all_device, all_cloud),
+        "runner_up_cut": runner_up or "", "runner_up_ms": forced[runner_up]["ms"] if runner_up else math.nan,
     }
+    row["contested"] = bool(row["oracle_is_split"] or (runner_up is not None
+                                                       and forced[runner_up]["ms"] <= CONTESTED_WITHIN * forced[oracle]["ms"]))
     row["speedup_vs_cloud"] = row["all_cloud_ms"] / row["chosen_ms"]
     row["speedup_vs_device"] = row["all_device_ms"] / row["chosen_ms"]
     row["energy_saving_vs_cloud"] = 1.0 - row["chosen_mj"] / row["all_cloud_mj"] if all_cloud else math.nan
@@ -276,9 +350,17 @@ def measure_case(session: Session, plan: dict, profile: Profile, profile_name: s
     row["within_10pct"] = bool(row["regret"] <= WITHIN)
     row["within_tolerance"] = bool(row["within_10pct"] or row["chosen_ms"] - row["oracle_ms"] <= NOISE_FLOOR_MS)
     row["miss_reason"] = "" if row["within_10pct"] else miss_reason(row, auto)
-    per_cut = [{"model": model, "network": network, "device_profile": profile_name, "load": load_name, "cut": c,
-                "measured_ms": s["ms"], "q1_ms": s["q1"], "q3_ms": s["q3"], "measured_mj": s["mj"], "predicted_ms": pred[c],
-                "n": s["n"], "fell_back": s["fell_back"]} for c, s in forced.items()]
+    nan = {"ms": math.nan, "q1": math.nan, "q3": math.nan, "mj": math.nan, "n": 0, "fell_back": 0}
+    candidates = _candidate_ids(plan)
+    per_cut = []
+    for c in session.cuts:
+        s, why = forced.get(c, nan), pruned.get(c, {})
+        per_cut.append({"model": model, "network": network, "device_profile": profile_name, "load": load_name, "cut": c,
+                        "encoding": cuts_by_id[c].get("encoding", "fp32"), "device_nodes": cuts_by_id[c]["device_nodes"],
+                        "candidate_only": c in candidates,
+                        "measured_ms": s["ms"], "q1_ms": s["q1"], "q3_ms": s["q3"], "measured_mj": s["mj"], "predicted_ms": pred[c],
+                        "n": s["n"], "fell_back": s["fell_back"], "pruned": why.get("rule", ""),
+                        "pruned_round": why.get("round", ""), "bound_ms": why.get("bound_ms", math.nan)})
     return row, per_cut
 
 
@@ -434,7 +516,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     known = {m.name for m in zoo.list_models()}
-    for m in cfg.models:
+    for m in cfg.models + cfg.full_size:
         if m not in known:
             raise NscompileError(f"unknown zoo model '{m}'; see `nscompile zoo --list`")
     for n in cfg.networks + [cfg.load_network]:
@@ -456,17 +538,23 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
                     continue
                 profile = load_profile(ppath)
                 progress.stage(f"[{model} / {profile.name}] build")
-                plan = _build(_prepare_model(model, cfg.size, out_dir / "models"), out_dir / "builds" / f"{model}-{ppath.stem}",
+                size = "full" if model in cfg.full_size else cfg.size
+                plan = _build(_prepare_model(model, size, out_dir / "models"), out_dir / "builds" / f"{model}-{ppath.stem}",
                               ppath, cloud)
                 cores = profile.meta.get("cpu_quota_cores") if isinstance(profile.meta, dict) else None
                 cuts = _special_cuts(plan)
-                progress.stage(f"[{model} / {profile.name}] testbed session ({len(plan['cuts'])} cuts"
+                candidates = _candidate_ids(plan)
+                progress.stage(f"[{model} / {profile.name}] testbed session ({len(plan['cuts'])} cuts to time, "
+                               f"{len(candidates)} of them added for the oracle"
                                + (f", device quota {cores} cores" if cores else "") + ")")
+                own = [c["cloud_model"] for c in plan["cuts"] if c.get("cloud_model") and c["id"] not in candidates]
                 with tb.session(out_dir / "builds" / f"{model}-{ppath.stem}", device_threads=max(profile.threads, 1),
-                                device_cores=cores, server_threads=server_threads, tag=f"{model}-{ppath.stem}") as s:
+                                device_cores=cores, server_threads=server_threads, tag=f"{model}-{ppath.stem}",
+                                preload=own) as s:
                     s.set_network(Rates(None, None, 0.0))
-                    for c in s.cuts:  # load every prefix and connection before anything is timed
-                        s.run(c, 1)
+                    for c in s.cuts:  # load the build's prefixes and the connection before anything is timed
+                        if c not in candidates:  # the candidates load when first measured (see Session.rounds)
+                            s.run(c, 1)
                     for load_name, clients in cfg.loads.items():
                         s.set_clients(clients)
                         if clients:

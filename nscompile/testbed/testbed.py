@@ -143,6 +143,7 @@ class Session:
         self.testbed, self.server, self.loadgen, self.device = testbed, server, loadgen, device
         self.cuts, self.quota = cuts, quota
         self.rates = Rates(None, None, 0.0)
+        self.last_pruned: dict[str, dict] = {}  # what the last rounds call left out, cut -> why
 
     def set_network(self, rates: Rates) -> None:
         """Shape the link (tc in kernel mode) and tell the device what to add in user space."""
@@ -165,8 +166,9 @@ class Session:
                                fresh=fresh, stale_s=stale_s)["records"]
 
     def rounds(self, cuts: list[str | None], rounds: int, warmup: int = 1, max_s: float = 60.0, fresh: bool = False,
-               stale_s: float = 10.0, prune: float = 0.0, min_s: float = 0.0,
-               timeout_s: float = 1800.0) -> dict[str | None, list[dict]]:
+               stale_s: float = 10.0, prune: float = 0.0, min_s: float = 0.0, sets: dict[str, str] | None = None,
+               first: list[str] | None = None, managed: list[str] | None = None, weights: dict[str, int] | None = None,
+               timeout_s: float = 3600.0) -> dict[str | None, list[dict]]:
         """Measure several modes side by side, one request of each per round in random order.
 
         Args:
@@ -178,16 +180,43 @@ class Session:
                 the device's ``MAX_ROUNDS``).
             fresh: forget the estimates first (a new network).
             stale_s: the runner's staleness limit from now on.
-            prune: after the first round, skip a forced cut whose fastest request took over
-                this many times the lowest median of the forced cuts (0: never).
+            prune: skip a forced cut for the rest of the rounds once a lower bound on its
+                latency made of this call's measurements (its fastest request, or the
+                device's :class:`~nscompile.testbed.device.Bounds`) is over this many times
+                the lowest median of the forced cuts (0: never).
+            sets: cut id -> device set as a hex bit mask, for those bounds.
+            first: cuts the first round measures before the others.
+            managed: cuts whose server models and prefix sessions load before their first
+                request and unload, those that sat out first, when the weights loaded
+                would exceed the device's ``--keep-mb``.
+            weights: cut id -> weight bytes its two sessions hold.
             timeout_s: how long to wait for the answer.
 
         Returns:
-            mode -> its RunRecords as dicts (each with ``round`` and ``slot``).
+            mode -> its RunRecords as dicts (each with ``round`` and ``slot``); the cuts that
+            sat out, and why, are in :attr:`last_pruned`.
         """
         answer = self.device.ask(timeout_s=timeout_s, op="rounds", cuts=list(cuts), rounds=rounds, warmup=warmup,
-                                 max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=prune)
+                                 max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=prune, sets=sets,
+                                 first=first, managed=managed, weights=weights)
+        self.last_pruned = answer.get("pruned", {})
         return dict(zip(cuts, answer["records"]))
+
+    def policy_rounds(self, policies: list[str], rounds: int, warmup: int = 1, max_s: float = 60.0, fresh: bool = False,
+                      stale_s: float = 10.0, min_s: float = 0.0, timeout_s: float = 1800.0) -> dict[str, list[dict]]:
+        """nscompile's own requests under several policies, side by side (see :meth:`rounds`).
+
+        Args:
+            policies: policy text forms ("latency", "slo(latency_ms=150)", ...), one mode each.
+            rounds, warmup, max_s, fresh, stale_s, min_s, timeout_s: as for :meth:`rounds`.
+
+        Returns:
+            policy -> its RunRecords as dicts.
+        """
+        answer = self.device.ask(timeout_s=timeout_s, op="rounds", cuts=[None] * len(policies), rounds=rounds,
+                                 warmup=warmup, max_s=max_s, min_s=min_s, fresh=fresh, stale_s=stale_s, prune=0.0,
+                                 policies=list(policies))
+        return dict(zip(policies, answer["records"]))
 
     def trace(self, cut: str | None, phases: list[tuple[float, Rates]], stale_s: float = 3.0) -> list[dict]:
         """Requests back to back while the link follows ``phases`` ((seconds, rates) each).
@@ -242,6 +271,54 @@ class Session:
         for r in records:
             r["t"] -= t0
         return records
+
+
+class Fleet:
+    """One server and several devices; see :meth:`Testbed.fleet`."""
+
+    def __init__(self, testbed: Testbed, server: Worker, loadgen: Worker, devices: list[Worker]):
+        self.testbed, self.server, self.loadgen, self.devices = testbed, server, loadgen, devices
+
+    def set_network(self, rates: Rates) -> None:
+        """Give every device its own emulated link of ``rates``.
+
+        The veth link is left unshaped: one tc queue would make the devices share one
+        uplink, where each phone of a fleet has its own radio; so every device's
+        transport adds its own transfer times and RTT in user space.
+        """
+        self.testbed.link.set(Rates(None, None, 0.0))
+        for device in self.devices:
+            device.ask(op="link", rtt_ms=rates.rtt_ms, up_mbps=rates.up_mbps, down_mbps=rates.down_mbps)
+
+    def loop(self, cut: str | None, seconds: float, fixed_load: float | None = None,
+             poll_s: float = 0.25) -> tuple[list[list[dict]], list[dict]]:
+        """Every device runs requests back to back for ``seconds``, all starting at once.
+
+        Args:
+            cut: None (nscompile chooses) or a cut forced on every device.
+            seconds: how long.
+            fixed_load: pin the devices' server load estimate (1: as if the server were idle).
+            poll_s: how often the server's load report is read meanwhile.
+
+        Returns:
+            (records per device, each with ``t`` from the start; the server's load
+            reports, each with ``t``).
+        """
+        t0 = time.monotonic() + 0.5
+        for device in self.devices:
+            device.proc.stdin.write(json.dumps({"op": "loop", "cut": cut, "t0": t0, "seconds": seconds,
+                                                "fixed_load": fixed_load}) + "\n")
+            device.proc.stdin.flush()
+        reports = []
+        while time.monotonic() < t0 + seconds:
+            stats = self.loadgen.ask(op="stats")
+            reports.append({"t": stats["t"] - t0, **stats.get("server", {})})
+            time.sleep(poll_s)
+        records = [device.answer(timeout_s=seconds + 600)["records"] for device in self.devices]
+        for recs in records:
+            for r in recs:
+                r["t"] -= t0
+        return records, reports
 
 
 class _Slowdown:
@@ -363,7 +440,7 @@ class Testbed:
 
     @contextmanager
     def session(self, build_dir: Path, *, device_threads: int = 1, device_cores: float | None = None,
-                server_threads: int | None = None, tag: str = "run"):
+                server_threads: int | None = None, tag: str = "run", preload: list[str] | None = None):
         """Start server, load generator and device for ``build_dir``; stop them on exit.
 
         Args:
@@ -373,11 +450,40 @@ class Testbed:
             server_threads: onnxruntime threads per server model (default: one per pinned
                 server CPU, else onnxruntime's).
             tag: names the log files.
+            preload: the server models to load at start-up (None: all); the others load
+                when the device asks (see :meth:`Session.rounds`' ``managed``).
 
         Yields:
             The :class:`Session`.
         """
         build_dir = Path(build_dir)
+        py = sys.executable
+        workers: list[Worker] = []
+        quota = None
+        try:
+            server, loadgen, url = self._start_server(build_dir, server_threads, preload, tag, workers)
+            device_groups: tuple = (self.cpusets["device"],) if self.cpusets else ()
+            if self.link.kernel and device_cores:
+                quota = CpuQuota("dev", device_cores)
+                device_groups += (quota,)
+            device_cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
+            if quota is not None:
+                device_cmd += ["--quota-group", str(quota.path)]
+            device = Worker(self.link.wrap(device_cmd, "device"), f"{tag}-device", self.log_dir, groups=device_groups)
+            workers.append(device)
+            cuts = device.answer(timeout_s=600)["cuts"]
+            session = Session(self, server, loadgen, device, cuts, quota)
+            yield session
+        finally:
+            for w in reversed(workers):
+                w.close()
+            if quota is not None:
+                quota.close()
+
+    def _start_server(self, build_dir: Path, server_threads: int | None, preload: list[str] | None, tag: str,
+                      workers: list[Worker]) -> tuple[Worker, Worker, str]:
+        """Start ``nscompile serve`` on the build's ``cloud/`` and the load generator beside it (appended
+        to ``workers``, so the caller stops them); (server, load generator, URL the devices use)."""
         plan = json.loads((build_dir / "plan.json").read_text())
         py = sys.executable
         if self.link.kernel:
@@ -391,36 +497,57 @@ class Testbed:
         server_threads = server_threads or self.server_threads
         if server_threads:
             server_cmd += ["--threads", str(server_threads)]
+        if preload is not None:
+            server_cmd += ["--preload", ",".join(preload)]
         if self.server_cpus:
             # The server's default is one inference slot per CPU of the machine; pinned,
             # more slots than its own CPUs would only time-share them.
             server_cmd += ["--concurrency", str(len(self.server_cpus))]
         server_side = (self.cpusets["server"],) if self.cpusets else ()
+        server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir, quits=False, groups=server_side)
+        workers.append(server)
+        loadgen = Worker(self.link.wrap([py, "-m", "nscompile.testbed.loadgen", local, _load_target(plan)], "server"),
+                         f"{tag}-loadgen", self.log_dir, groups=server_side)
+        workers.append(loadgen)
+        loadgen.answer(timeout_s=300)  # answers once the server is ready
+        return server, loadgen, url
+
+    @contextmanager
+    def fleet(self, build_dir: Path, n: int, *, device_threads: int = 1, device_cores: float | None = None,
+              server_threads: int | None = None, tag: str = "fleet"):
+        """Start one server and ``n`` devices for ``build_dir``, each device under its own CPU quota.
+
+        The devices share the device CPUs (kernel mode: the device cpuset); ``n`` quotas of
+        ``device_cores`` beyond those CPUs time-share them. Each device sets up (loads its
+        sessions) before its quota applies. The load generator runs beside the server
+        with no clients, to read the server's load report.
+
+        Yields:
+            The :class:`Fleet`.
+        """
+        build_dir = Path(build_dir)
+        py = sys.executable
         workers: list[Worker] = []
-        quota = None
+        quotas: list[CpuQuota] = []
         try:
-            server = Worker(self.link.wrap(server_cmd, "server"), f"{tag}-server", self.log_dir, quits=False, groups=server_side)
-            workers.append(server)
-            target = _load_target(plan)
-            loadgen = Worker(self.link.wrap([py, "-m", "nscompile.testbed.loadgen", local, target], "server"),
-                             f"{tag}-loadgen", self.log_dir, groups=server_side)
-            workers.append(loadgen)
-            loadgen.answer(timeout_s=300)  # answers once the server is ready
+            server, loadgen, url = self._start_server(build_dir, server_threads, None, tag, workers)
             device_groups: tuple = (self.cpusets["device"],) if self.cpusets else ()
-            if self.link.kernel and device_cores:
-                quota = CpuQuota("dev", device_cores)
-                device_groups += (quota,)
-            device_cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
-            device = Worker(self.link.wrap(device_cmd, "device"), f"{tag}-device", self.log_dir, groups=device_groups)
-            workers.append(device)
-            cuts = device.answer(timeout_s=600)["cuts"]
-            session = Session(self, server, loadgen, device, cuts, quota)
-            yield session
+            devices = []
+            for i in range(n):
+                cmd = [py, "-m", "nscompile.testbed.device", str(build_dir / "device"), url, "--threads", str(device_threads)]
+                devices.append(Worker(self.link.wrap(cmd, "device"), f"{tag}-device{i}", self.log_dir, groups=device_groups))
+                workers.append(devices[-1])
+            for i, device in enumerate(devices):
+                device.answer(timeout_s=600)
+                if self.link.kernel and device_cores:
+                    quotas.append(CpuQuota(f"dev{i}", device_cores))
+                    quotas[-1].add(device.proc.pid)
+            yield Fleet(self, server, loadgen, devices)
         finally:
             for w in reversed(workers):
                 w.close()
-            if quota is not None:
-                quota.close()
+            for q in quotas:
+                q.close()
 
     def close(self) -> None:
         """Remove the cpusets and the link (namespaces, qdiscs)."""
