@@ -133,17 +133,24 @@ def device_side(args) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def build_model(name: str, size: str, out: Path, cloud: Path) -> Path:
+def build_model(name: str, size: str, out: Path, device: Path, cloud: Path) -> Path:
+    """The zoo model built for the browser's profile on the testbed's grid (default device-load
+    levels); a build of an earlier run is reused only if it was made from the same profiles."""
     from nscompile import zoo
     from nscompile.compiler import build
+    from nscompile.cost_model import load_profile
     from nscompile.planner import GridSpec
     from nscompile.testbed.experiments import BUILD_BANDWIDTH, BUILD_LOAD
 
     (path,) = zoo.write_models([name], out / "models", size=size)
     build_dir = out / "builds" / name
-    if not (build_dir / "plan.json").is_file():
-        build(path, build_dir, device_profile=ROOT / "cost_models" / "browser-wasm-1thread.json", cloud_profile=cloud,
-              grid=GridSpec.parse(BUILD_BANDWIDTH, BUILD_LOAD), report=False, include_all_cloud=True)
+    want = {"device": load_profile(device).sha256, "cloud": load_profile(cloud).sha256}
+    if (build_dir / "plan.json").is_file():
+        made = json.loads((build_dir / "plan.json").read_text()).get("profiles", {})
+        if all(made.get(side, {}).get("sha256") == sha for side, sha in want.items()):
+            return build_dir
+    build(path, build_dir, device_profile=device, cloud_profile=cloud,
+          grid=GridSpec.parse(BUILD_BANDWIDTH, BUILD_LOAD), report=False, include_all_cloud=True)
     return build_dir
 
 
@@ -210,6 +217,9 @@ def summarise(model: str, network: str, plan: dict, records: dict, rates) -> dic
         "all_cloud_ms": forced.get(all_cloud) if all_cloud else None,
         "all_cloud_predicted_ms": predicted_ms(cuts[all_cloud], rates, 1.0) if all_cloud else None,
         "measured_uplink_mbps": statistics.median(r["bandwidth_mbps"] for r in auto if r["bandwidth_mbps"]),
+        "measured_rtt_ms": statistics.median(r["rtt_ms"] for r in auto if r["rtt_ms"] is not None),
+        # The browser's slowdown against its profile, as the runner learnt it (1: as profiled).
+        "device_load": statistics.median(r["device_load"] for r in auto),
         "cuts_ms": {m: round(v, 1) for m, v in forced.items()},
         "n": len(auto), "fell_back": sum(bool(r["fell_back"]) for r in auto),
     }
@@ -221,6 +231,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="alexnet,resnet18")
     ap.add_argument("--networks", default="LTE,WIFI")
     ap.add_argument("--size", choices=["small", "full"], default="full")
+    ap.add_argument("--profile", type=Path, default=ROOT / "cost_models" / "browser-wasm-1thread.json",
+                    help="the browser device profile the builds plan for (nscompile profile --web)")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--seed", type=int, default=20170408)
     ap.add_argument("--device-side", action="store_true", help=argparse.SUPPRESS)
@@ -238,6 +250,10 @@ def main(argv=None) -> int:
     from nscompile.testbed.testbed import Testbed, Worker
 
     require(browser=True)
+    if not args.profile.is_file():
+        print(f"no browser profile {args.profile}; make one with `nscompile profile --web --name browser-wasm-1thread "
+              f"-o {args.profile}` or pass --profile")
+        return 2
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -248,7 +264,7 @@ def main(argv=None) -> int:
         print(testbed.describe(), flush=True)
         cloud = cloud_profile_default(testbed)
         for model in args.models.split(","):
-            build_dir = build_model(model, args.size, out, cloud)
+            build_dir = build_model(model, args.size, out, args.profile, cloud)
             plan = json.loads((build_dir / "plan.json").read_text())
             feeds_dir = out / "feeds" / model
             feeds = feeds_for(plan, feeds_dir)

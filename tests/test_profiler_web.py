@@ -1,6 +1,6 @@
 """``nscompile profile --web``: the browser timer, the per-byte copy cost, the CLI's checks.
 
-The full browser profile takes minutes (its figures are in bench/RESULTS.md); here the
+The full browser profile takes minutes (its figures are in bench/ACCURACY.md); here the
 pieces: the fixed-cost fit recovers a known per-byte copy cost, the page times models in
 the right order on its main-thread CPU clock, and bad flag combinations are one-line errors.
 """
