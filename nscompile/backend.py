@@ -351,6 +351,46 @@ class CutEmitter:
                 already taken, a lossless pair that differs from the whole model.
             CutRejected: a lossy pair beyond the accuracy tolerance.
         """
+        entry = self._write(device_mask, encoding, cut_id)
+        return self._checked(entry)
+
+    def emit_all(self, pairs) -> list:
+        """:meth:`emit` for many (device mask, encoding) pairs, their checks run side by side.
+
+        Every pair is written first; the checks then share the verifier's two workers (a
+        lossless pair) or a pool of two (a lossy pair's accuracy gate), which on two cores
+        takes about half the time of one after the other.
+
+        Returns:
+            Per pair, in order, its entry or the :class:`NscompileError` it raised (a
+            :class:`CutRejected` for a lossy pair beyond the tolerance); files of a failed
+            pair are removed.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
+        written = []
+        for mask, encoding in pairs:
+            try:
+                written.append(self._write(mask, encoding, None))
+            except NscompileError as exc:
+                written.append(exc)
+        if any(isinstance(e, dict) and e["encoding"] != LOSSLESS for e in written):
+            self._gate.reference()  # the whole model's outputs once, before the workers share them
+        with ThreadPoolExecutor(2, thread_name_prefix="nscompile-emit") as pool:
+            checks = [pool.submit(self._checked, e) if isinstance(e, dict) else None for e in written]
+            out = []
+            for e, check in zip(written, checks):
+                if check is None:
+                    out.append(e)
+                    continue
+                try:
+                    out.append(check.result())
+                except NscompileError as exc:
+                    out.append(exc)
+        return out
+
+    def _write(self, device_mask, encoding: str, cut_id: str | None) -> dict:
+        """Check the request, name the pair and write its files; its entry (not yet verified)."""
         mask = self._checked_mask(device_mask)
         if encoding not in self.encodings:
             raise NscompileError(f"encoding '{encoding}' is not usable for {self.model.name}; use one of {', '.join(self.encodings)}")
@@ -364,17 +404,22 @@ class CutEmitter:
         cut = _describe_cuts(self.model, self.annotation, self.graph, self.names, self.wire, [mask], [encoding], codecs)[0]
         cut.id = self._name(mask, cut.id, encoding, cut_id)
         entry = _emit_cut(self.model, cut, self.offsets, self.device_dir, self.cloud_dir, self.triton_backend, self.link_weights)
+        self.taken.add(cut.id)
+        return entry
+
+    def _checked(self, entry: dict) -> dict:
+        """Verify a written pair (lossless) or measure it (lossy); remove its files if it fails."""
         try:
-            if encoding == LOSSLESS:
+            if entry["encoding"] == LOSSLESS:
                 self._verifier.check(self.build_dir, {"cuts": [entry]})
             else:
                 entry["accuracy"] = self._gate.measure(self.build_dir, entry)
                 if not entry["accuracy"]["passed"]:
-                    raise CutRejected(cut.id, entry["accuracy"])
+                    raise CutRejected(entry["id"], entry["accuracy"])
         except BaseException:
             _remove_cut(self.build_dir, entry)
+            self.taken.discard(entry["id"])
             raise
-        self.taken.add(cut.id)
         return entry
 
     def _checked_mask(self, device_mask) -> np.ndarray:

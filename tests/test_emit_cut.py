@@ -148,3 +148,17 @@ def test_linked_suffix_weights_share_the_device_file(tmp_path):
     got = _run_pair(out, entry, feeds)
     for name, value in zip([o.name for o in whole.get_outputs()], whole.run(None, feeds)):
         np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_emit_all_checks_many_pairs_and_reports_each_failure_in_place(tmp_path):
+    model, ann = _loaded(tmp_path, transformer_block(seq=4, dim=8, heads=2))
+    n = len(model.nodes)
+    good = _closure(model, ["residual1"])
+    broken = good.copy()
+    broken[int(np.flatnonzero(good)[0])] = False  # its first node's consumers stay: not closed
+    with CutEmitter(model, ann, tmp_path / "b") as emitter:
+        out = emitter.emit_all([(good, "fp32"), (broken, "fp32"), (good, "int8"), (np.zeros(n, bool), "fp16"),
+                                (np.ones(n, bool), "fp32")])
+    assert [type(o).__name__ for o in out] == ["dict", "NscompileError", "dict", "NscompileError", "dict"]
+    assert out[2]["accuracy"]["passed"] and out[0]["id"] + "@int8" == out[2]["id"]
+    assert "not closed under producers" in str(out[1]) and "changes nothing" in str(out[3])

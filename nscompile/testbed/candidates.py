@@ -212,17 +212,16 @@ def add_oracle_candidates(model_path: Path, build_dir: Path, plan: dict, device_
     kind, candidates = oracle_candidates(model, graph, names, usable, emitted)
     sets = {cut_id: hex_mask(mask) for cut_id, (mask, _) in emitted.items()}
     weights = {cut_id: weight_bytes(model, mask) for cut_id, (mask, _) in emitted.items()}
-    ids, rejected, entries = [], [], []
+    rejected, entries = [], []
+    ids = [c.cut_id for c in candidates if c.cut_id is not None]
+    new = [c for c in candidates if c.cut_id is None]
     with CutEmitter(model, ann, build_dir, link_weights=True) as emitter:
-        for c in candidates:
-            if c.cut_id is not None:
-                ids.append(c.cut_id)
+        for c, entry in zip(new, emitter.emit_all([(c.mask, c.encoding) for c in new])):
+            if isinstance(entry, CutRejected):
+                rejected.append({"cut": entry.cut_id, "violations": entry.accuracy["violations"]})
                 continue
-            try:
-                entry = emitter.emit(c.mask, c.encoding)
-            except CutRejected as exc:
-                rejected.append({"cut": exc.cut_id, "violations": exc.accuracy["violations"]})
-                continue
+            if isinstance(entry, Exception):
+                raise entry
             entry["oracle_candidate"] = True
             entries.append(entry)
             ids.append(entry["id"])

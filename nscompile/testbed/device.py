@@ -53,6 +53,7 @@ import math
 import random
 import statistics
 import sys
+import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -181,13 +182,19 @@ class Device:
         while self.loaded and sum(self.loaded.values()) + weight_bytes > self.keep_bytes:
             self.release(next(iter(self.loaded)))
         cut = self.runner.plan.cuts[cut_id]
+        answers: list = []
+        # The server loads its model on its CPUs while the prefix session is made here.
+        server = threading.Thread(target=lambda: answers.append(
+            self.client.post(f"{self.server}/v2/repository/models/{cut.cloud_model}/load"))) if cut.cloud_model else None
         with self._quota_lifted():
-            if cut.cloud_model:
-                r = self.client.post(f"{self.server}/v2/repository/models/{cut.cloud_model}/load")
-                if r.status_code != 200:
-                    raise RuntimeError(f"the server cannot load {cut.cloud_model}: {r.text[:300]}")
+            if server is not None:
+                server.start()
             if cut.prefix is not None:
                 self.runner.sessions.run(cut, self.feeds)
+            if server is not None:
+                server.join()
+        if server is not None and (not answers or answers[0].status_code != 200):
+            raise RuntimeError(f"the server cannot load {cut.cloud_model}: {answers[0].text[:300] if answers else 'no answer'}")
         self.loaded[cut_id] = weight_bytes
 
     def release(self, cut_id: str) -> None:

@@ -135,8 +135,8 @@ class BenchConfig:
         idle and loaded, the phone-class device; short trace, load sweep and device-load phases (< 3 min)."""
         base = dict(models=["lenet", "resnet18"], size="small", full_size=["resnet18"], networks=["3G", "5G"],
                     loads={"idle": 0, "loaded": 3}, repeats=5, max_s=2.0, min_s=0.5, trace_model="resnet18",
-                    trace_phase_s=2.0, load_model="resnet18", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
-                    device_load_model="resnet18", device_load_phase_s=2.5,
+                    trace_phase_s=1.5, load_model="resnet18", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
+                    device_load_model="resnet18", device_load_phase_s=2.0,
                     device_profiles=[quota_profile(0.25) or PHONE_PROFILE])
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
