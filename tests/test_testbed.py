@@ -293,8 +293,10 @@ def test_bench_quick_end_to_end(tmp_path):
     assert "cpuset" in testbed or "no CPU pinning" in testbed  # what ran where, or why nothing was pinned
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 2 * 2  # two models x two networks x idle/loaded (one device profile)
-    assert {r["model"] for r in rows} == {"lenet", "resnet18"} and {r["network"] for r in rows} == {"3G", "5G"}
+    # LeNet and AlexNet x two networks x idle/loaded, and the LSTM on 5G idle (one device profile)
+    assert sorted((r["model"], r["network"], r["load"]) for r in rows if r["model"] == "speech_lstm") == [("speech_lstm", "5G", "idle")]
+    assert len(rows) == 2 * 2 * 2 + 1
+    assert {r["model"] for r in rows} == {"lenet", "alexnet", "speech_lstm"} and {r["network"] for r in rows} == {"3G", "5G"}
     need = ["model", "network", "device_profile", "load", "chosen_cut", "chosen_ms", "oracle_cut", "oracle_ms",
             "all_device_ms", "all_cloud_ms", "chosen_mj", "all_device_mj", "all_cloud_mj"]
     for row in rows:

@@ -17,9 +17,9 @@ def _list(text: str | None) -> list[str] | None:
 @app.command()
 def bench(
     output: Path = typer.Option(Path("bench/out/bench"), "--output", "-o", help="Output directory (CSV, PNG, report.html)."),
-    quick: bool = typer.Option(False, "--quick", help="Reduced sweep: LeNet (small) and ResNet-18 (full), 3G and 5G, idle and loaded, the phone-class device (< 3 min)."),
-    models: str | None = typer.Option(None, help="Zoo models, comma separated (default: the whole zoo; --quick: lenet,resnet18)."),
-    size: str | None = typer.Option(None, help="Zoo size: full or small (default: full; --quick: small, ResNet-18 full)."),
+    quick: bool = typer.Option(False, "--quick", help="Reduced sweep: LeNet and AlexNet (small) on 3G and 5G, idle and loaded, and the LSTM acoustic model (full) on 5G idle; the phone-class device (< 3 min)."),
+    models: str | None = typer.Option(None, help="Zoo models, comma separated (default: the whole zoo; --quick: lenet,alexnet,speech_lstm)."),
+    size: str | None = typer.Option(None, help="Zoo size: full or small (default: full; --quick: small, speech_lstm full)."),
     networks: str | None = typer.Option(None, help="Network presets, comma separated (default: 3G,LTE,WIFI,5G; --quick: 3G,5G)."),
     device_profile: list[Path] | None = typer.Option(None, "--device-profile", help="Device profile JSON (repeatable; default: every shipped device profile)."),
     cloud_profile: Path | None = typer.Option(None, "--cloud-profile", help="Server profile JSON (default: this CPU's 1-thread profile "

@@ -103,6 +103,8 @@ class BenchConfig:
     size: str = "full"
     #: Models among ``models`` built at full size whatever ``size`` says.
     full_size: list[str] = field(default_factory=list)
+    #: Per model, the (load name, network) cases to run instead of every load x network.
+    model_cases: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     networks: list[str] = field(default_factory=lambda: ["3G", "LTE", "WIFI", "5G"])
     device_profiles: list[Path] = field(default_factory=list)
     cloud_profile: Path | None = None
@@ -131,13 +133,18 @@ class BenchConfig:
 
     @staticmethod
     def quick(**kw) -> BenchConfig:
-        """LeNet (small) and ResNet-18 (full size: a DAG where splitting is contested on 5G), 3G and 5G,
-        idle and loaded, the phone-class device; short trace, load sweep and device-load phases (< 3 min)."""
-        base = dict(models=["lenet", "resnet18"], size="small", full_size=["resnet18"], networks=["3G", "5G"],
-                    loads={"idle": 0, "loaded": 3}, repeats=5, max_s=2.0, min_s=0.5, trace_model="resnet18",
-                    trace_phase_s=1.5, load_model="resnet18", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
-                    device_load_model="resnet18", device_load_phase_s=2.0,
+        """LeNet and AlexNet (small) on 3G and 5G, idle and loaded, and the LSTM acoustic model
+        (full size: a chain whose best cut is contested on 5G) on 5G, idle; the phone-class
+        device; short trace, load sweep and device-load phases (< 3 min)."""
+        base = dict(models=["lenet", "alexnet", "speech_lstm"], size="small", full_size=["speech_lstm"],
+                    networks=["3G", "5G"], loads={"idle": 0, "loaded": 3},
+                    model_cases={"speech_lstm": [("idle", "5G")]},
+                    repeats=5, max_s=2.0, min_s=0.5, trace_model="alexnet",
+                    trace_phase_s=1.5, load_model="alexnet", load_levels=[0, 3], load_window_s=2.0, load_network="WIFI",
+                    device_load_model="alexnet", device_load_phase_s=2.0,
                     device_profiles=[quota_profile(0.25) or PHONE_PROFILE])
+        if kw.get("models") or kw.get("networks"):  # the user's own models or networks: every case of them
+            del base["model_cases"]
         base.update({k: v for k, v in kw.items() if v is not None})
         return BenchConfig(**base)
 
@@ -522,6 +529,10 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
     for n in cfg.networks + [cfg.load_network]:
         if n not in NETWORK_PRESETS:
             raise NscompileError(f"unknown network '{n}'; use one of {', '.join(NETWORK_PRESETS)}")
+    for m, cases in cfg.model_cases.items():
+        for load_name, n in cases:
+            if m not in cfg.models or load_name not in cfg.loads or n not in cfg.networks:
+                raise NscompileError(f"model case ({m}, {load_name}, {n}) is not in the sweep's models, loads and networks")
     profiles = [Path(p) for p in (cfg.device_profiles or device_profiles_default())]
     rows, cut_rows, trace_rows, load_rows, device_load_rows, skipped = [], [], [], [], [], []
     with Testbed(out_dir / "logs", userspace=cfg.userspace) as tb:
@@ -556,10 +567,14 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
                         if c not in candidates:  # the candidates load when first measured (see Session.rounds)
                             s.run(c, 1)
                     for load_name, clients in cfg.loads.items():
+                        networks = [n for n in cfg.networks
+                                    if model not in cfg.model_cases or (load_name, n) in cfg.model_cases[model]]
+                        if not networks:
+                            continue
                         s.set_clients(clients)
                         if clients:
                             time.sleep(1.0)
-                        for network in cfg.networks:
+                        for network in networks:
                             s.set_network(rates_of(network))
                             row, per_cut = measure_case(s, plan, profile, profile.name, model, network, load_name, clients, cfg, tb.mode)
                             rows.append(row)
