@@ -10,7 +10,7 @@ rate; ``fleet_herding.png`` shows whether load-aware devices switch together.
 The default is small (N = 1, 4, 8; 10 s per mode: about 3 minutes on a 2-core machine).
 The issue's sweep: ``--devices 1,4,8,16 --window-s 30``. The device class by default is
 this CPU's shipped profile at 12.5% of a core (8x slower than the server core, e.g.
-``cost_models/xeon-ort-cpu-1thread-quota12.json``) where there is one, else the 25% one.
+``cost_models/epyc-ort-cpu-1thread-quota12.json``) where there is one, else the 25% one.
 
 Run (root, for the kernel-mode link and quotas): ``python bench/bench_fleet.py [--model
 resnet18] [--network 5G] [--devices 1,4,8] [--window-s 10] [--device-profile FILE] [-o DIR]``.

@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from helpers import all_closed_sets, brute_costs, random_dag, run_cli
+from helpers import PHONE_PROFILE, all_closed_sets, brute_costs, random_dag, run_cli
 from nscompile.accuracy import Tolerance, compare, load_calibration, violations
 from nscompile.annotate import annotate
 from nscompile.compiler import build
@@ -28,7 +28,7 @@ from nscompile.frontend import load_model
 from nscompile.partition import Weights, evaluate, is_closed, lines_envelope, lower_envelope, solve
 from nscompile.planner import GridSpec, cut_graph, encoded_weights, objective_weights, plan, replan, tensor_wire_bytes
 
-PHONE = default_profile_path("device").with_name("epyc-ort-cpu-1thread-quota25.json")
+PHONE = PHONE_PROFILE
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +417,7 @@ def test_sweep_times_the_codec_ops_and_old_profiles_still_predict_them(lenet):
             seen[case.group] = seen.get(case.group, 0) + 1
             ort.InferenceSession(case.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, case.feeds)
     assert seen == {"Cast": 10, "DynamicQuantizeLinear": 5, "DequantizeLinear": 5}
-    # The shipped profiles predate these ops: their fallback regression prices them by the bytes moved.
+    # The tests' fixed phone profile predates these ops: its fallback regression prices them by the bytes moved.
     model = load_model(lenet)
     device, cloud = load_profile(PHONE), load_profile(default_profile_path("server"))
     ann = annotate(model, device, cloud)

@@ -34,11 +34,12 @@ import numpy as np
 import onnx
 import pytest
 
+from helpers import PHONE_PROFILE
 from js_support import NodeHarness, PageHarness, absolute, feed_spec, need, ok, rt, site_for, to_numpy
 from nscompile.browser import JS_DIR
 from nscompile.verify import ATOL, RTOL
 
-QUOTA25 = Path(__file__).resolve().parents[1] / "cost_models" / "epyc-ort-cpu-1thread-quota25.json"
+QUOTA25 = PHONE_PROFILE
 
 
 def node(script: str, stdin: str = "", timeout: float = 120) -> str:

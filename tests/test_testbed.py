@@ -342,7 +342,7 @@ def test_bench_quick_end_to_end(tmp_path):
         assert kd("1") > 1.3 * kd("0") and kd("2") < kd("1"), (kd("0"), kd("1"), kd("2"))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device_load"]["requests_loaded"] > 0
-    assert summary["cases"] == 8 and 0.0 <= summary["within_10pct_or_iqr"] <= 1.0
+    assert summary["cases"] == len(rows) and 0.0 <= summary["within_10pct_or_iqr"] <= 1.0
     assert summary["contested_cases"] == summary["contested"]["cases"] == sum(r["contested"] == "True" for r in rows)
     out_ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout if _has_ip() else ""
     assert not [n for n in out_ns.split() if n.startswith(f"{cleanup.PREFIX}-{r.args and ''}")

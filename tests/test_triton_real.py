@@ -22,9 +22,8 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import (ServerProcess, check_kill_and_restart, make_handmade_build, make_model, sample_inputs,
+from helpers import (PHONE_PROFILE, ServerProcess, check_kill_and_restart, make_handmade_build, make_model, sample_inputs,
                      through_kill_and_restart)
-from nscompile.cost_model import COST_MODELS_DIR
 from nscompile.runtime.protocol import encode_request
 
 pytestmark = [pytest.mark.triton, pytest.mark.slow]
@@ -86,7 +85,7 @@ def builds(tmp_path_factory):
     shutil.copy(root / "resnet18.onnx", root / "resnet18enc.onnx")
     compiler.build(root / "resnet18enc.onnx", root / "resnet18enc", report=False, include_all_cloud=True,
                    triton_backend="python", encodings="fp32,fp16,int8",
-                   device_profile=COST_MODELS_DIR / "epyc-ort-cpu-1thread-quota25.json")
+                   device_profile=PHONE_PROFILE)
     out["resnet18enc"] = (root / "resnet18enc", root / "resnet18enc.onnx")
     return out
 
