@@ -30,7 +30,7 @@ from nscompile.partition import CutGraph, Weights
 #: 2026-11-29 EPYC host. The shipped profiles are re-made as the hosts change (and with them
 #: where a split pays); the tests of encoded and DAG splits need a device on which they do:
 #: on this one LeNet's pool2@int8 and ResNet-18's encoded cuts win somewhere on the grid.
-PHONE_PROFILE = Path(__file__).resolve().parent / "data" / "phone-quota25.json"
+FIXED_PHONE_PROFILE = Path(__file__).resolve().parent / "data" / "phone-quota25.json"
 
 # ---------------------------------------------------------------------------------------
 # nscompile as a user runs it

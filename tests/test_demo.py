@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import PHONE_PROFILE, run_cli
+from helpers import FIXED_PHONE_PROFILE, run_cli
 from js_support import need, rt
 
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("NSCOMPILE_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
-QUOTA25 = PHONE_PROFILE
+QUOTA25 = FIXED_PHONE_PROFILE
 
 # What the page shows, read back from its DOM.
 READ_PAGE = """() => {

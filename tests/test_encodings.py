@@ -17,7 +17,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from helpers import PHONE_PROFILE, all_closed_sets, brute_costs, random_dag, run_cli
+from helpers import FIXED_PHONE_PROFILE, all_closed_sets, brute_costs, random_dag, run_cli
 from nscompile.accuracy import Tolerance, compare, load_calibration, violations
 from nscompile.annotate import annotate
 from nscompile.compiler import build
@@ -28,7 +28,7 @@ from nscompile.frontend import load_model
 from nscompile.partition import Weights, evaluate, is_closed, lines_envelope, lower_envelope, solve
 from nscompile.planner import GridSpec, cut_graph, encoded_weights, objective_weights, plan, replan, tensor_wire_bytes
 
-PHONE = PHONE_PROFILE
+PHONE = FIXED_PHONE_PROFILE
 
 
 @pytest.fixture(scope="module")

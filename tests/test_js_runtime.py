@@ -34,12 +34,12 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import PHONE_PROFILE
+from helpers import FIXED_PHONE_PROFILE
 from js_support import NodeHarness, PageHarness, absolute, feed_spec, need, ok, rt, site_for, to_numpy
 from nscompile.browser import JS_DIR
 from nscompile.verify import ATOL, RTOL
 
-QUOTA25 = PHONE_PROFILE
+QUOTA25 = FIXED_PHONE_PROFILE
 
 
 def node(script: str, stdin: str = "", timeout: float = 120) -> str:

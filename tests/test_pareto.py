@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import PHONE_PROFILE, ServerThread, all_closed_sets, brute_costs, make_handmade_build, random_dag, run_cli, sample_inputs
+from helpers import FIXED_PHONE_PROFILE, ServerThread, all_closed_sets, brute_costs, make_handmade_build, random_dag, run_cli, sample_inputs
 from nscompile.annotate import annotate
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.errors import NscompileError
@@ -28,7 +28,7 @@ from nscompile.planner import GridSpec, bucket_centres, cut_graph, encoded_weigh
 from nscompile.runtime.plan import ParetoPoint, load_plan
 from nscompile.runtime.policies import ENERGY, LATENCY, as_policy, budget, slo, weighted
 
-PHONE = PHONE_PROFILE
+PHONE = FIXED_PHONE_PROFILE
 
 
 # --------------------------------------------------------------------------- brute force

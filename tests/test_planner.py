@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import PHONE_PROFILE, transformer_block
+from helpers import FIXED_PHONE_PROFILE, transformer_block
 from nscompile.annotate import annotate
 from nscompile.cost_model import default_profile_path, load_profile
 from nscompile.frontend import load_model
@@ -104,7 +104,7 @@ def test_a_slower_device_moves_work_to_the_server(random_light):
     exchange argument: optimal at Kd1 < Kd2, the two sets' device costs D1 >= D2), and on a
     phone-class device it does shrink somewhere."""
     model = load_model(random_light("squeezenet"))
-    phone = load_profile(PHONE_PROFILE)
+    phone = load_profile(FIXED_PHONE_PROFILE)
     ann = annotate(model, phone, load_profile(default_profile_path("server")))
     grid = GridSpec.parse("0.1:1000:24", "1,4", "1,1.5,2,4,8")
     solved = plan(model, ann, grid, encodings=("fp32", "fp16"))

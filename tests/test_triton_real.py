@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helpers import (PHONE_PROFILE, ServerProcess, check_kill_and_restart, make_handmade_build, make_model, sample_inputs,
+from helpers import (FIXED_PHONE_PROFILE, ServerProcess, check_kill_and_restart, make_handmade_build, make_model, sample_inputs,
                      through_kill_and_restart)
 from nscompile.runtime.protocol import encode_request
 
@@ -85,7 +85,7 @@ def builds(tmp_path_factory):
     shutil.copy(root / "resnet18.onnx", root / "resnet18enc.onnx")
     compiler.build(root / "resnet18enc.onnx", root / "resnet18enc", report=False, include_all_cloud=True,
                    triton_backend="python", encodings="fp32,fp16,int8",
-                   device_profile=PHONE_PROFILE)
+                   device_profile=FIXED_PHONE_PROFILE)
     out["resnet18enc"] = (root / "resnet18enc", root / "resnet18enc.onnx")
     return out
 
