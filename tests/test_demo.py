@@ -25,7 +25,6 @@ pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("NSCOMPILE_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
-QUOTA25 = FIXED_PHONE_PROFILE
 
 # What the page shows, read back from its DOM.
 READ_PAGE = """() => {
@@ -56,7 +55,7 @@ def alexnet_build(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("demo")
     (path,) = zoo.write_models(["alexnet"], root / "models", size="small")
-    build(path, root / "alexnet", device_profile=QUOTA25, grid=GridSpec.parse("0.1:100000:40", "1,2,4,8"),
+    build(path, root / "alexnet", device_profile=FIXED_PHONE_PROFILE, grid=GridSpec.parse("0.1:100000:40", "1,2,4,8"),
           include_all_cloud=True)
     return root / "alexnet"
 

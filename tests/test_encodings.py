@@ -28,8 +28,6 @@ from nscompile.frontend import load_model
 from nscompile.partition import Weights, evaluate, is_closed, lines_envelope, lower_envelope, solve
 from nscompile.planner import GridSpec, cut_graph, encoded_weights, objective_weights, plan, replan, tensor_wire_bytes
 
-PHONE = FIXED_PHONE_PROFILE
-
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory):
@@ -143,7 +141,7 @@ def test_combined_envelope_of_encodings_matches_brute_force(ints):
 def test_tables_are_the_best_pair_of_direct_solves(lenet):
     """Every table cell, both objectives: the chosen pair costs what the best of one min-cut per encoding costs."""
     model = load_model(lenet)
-    ann = annotate(model, load_profile(PHONE), load_profile(default_profile_path("server")))
+    ann = annotate(model, load_profile(FIXED_PHONE_PROFILE), load_profile(default_profile_path("server")))
     grid = GridSpec.parse("0.1:1000:24", "1,4", rtt_ms=0.05)
     solved = plan(model, ann, grid, "latency", encodings=("fp32", "fp16", "int8"))
     graph, names = cut_graph(model)
@@ -249,8 +247,8 @@ def test_wire_names_never_clash_with_model_tensors(lenet):
 
 
 def test_build_chooses_encoded_splits_where_fp32_keeps_everything_on_the_device(lenet, tmp_path):
-    plain = build(lenet, tmp_path / "fp32", device_profile=PHONE, encodings="fp32").plan
-    mixed = build(lenet, tmp_path / "all", device_profile=PHONE, encodings="fp32,fp16,int8")
+    plain = build(lenet, tmp_path / "fp32", device_profile=FIXED_PHONE_PROFILE, encodings="fp32").plan
+    mixed = build(lenet, tmp_path / "all", device_profile=FIXED_PHONE_PROFILE, encodings="fp32,fp16,int8")
     doc = mixed.plan
     cuts = {c["id"]: c for c in doc["cuts"]}
     plain_cuts = {c["id"]: c for c in plain["cuts"]}
@@ -285,8 +283,8 @@ def test_build_chooses_encoded_splits_where_fp32_keeps_everything_on_the_device(
 
 
 def test_gate_drops_pairs_beyond_a_tight_tolerance_and_solves_again(lenet, tmp_path):
-    plain = build(lenet, tmp_path / "fp32", device_profile=PHONE, encodings="fp32").plan
-    tight = build(lenet, tmp_path / "tight", device_profile=PHONE, encodings="fp32,fp16,int8", tolerance=Tolerance(1e-9, 0.99))
+    plain = build(lenet, tmp_path / "fp32", device_profile=FIXED_PHONE_PROFILE, encodings="fp32").plan
+    tight = build(lenet, tmp_path / "tight", device_profile=FIXED_PHONE_PROFILE, encodings="fp32,fp16,int8", tolerance=Tolerance(1e-9, 0.99))
     gate = tight.accuracy
     assert gate["dropped"] and gate["kept"] == [] and all("rel L2" in v for d in gate["dropped"] for v in d["violations"])
     # With every lossy pair gone, what is left is the plain fp32 problem: the same tables, the same cuts.
@@ -294,7 +292,7 @@ def test_gate_drops_pairs_beyond_a_tight_tolerance_and_solves_again(lenet, tmp_p
     assert [c["id"] for c in tight.plan["cuts"]] == [c["id"] for c in plain["cuts"]]
     assert not list((tmp_path / "tight" / "cloud").glob("*@*")), "dropped pairs leave no files"
     # A tolerance fp16 meets and int8 does not: int8 is dropped, and its cells go to the next best pair.
-    both = build(lenet, tmp_path / "mid", device_profile=PHONE, encodings="fp32,fp16,int8", tolerance=Tolerance(1e-3, 0.99))
+    both = build(lenet, tmp_path / "mid", device_profile=FIXED_PHONE_PROFILE, encodings="fp32,fp16,int8", tolerance=Tolerance(1e-3, 0.99))
     kinds = {c["encoding"] for c in both.plan["cuts"]}
     assert "int8" not in kinds and {d["cut"].split("@")[1] for d in both.accuracy["dropped"]} == {"int8"}
     assert "fp16" in kinds, "fp16 (rel L2 ~1e-4 here) should take the cells int8 lost"
@@ -307,7 +305,7 @@ def test_gate_catches_a_pair_that_changes_the_answer(lenet, tmp_path):
     from nscompile.accuracy import AccuracyGate
 
     out = tmp_path / "b"
-    doc = build(lenet, out, device_profile=PHONE, encodings="fp32,int8").plan
+    doc = build(lenet, out, device_profile=FIXED_PHONE_PROFILE, encodings="fp32,int8").plan
     cut = next(c for c in doc["cuts"] if c["encoding"] == "int8")
     gate = AccuracyGate(load_model(lenet), Tolerance())
     assert gate.measure(out, cut)["passed"]
@@ -326,7 +324,7 @@ def test_calibration_inputs_are_used_and_checked(lenet, tmp_path):
     rng = np.random.default_rng(4)
     digits = rng.random((6, 1, 1, 28, 28)).astype(np.float32)  # six samples, stacked
     np.savez(tmp_path / "calib.npz", data=digits)
-    result = build(lenet, tmp_path / "out", device_profile=PHONE, encodings="fp32,int8", calibration_inputs=tmp_path / "calib.npz")
+    result = build(lenet, tmp_path / "out", device_profile=FIXED_PHONE_PROFILE, encodings="fp32,int8", calibration_inputs=tmp_path / "calib.npz")
     assert result.accuracy["real_data"] is True and result.accuracy["inputs"] == 6
     assert all(c["accuracy"]["real_data"] for c in result.plan["cuts"] if c["accuracy"])
     (tmp_path / "dir").mkdir()
@@ -362,7 +360,7 @@ def test_bad_encoding_input_is_one_line_exit_2_nothing_written(lenet, tmp_path):
 @pytest.mark.slow
 def test_cli_summary_names_the_gate_and_inspect_shows_bytes_per_encoding(lenet, tmp_path):
     out = tmp_path / "b"
-    proc = run_cli("build", lenet, "-o", out, "--device", PHONE, "--encodings", "fp32,fp16,int8", "--tolerance", "rel_l2=0.001")
+    proc = run_cli("build", lenet, "-o", out, "--device", FIXED_PHONE_PROFILE, "--encodings", "fp32,fp16,int8", "--tolerance", "rel_l2=0.001")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(proc.stdout.split())
     assert "accuracy gate:" in text and "random inputs, not real data" in text
@@ -382,7 +380,7 @@ def test_runner_sends_encoded_tensors_and_gets_the_model_s_answer(lenet, tmp_pat
     from helpers import ServerThread
 
     out = tmp_path / "b"
-    result = build(lenet, out, device_profile=PHONE, encodings="fp32,fp16,int8", include_all_cloud=True)
+    result = build(lenet, out, device_profile=FIXED_PHONE_PROFILE, encodings="fp32,fp16,int8", include_all_cloud=True)
     lossy = [c for c in result.plan["cuts"] if c["encoding"] != "fp32"]
     assert lossy
     x = {"data": np.random.default_rng(9).random((1, 1, 28, 28)).astype(np.float32)}
@@ -419,7 +417,7 @@ def test_sweep_times_the_codec_ops_and_old_profiles_still_predict_them(lenet):
     assert seen == {"Cast": 10, "DynamicQuantizeLinear": 5, "DequantizeLinear": 5}
     # The tests' fixed phone profile predates these ops: its fallback regression prices them by the bytes moved.
     model = load_model(lenet)
-    device, cloud = load_profile(PHONE), load_profile(default_profile_path("server"))
+    device, cloud = load_profile(FIXED_PHONE_PROFILE), load_profile(default_profile_path("server"))
     ann = annotate(model, device, cloud)
     graph, names = cut_graph(model)
     wire = tensor_wire_bytes(model, names, None)
@@ -439,7 +437,7 @@ def test_encoded_suffixes_are_a_valid_triton_repository_that_tritonclient_drives
     httpclient = pytest.importorskip("tritonclient.http")
 
     out = tmp_path / "b"
-    doc = build(lenet, out, device_profile=PHONE, encodings="fp32,fp16,int8", tolerance=Tolerance(0.5, 0.0)).plan
+    doc = build(lenet, out, device_profile=FIXED_PHONE_PROFILE, encodings="fp32,fp16,int8", tolerance=Tolerance(0.5, 0.0)).plan
     assert {c["encoding"] for c in doc["cuts"]} >= {"int8"}
     assert len(check_triton_repository(out / "cloud")) == sum(1 for c in doc["cuts"] if c["suffix"])
     cut = next(c for c in doc["cuts"] if c["encoding"] == "int8")

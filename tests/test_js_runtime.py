@@ -39,8 +39,6 @@ from js_support import NodeHarness, PageHarness, absolute, feed_spec, need, ok, 
 from nscompile.browser import JS_DIR
 from nscompile.verify import ATOL, RTOL
 
-QUOTA25 = FIXED_PHONE_PROFILE
-
 
 def node(script: str, stdin: str = "", timeout: float = 120) -> str:
     """Run an ES module script with Node in the runtime's folder; its stdout."""
@@ -66,7 +64,7 @@ def zoo_builds(tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
     builds = []
     grids = {
-        "quota25": (QUOTA25, GridSpec.parse("0.1:100000:40", "1,2,4,8")),
+        "quota25": (FIXED_PHONE_PROFILE, GridSpec.parse("0.1:100000:40", "1,2,4,8")),
         "rtt20": (None, GridSpec.parse("0.1:1000:32", "1,2,4,8", rtt_ms=20.0, downlink_mbps=50.0)),
     }
     for info in zoo.list_models():
@@ -558,7 +556,7 @@ def zoo_split_builds(tmp_path_factory):
     out = {}
     for name in ("alexnet", "resnet18"):
         (path,) = zoo.write_models([name], root / "models", size="small")
-        build(path, root / name, device_profile=QUOTA25, grid=GridSpec.parse("0.1:100000:40", "1,2,4,8"),
+        build(path, root / name, device_profile=FIXED_PHONE_PROFILE, grid=GridSpec.parse("0.1:100000:40", "1,2,4,8"),
               report=False, include_all_cloud=True)
         out[name] = (root / name, path)
     return out

@@ -28,8 +28,6 @@ from nscompile.planner import GridSpec, bucket_centres, cut_graph, encoded_weigh
 from nscompile.runtime.plan import ParetoPoint, load_plan
 from nscompile.runtime.policies import ENERGY, LATENCY, as_policy, budget, slo, weighted
 
-PHONE = FIXED_PHONE_PROFILE
-
 
 # --------------------------------------------------------------------------- brute force
 
@@ -157,7 +155,7 @@ def test_lines_front_and_bad_input():
 def synthetic(random_light):
     """SqueezeNet with uneven synthetic costs (server ~10x faster): many cuts on every front."""
     model = load_model(random_light("squeezenet"))
-    profiled = annotate(model, load_profile(PHONE), load_profile(default_profile_path("server")))
+    profiled = annotate(model, load_profile(FIXED_PHONE_PROFILE), load_profile(default_profile_path("server")))
     rng = np.random.default_rng(15)
     device_ms = rng.uniform(0.5, 5.0, len(model.nodes))
     ann = dataclasses.replace(profiled, device_ms=device_ms, cloud_ms=device_ms * rng.uniform(0.05, 0.2, len(model.nodes)))
@@ -240,7 +238,7 @@ def lenet_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("pareto")
     onnx.save(zoo.build_model("lenet", size="full"), root / "lenet.onnx")
     model = load_model(root / "lenet.onnx")
-    ann = annotate(model, load_profile(PHONE), load_profile(default_profile_path("server")))
+    ann = annotate(model, load_profile(FIXED_PHONE_PROFILE), load_profile(default_profile_path("server")))
     grid = GridSpec.parse("0.1:1000:16", "1,4", "1,2", rtt_ms=0.05, downlink_mbps=30.0, radio="lte")
     solved = plan(model, ann, grid, encodings=("fp32", "fp16", "int8"), include_all_cloud=True)
     doc = emit(model, solved, root / "b", {"device": {"name": "phone"}, "cloud": {"name": "server"}})

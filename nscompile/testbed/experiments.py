@@ -131,6 +131,12 @@ class BenchConfig:
     userspace: bool = False
     deadline_min: float | None = None  # stop starting new models after this many minutes
 
+    def networks_for(self, model: str, load_name: str) -> list[str]:
+        """The networks ``model`` is measured on under the load ``load_name`` (``model_cases`` or every one)."""
+        if model not in self.model_cases:
+            return self.networks
+        return [n for n in self.networks if (load_name, n) in self.model_cases[model]]
+
     @staticmethod
     def quick(**kw) -> BenchConfig:
         """LeNet and AlexNet (small) on 3G and 5G, idle and loaded, and the LSTM acoustic model
@@ -567,8 +573,7 @@ def run_bench(cfg: BenchConfig, out_dir: Path, progress: Progress | None = None)
                         if c not in candidates:  # the candidates load when first measured (see Session.rounds)
                             s.run(c, 1)
                     for load_name, clients in cfg.loads.items():
-                        networks = [n for n in cfg.networks
-                                    if model not in cfg.model_cases or (load_name, n) in cfg.model_cases[model]]
+                        networks = cfg.networks_for(model, load_name)
                         if not networks:
                             continue
                         s.set_clients(clients)
